@@ -1,0 +1,1 @@
+"""Settings, the provider catalog, the agent config model and the demo agents."""

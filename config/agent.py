@@ -1,0 +1,140 @@
+"""The agent config: one typed model shared by the store, the pipeline factory and the API.
+
+Defaults are documented here and in the README; a config that cannot run is refused with the field it concerns.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from config import catalog
+
+Architecture = Literal["pipeline", "realtime", "text"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TranscriberConfig(_Strict):
+    provider: str = "whisper"
+    model: str | None = None
+    language: str = "en"
+
+
+class ScriptRule(_Strict):
+    """Reply with `reply` when the caller's words contain any of `keywords` (case-insensitive, whole words)."""
+
+    keywords: list[str] = Field(min_length=1)
+    reply: str = Field(min_length=1)
+
+
+class ScriptConfig(_Strict):
+    """Drives the `scripted` LLM: rules in order, the first match wins; `goodbye` ends the call after its reply."""
+
+    rules: list[ScriptRule] = []
+    fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
+    goodbye: ScriptRule | None = None
+
+
+class LLMConfig(_Strict):
+    provider: str = "scripted"
+    model: str | None = None
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    base_url: str | None = None
+    script: ScriptConfig | None = None
+
+
+class TTSConfig(_Strict):
+    provider: str = "piper"
+    voice: str | None = None
+    model: str | None = None
+
+
+class RealtimeConfig(_Strict):
+    provider: str = "openai"
+    model: str | None = None
+    voice: str | None = None
+    base_url: str | None = None
+
+
+class VADConfig(_Strict):
+    """Silero VAD thresholds (pipecat's defaults)."""
+
+    confidence: float = Field(default=0.7, ge=0.0, le=1.0)
+    start_secs: float = Field(default=0.2, ge=0.0, le=2.0)
+    stop_secs: float = Field(default=0.2, ge=0.0, le=5.0)
+    min_volume: float = Field(default=0.6, ge=0.0, le=1.0)
+
+
+class InterruptionConfig(_Strict):
+    """Barge-in: when the caller speaks over the agent, the agent stops and Twilio's buffer is cleared."""
+
+    enabled: bool = True
+    welcome_interruptible: bool = True
+
+
+class TurnConfig(_Strict):
+    """End of the caller's turn: VAD silence, then `silence_secs` more in which the caller may go on."""
+
+    silence_secs: float = Field(default=0.5, ge=0.0, le=5.0)
+
+
+class AgentConfig(_Strict):
+    name: str = Field(min_length=1, max_length=120)
+    architecture: Architecture = "pipeline"
+    system_prompt: str = Field(min_length=1)
+    welcome_message: str | None = None
+    transcriber: TranscriberConfig | None = None
+    llm: LLMConfig | None = None
+    tts: TTSConfig | None = None
+    realtime: RealtimeConfig | None = None
+    vad: VADConfig = VADConfig()
+    interruption: InterruptionConfig = InterruptionConfig()
+    turn: TurnConfig = TurnConfig()
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> AgentConfig:
+        required: dict[str, tuple[str, ...]] = {
+            "pipeline": ("transcriber", "llm", "tts"),
+            "realtime": ("realtime",),
+            "text": ("llm",),
+        }
+        forbidden: dict[str, tuple[str, ...]] = {"text": ("transcriber", "tts", "realtime")}
+        for field in required[self.architecture]:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field}: required for a {self.architecture!r} agent")
+        for field in forbidden.get(self.architecture, ()):
+            if getattr(self, field) is not None:
+                raise ValueError(f"{field}: not allowed for a 'text' agent")
+        self._check_catalog()
+        return self
+
+    def _check_catalog(self) -> None:
+        checks = (
+            ("transcriber", "stt", self.transcriber),
+            ("llm", "llm", self.llm),
+            ("tts", "tts", self.tts),
+            ("realtime", "realtime", self.realtime),
+        )
+        for field, kind, section in checks:
+            if section is None:
+                continue
+            entry = catalog.provider(kind, section.provider)
+            if entry is None:
+                known = ", ".join(catalog.provider_names(kind))
+                raise ValueError(f"{field}.provider: unknown provider {section.provider!r}; known: {known}")
+            model = getattr(section, "model", None)
+            if model is not None:
+                reason = entry.check_model(model, base_url=getattr(section, "base_url", None))
+                if reason:
+                    raise ValueError(f"{field}.model: {reason}")
+            voice = getattr(section, "voice", None)
+            if voice is not None and (reason := entry.check_voice(voice)):
+                raise ValueError(f"{field}.voice: {reason}")
+            language = getattr(section, "language", None)
+            if language is not None and entry.languages and language not in entry.languages:
+                raise ValueError(f"{field}.language: {language!r} not supported by {section.provider}")

@@ -1,0 +1,80 @@
+"""Process settings, read from the environment (and an optional `.env`).
+
+Every setting has a documented default in the README; secrets are `SecretStr` so they never print in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    public_url: str | None = Field(
+        default=None, description="Public https base URL that Twilio reaches, e.g. https://voice.example.com"
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Signs per-call stream tokens; generated into data_dir when unset"
+    )
+    agents_dir: Path = CONFIG_DIR / "agents"
+    stream_token_ttl_secs: int = 60
+    ws_max_message_bytes: int = 64 * 1024
+    start_timeout_secs: float = 10.0
+    log_level: str = "INFO"
+
+    twilio_account_sid: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "VOXLINE_TWILIO_ACCOUNT_SID")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "VOXLINE_TWILIO_AUTH_TOKEN")
+    )
+    deepgram_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DEEPGRAM_API_KEY", "VOXLINE_DEEPGRAM_API_KEY")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOXLINE_OPENAI_API_KEY")
+    )
+    cartesia_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CARTESIA_API_KEY", "VOXLINE_CARTESIA_API_KEY")
+    )
+
+    # Provider endpoints: point the real SDK clients at a proxy or a local emulator (`voxline emulate`, issue 4).
+    deepgram_base_url: str = ""
+    openai_base_url: str | None = None
+    cartesia_url: str = "wss://api.cartesia.ai/tts/websocket"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'voxline.db').resolve()}"
+
+    def resolved_secret_key(self) -> str:
+        """The token-signing key: the configured one, else one generated once and kept in data_dir.
+
+        Several server processes sharing a database must share this key (set VOXLINE_SECRET_KEY).
+        """
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""One module per agent architecture, each exposing `build(agent, transport, ctx) -> CallPipeline`."""

@@ -1,0 +1,61 @@
+"""The `pipeline` architecture: Silero VAD → STT → LLM (with context aggregation) → TTS, all at the line rate."""
+
+from __future__ import annotations
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from config.agent import AgentConfig
+from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
+from pipelines.providers import registry
+from pipelines.providers.registry import BuildContext
+
+
+def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
+    stt = registry.build("stt", agent.transcriber, ctx)
+    llm = registry.build("llm", agent.llm, ctx)
+    tts = registry.build("tts", agent.tts, ctx)
+
+    vad = SileroVADAnalyzer(
+        sample_rate=LINE_SAMPLE_RATE,
+        params=VADParams(
+            confidence=agent.vad.confidence,
+            start_secs=agent.vad.start_secs,
+            stop_secs=agent.vad.stop_secs,
+            min_volume=agent.vad.min_volume,
+        ),
+    )
+    strategies = UserTurnStrategies(
+        start=[VADUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled)],
+        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=agent.turn.silence_secs)],
+    )
+    context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}])
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
+    )
+    pipeline = Pipeline(
+        [transport.input(), stt, aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
+    )
+    greeting = []
+    if agent.welcome_message:
+        frame = TTSSpeakFrame(agent.welcome_message)
+        frame.interruptible = agent.interruption.welcome_interruptible
+        greeting.append(frame)
+    return CallPipeline(
+        pipeline=pipeline,
+        user_aggregator=aggregators.user(),
+        assistant_aggregator=aggregators.assistant(),
+        greeting=greeting,
+    )

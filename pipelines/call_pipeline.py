@@ -1,0 +1,22 @@
+"""What an architecture hands the call session: the pipeline plus the handles the session observes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipecat.frames.frames import Frame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.frame_processor import FrameProcessor
+
+# Phone audio is 8 kHz: keeping the whole pipeline there means no resampling on the per-frame path.
+LINE_SAMPLE_RATE = 8000
+
+
+@dataclass
+class CallPipeline:
+    pipeline: Pipeline
+    user_aggregator: FrameProcessor
+    assistant_aggregator: FrameProcessor
+    greeting: list[Frame] = field(default_factory=list)
+    audio_in_sample_rate: int = LINE_SAMPLE_RATE
+    audio_out_sample_rate: int = LINE_SAMPLE_RATE

@@ -1,0 +1,35 @@
+"""Config → pipeline: dispatch on the agent's architecture."""
+
+from __future__ import annotations
+
+from pipecat.transports.base_transport import BaseTransport
+
+from config.agent import AgentConfig
+from pipelines.call_pipeline import CallPipeline
+from pipelines.providers.registry import BuildContext
+
+
+class UnsupportedArchitecture(RuntimeError):
+    pass
+
+
+def build_call_pipeline(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
+    if agent.architecture == "pipeline":
+        from pipelines.architectures import pipeline
+
+        return pipeline.build(agent, transport, ctx)
+    if agent.architecture == "text":
+        raise UnsupportedArchitecture(f"agent {agent.name!r} is a 'text' agent: text agents do not take phone calls")
+    raise UnsupportedArchitecture(
+        f"agent {agent.name!r}: the {agent.architecture!r} architecture cannot take phone calls in this version"
+    )
+
+
+def local_models_needed(agent: AgentConfig) -> set[str]:
+    """The shared local models this agent's calls use, so the server can load them before the first call."""
+    needed = set()
+    if agent.transcriber and agent.transcriber.provider == "whisper":
+        needed.add("whisper")
+    if agent.tts and agent.tts.provider == "piper":
+        needed.add("piper")
+    return needed

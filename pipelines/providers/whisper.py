@@ -1,0 +1,61 @@
+"""Local STT: the bundled Whisper tiny.en, shared across calls, fed whole utterances segmented by the VAD."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import soxr
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.services.settings import STTSettings
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.utils.time import time_now_iso8601
+
+from pipelines.providers import local_models
+
+WHISPER_RATE = 16000
+
+
+class LocalWhisperSTTService(SegmentedSTTService):
+    """Transcribes each VAD segment with the process-wide Whisper model.
+
+    The pipeline runs at the phone's 8 kHz so the VAD needs no resampling; the segment is upsampled to Whisper's
+    16 kHz here in one shot, which costs nothing in latency (unlike a streaming resampler on the input path).
+    """
+
+    def __init__(self, *, language: str = "en", beam_size: int = 1, **kwargs):
+        super().__init__(settings=STTSettings(model="tiny.en", language=language), **kwargs)
+        self._language = language
+        self._beam_size = beam_size
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        return False
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    def _transcribe(self, pcm: bytes) -> str:
+        audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        if self.sample_rate != WHISPER_RATE:
+            audio = soxr.resample(audio, self.sample_rate, WHISPER_RATE)
+        model = local_models.get("whisper")
+        segments, _ = model.transcribe(
+            audio, language=self._language, beam_size=self._beam_size, vad_filter=False, condition_on_previous_text=False
+        )
+        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.6).strip()
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        await self.start_processing_metrics()
+        try:
+            text = await local_models.run_inference(self._transcribe, audio)
+        except Exception as exc:  # a model failure must not kill the call: report and go on
+            logger.exception("whisper transcription failed")
+            yield ErrorFrame(error=f"whisper: {exc}")
+            return
+        finally:
+            await self.stop_processing_metrics()
+        if text:
+            logger.debug(f"whisper: [{text}]")
+            yield TranscriptionFrame(text, self._user_id, time_now_iso8601())

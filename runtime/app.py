@@ -1,0 +1,99 @@
+"""The FastAPI app: start-up (migrations, agent files, model preload), health, and the carrier routes."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from loguru import logger
+from sqlalchemy import select
+
+from config.agent import AgentConfig
+from config.settings import Settings, get_settings
+from pipelines.factory import local_models_needed
+from pipelines.providers import local_models
+from runtime import __version__
+from runtime.agent_files import load_agent_files
+from runtime.context import Runtime
+from runtime.reasons import DisconnectionReason
+from runtime.store import db as store_db
+from runtime.store.models import Agent
+from runtime.tokens import StreamTokens
+
+SHUTDOWN_GRACE_SECS = 5.0
+
+
+async def _preload_models(rt: Runtime) -> None:
+    async with rt.db() as s:
+        configs = [AgentConfig.model_validate(c) for c in await s.scalars(select(Agent.config))]
+    for name in sorted(set().union(*(local_models_needed(c) for c in configs)) if configs else set()):
+        await local_models.load(name)
+
+
+async def _end_live_calls(rt: Runtime) -> None:
+    rt.shutting_down.set()
+    sessions = list(rt.sessions.values())
+    if not sessions:
+        return
+    logger.info(f"shutting down: ending {len(sessions)} live call(s)")
+    for session in sessions:
+        session.stop(DisconnectionReason.SERVER_SHUTDOWN, "server shutdown")
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECS
+    while rt.sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = store_db.create_engine(settings.resolved_database_url)
+        await store_db.migrate(engine)
+        rt = Runtime(
+            settings=settings,
+            engine=engine,
+            db=store_db.sessionmaker(engine),
+            tokens=StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs),
+        )
+        app.state.runtime = rt
+        if settings.twilio_auth_token is None:
+            logger.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio webhooks and media streams are UNAUTHENTICATED. "
+                "Anyone who can reach this server can place calls into it. Set it in production."
+            )
+        elif not settings.public_url:
+            logger.warning("VOXLINE_PUBLIC_URL is not set: signatures are checked against the URL this server sees, "
+                           "which is wrong behind a proxy or tunnel")
+        await load_agent_files(rt.db, settings.agents_dir)
+        await _preload_models(rt)
+        logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
+        try:
+            yield
+        finally:
+            await _end_live_calls(rt)
+            await engine.dispose()
+
+    app = FastAPI(title="voxline", version=__version__, lifespan=lifespan)
+
+    from telephony.twilio import stream, webhook
+
+    app.include_router(webhook.router)
+    app.include_router(stream.router)
+
+    @app.get("/health")
+    async def health():
+        rt: Runtime = app.state.runtime
+        ok = await store_db.ping(rt.engine)
+        body = {
+            "status": "ok" if ok else "degraded",
+            "version": __version__,
+            "database": {"status": "ok" if ok else "unreachable", "dialect": rt.engine.dialect.name},
+            "live_calls": len(rt.sessions),
+        }
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app

@@ -1,0 +1,235 @@
+"""One live call: builds the pipeline from the call's stored agent, runs it over the carrier's socket, writes
+each turn as it completes, and closes the call record with a reason however the call ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from fastapi import WebSocket
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.services.llm_service import LLMService
+from pipecat.services.stt_service import STTService
+from pipecat.services.tts_service import TTSService
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.workers.runner import WorkerRunner
+from starlette.websockets import WebSocketState
+
+from config.agent import AgentConfig
+from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
+from pipelines.providers import local_models
+from pipelines.providers.registry import BuildContext, ProviderError
+from runtime.context import Runtime
+from runtime.reasons import DisconnectionReason as R
+from runtime.store import repo
+from telephony.twilio.serializer import StreamEvents
+
+_PROVIDER_REASON = {"stt": R.ERROR_STT, "llm": R.ERROR_LLM, "tts": R.ERROR_TTS, "realtime": R.ERROR_REALTIME}
+# 20 ms output chunks: the least audio queued at the carrier when a `clear` lands, without extra messages.
+_OUT_10MS_CHUNKS = 2
+
+
+def _error_reason(frame: ErrorFrame) -> R:
+    proc = frame.processor
+    for cls, reason in ((STTService, R.ERROR_STT), (LLMService, R.ERROR_LLM), (TTSService, R.ERROR_TTS)):
+        if isinstance(proc, cls):
+            return reason
+    return R.ERROR_INTERNAL
+
+
+class TurnWriter:
+    """Writes transcript entries in order, off the pipeline's path, each as soon as its turn completes."""
+
+    def __init__(self, rt: Runtime, call_id: str):
+        self._rt, self._call_id = rt, call_id
+        self._queue: asyncio.Queue[tuple | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._drain(), name=f"turns-{call_id}")
+
+    def put(self, role: str, text: str, start: float, end: float, interrupted: bool) -> None:
+        self._queue.put_nowait((role, text, round(start, 3), round(end, 3), interrupted))
+
+    async def _drain(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            try:
+                await repo.add_transcript_entry(self._rt.db, self._call_id, *item)
+            except Exception:
+                logger.exception(f"call {self._call_id}: could not store a {item[0]} turn")
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        await self._task
+
+
+class CallSession(StreamEvents):
+    def __init__(
+        self, rt: Runtime, call_id: str, ws: WebSocket, serializer_factory: Callable[[StreamEvents], FrameSerializer]
+    ):
+        self.rt, self.call_id, self.ws = rt, call_id, ws
+        self._serializer_factory = serializer_factory
+        self._t0 = time.monotonic()
+        self._reason: R | None = None
+        self._detail: str | None = None
+        self._worker: PipelineWorker | None = None
+        self._cancel_task: asyncio.Task | None = None
+        self._turn_start = {"user": 0.0, "assistant": 0.0}
+        self._turns: TurnWriter | None = None
+        self.clears_sent = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def end_with(self, reason: R, detail: str | None = None) -> None:
+        """Record why the call is ending; the first reason given wins."""
+        if self._reason is None:
+            self._reason, self._detail = reason, detail
+
+    def stop(self, reason: R, why: str) -> None:
+        """End the call from outside the pipeline (e.g. server shutdown)."""
+        self.end_with(reason, why)
+        self._cancel(why)
+
+    # --- StreamEvents (from the carrier serializer) -------------------------------------------------------------
+
+    async def on_stream_stop(self, message: dict) -> None:
+        self.end_with(R.CALLER_HANGUP)
+        self._cancel("stream stopped by the carrier")
+
+    async def on_clear_sent(self) -> None:
+        self.clears_sent += 1
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    def _cancel(self, why: str) -> None:
+        if self._worker is not None and self._cancel_task is None:
+            # Scheduled, not awaited: this runs inside the pipeline's own receive task, which the cancel stops.
+            self._cancel_task = asyncio.create_task(self._worker.cancel(reason=why))
+
+    async def run(self) -> None:
+        self.rt.sessions[self.call_id] = self
+        self._turns = TurnWriter(self.rt, self.call_id)
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            self.end_with(R.SERVER_SHUTDOWN if self.rt.shutting_down.is_set() else R.ERROR_INTERNAL, "cancelled")
+            raise
+        except Exception as exc:
+            logger.exception(f"call {self.call_id}: session failed")
+            self.end_with(R.ERROR_INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            await asyncio.shield(self._finish())
+
+    async def _finish(self) -> None:
+        self.rt.sessions.pop(self.call_id, None)
+        if self._turns:
+            await self._turns.close()
+        if self._reason is None:
+            if self.rt.shutting_down.is_set():
+                self.end_with(R.SERVER_SHUTDOWN)
+            else:
+                self.end_with(R.ERROR_CARRIER, "media stream closed without a stop message")
+        status = "failed" if self._reason.is_error else "completed"
+        await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail)
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            try:
+                await self.ws.close(code=1000 if status == "completed" else 1011)
+            except Exception:
+                pass
+        logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
+                    f"{' (' + self._detail + ')' if self._detail else ''}")
+
+    async def _run(self) -> None:
+        call = await repo.get_call(self.rt.db, self.call_id)
+        agent_row = await repo.get_agent(self.rt.db, call.agent_id) if call and call.agent_id else None
+        if agent_row is None:
+            self.end_with(R.ERROR_INTERNAL, "the call's agent no longer exists")
+            return
+        agent = AgentConfig.model_validate(agent_row.config)
+        for name in local_models_needed(agent):
+            await local_models.load(name)  # normally preloaded at start-up; never loaded on the event loop
+
+        transport = FastAPIWebsocketTransport(
+            self.ws,
+            FastAPIWebsocketParams(
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                audio_out_10ms_chunks=_OUT_10MS_CHUNKS,
+                serializer=self._serializer_factory(self),
+            ),
+        )
+        ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye)
+        try:
+            built = build_call_pipeline(agent, transport, ctx)
+        except ProviderError as exc:
+            logger.error(f"call {self.call_id}: cannot build the {exc.kind} provider: {exc}")
+            self.end_with(_PROVIDER_REASON.get(exc.kind, R.ERROR_INTERNAL), str(exc))
+            return
+        except UnsupportedArchitecture as exc:
+            logger.error(f"call {self.call_id}: {exc}")
+            self.end_with(R.ERROR_INTERNAL, str(exc))
+            return
+
+        worker = self._worker = PipelineWorker(
+            built.pipeline,
+            params=PipelineParams(
+                audio_in_sample_rate=built.audio_in_sample_rate,
+                audio_out_sample_rate=built.audio_out_sample_rate,
+                enable_metrics=True,
+            ),
+            enable_rtvi=False,
+        )
+        self._observe(transport, built, worker)
+        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        await runner.add_workers(worker)
+        logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")
+        await runner.run()
+
+    async def _on_goodbye(self) -> None:
+        self.end_with(R.AGENT_HANGUP, "goodbye rule")
+
+    def _observe(self, transport, built, worker: PipelineWorker) -> None:
+        @transport.event_handler("on_client_connected")
+        async def _connected(_transport, _ws):
+            if built.greeting:
+                await worker.queue_frames(built.greeting)
+
+        @transport.event_handler("on_client_disconnected")
+        async def _disconnected(_transport, _ws):
+            self.end_with(R.ERROR_CARRIER, "media stream closed without a stop message")
+            self._cancel("media stream closed")
+
+        @worker.event_handler("on_pipeline_error")
+        async def _error(_worker, frame: ErrorFrame):
+            logger.error(f"call {self.call_id}: pipeline error from {frame.processor}: {frame.error}")
+            if frame.fatal:
+                self.end_with(_error_reason(frame), frame.error)
+
+        @worker.event_handler("on_idle_timeout")
+        async def _idle(_worker):
+            self.end_with(R.SILENCE_TIMEOUT, "no speech from either side")
+
+        user, assistant = built.user_aggregator, built.assistant_aggregator
+
+        @user.event_handler("on_user_turn_started")
+        async def _user_started(_agg, _strategy):
+            self._turn_start["user"] = self.elapsed()
+
+        @user.event_handler("on_user_turn_stopped")
+        async def _user_stopped(_agg, _strategy, message):
+            if message.content and message.content.strip():
+                self._turns.put("user", message.content.strip(), self._turn_start["user"], self.elapsed(), False)
+
+        @assistant.event_handler("on_assistant_turn_started")
+        async def _assistant_started(_agg):
+            self._turn_start["assistant"] = self.elapsed()
+
+        @assistant.event_handler("on_assistant_turn_stopped")
+        async def _assistant_stopped(_agg, message):
+            if message.content and message.content.strip():
+                self._turns.put(
+                    "assistant", message.content.strip(), self._turn_start["assistant"], self.elapsed(),
+                    message.interrupted,
+                )

@@ -1,0 +1,109 @@
+"""`voxline`: serve, map numbers, and call an agent the way Twilio does."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import typer
+from loguru import logger
+
+from config.settings import get_settings
+
+app = typer.Typer(help="voxline: a self-hostable real-time voice agent runtime for phone calls", no_args_is_help=True)
+numbers_app = typer.Typer(help="Phone numbers and their agent mapping", no_args_is_help=True)
+app.add_typer(numbers_app, name="numbers")
+
+
+def _configure_logging(level: str) -> None:
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8080, help="TCP port"),
+) -> None:
+    """Run the server (API, Twilio webhook and media streams)."""
+    import uvicorn
+
+    from runtime.app import create_app
+
+    settings = get_settings()
+    _configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
+        log_level=settings.log_level.lower(), proxy_headers=True,
+    )
+
+
+@numbers_app.command("add")
+def numbers_add(
+    number: str = typer.Argument(..., help="E.164 number, e.g. +15550100000"),
+    agent: str = typer.Option(..., "--agent", help="Agent name or id"),
+) -> None:
+    """Map a phone number to an agent (calls to it are answered by that agent)."""
+    from runtime.agent_files import load_agent_files
+    from runtime.phone import InvalidPhoneNumber, to_e164
+    from runtime.store import db as store_db
+    from runtime.store import repo
+
+    settings = get_settings()
+    _configure_logging("WARNING")
+    try:
+        e164 = to_e164(number)
+    except InvalidPhoneNumber as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def run() -> int:
+        engine = store_db.create_engine(settings.resolved_database_url)
+        try:
+            await store_db.migrate(engine)
+            db = store_db.sessionmaker(engine)
+            await load_agent_files(db, settings.agents_dir)
+            try:
+                found = await repo.find_agent(db, agent)
+            except LookupError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                return 2
+            if found is None:
+                typer.echo(f"error: no agent named or with id {agent!r}", err=True)
+                return 1
+            await repo.map_number(db, e164, found)
+            typer.echo(f"{e164} → agent {found.name!r} ({found.id})")
+            return 0
+        finally:
+            await engine.dispose()
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+@app.command()
+def call(
+    wav: Path = typer.Option(..., "--wav", exists=True, dir_okay=False, help="What the caller says (any WAV)"),
+    out: Path | None = typer.Option(None, "--out", help="Write what the agent said to this WAV"),
+    to: str = typer.Option("+15550100000", "--to", help="The number dialed"),
+    from_: str = typer.Option("+15550199999", "--from", help="The caller's number"),
+    server: str = typer.Option("http://127.0.0.1:8080", "--server", help="The voxline server"),
+    reply_timeout: float = typer.Option(20.0, help="Seconds to wait for the agent's reply"),
+) -> None:
+    """Call the server as Twilio would: webhook, media stream, real-time audio; print what happened."""
+    from telephony.caller_report import run_call
+
+    settings = get_settings()
+    _configure_logging("WARNING")
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    code = asyncio.run(run_call(server, wav, out, to, from_, token, settings.public_url, reply_timeout))
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The process-wide runtime the HTTP routes and call sessions share (one per app)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from config.settings import Settings
+from runtime.tokens import StreamTokens
+
+if TYPE_CHECKING:
+    from runtime.call_session import CallSession
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    db: async_sessionmaker
+    tokens: StreamTokens
+    sessions: dict[str, CallSession] = field(default_factory=dict)  # call id → live session
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def runtime_of(conn: HTTPConnection) -> Runtime:
+    return conn.app.state.runtime

@@ -1,0 +1,133 @@
+"""The queries the runtime needs, one function each. Callers pass an `async_sessionmaker`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from config.agent import AgentConfig
+from runtime.store.models import Agent, Call, PhoneNumber, TranscriptEntry, Workspace, utcnow
+
+
+async def ensure_workspace(db: async_sessionmaker, name: str) -> Workspace:
+    async with db() as s:
+        ws = await s.scalar(select(Workspace).where(Workspace.name == name))
+        if ws is None:
+            ws = Workspace(name=name)
+            s.add(ws)
+            await s.commit()
+        return ws
+
+
+async def upsert_agent(db: async_sessionmaker, workspace_id: str, cfg: AgentConfig) -> Agent:
+    """Create the agent, or replace the config of the agent with the same name in the workspace."""
+    data = cfg.model_dump(mode="json")
+    async with db() as s:
+        agent = await s.scalar(select(Agent).where(Agent.workspace_id == workspace_id, Agent.name == cfg.name))
+        if agent is None:
+            agent = Agent(workspace_id=workspace_id, name=cfg.name, architecture=cfg.architecture, config=data)
+            s.add(agent)
+        else:
+            agent.architecture = cfg.architecture
+            agent.config = data
+            agent.updated_at = utcnow()
+        await s.commit()
+        return agent
+
+
+async def find_agent(db: async_sessionmaker, name_or_id: str, workspace_id: str | None = None) -> Agent | None:
+    async with db() as s:
+        q = select(Agent).where((Agent.id == name_or_id) | (Agent.name == name_or_id))
+        if workspace_id:
+            q = q.where(Agent.workspace_id == workspace_id)
+        found = list(await s.scalars(q.limit(2)))
+        if len(found) > 1:
+            raise LookupError(f"agent name {name_or_id!r} exists in several workspaces; use its id")
+        return found[0] if found else None
+
+
+async def get_agent(db: async_sessionmaker, agent_id: str) -> Agent | None:
+    async with db() as s:
+        return await s.get(Agent, agent_id)
+
+
+async def map_number(db: async_sessionmaker, number: str, agent: Agent) -> PhoneNumber:
+    """Map an E.164 number to an agent (moving it if it was mapped elsewhere)."""
+    async with db() as s:
+        row = await s.scalar(select(PhoneNumber).where(PhoneNumber.number == number))
+        if row is None:
+            row = PhoneNumber(number=number, workspace_id=agent.workspace_id, agent_id=agent.id)
+            s.add(row)
+        else:
+            row.workspace_id, row.agent_id = agent.workspace_id, agent.id
+        await s.commit()
+        return row
+
+
+async def agent_for_number(db: async_sessionmaker, number: str) -> Agent | None:
+    async with db() as s:
+        return await s.scalar(
+            select(Agent).join(PhoneNumber, PhoneNumber.agent_id == Agent.id).where(PhoneNumber.number == number)
+        )
+
+
+async def create_call(db: async_sessionmaker, **fields) -> Call:
+    async with db() as s:
+        call = Call(**fields)
+        s.add(call)
+        await s.commit()
+        return call
+
+
+async def get_call(db: async_sessionmaker, call_id: str) -> Call | None:
+    async with db() as s:
+        return await s.get(Call, call_id)
+
+
+async def claim_stream(db: async_sessionmaker, call_id: str, stream_sid: str, call_sid: str | None) -> bool:
+    """Attach the media stream to a call that has none yet. False when the call already streamed or ended,
+    so one token cannot open two sockets."""
+    async with db() as s:
+        result = await s.execute(
+            update(Call)
+            .where(Call.id == call_id, Call.stream_sid.is_(None), Call.ended_at.is_(None))
+            .values(stream_sid=stream_sid, twilio_call_sid=call_sid, status="in-progress", started_at=utcnow())
+        )
+        await s.commit()
+        return result.rowcount == 1
+
+
+async def add_transcript_entry(
+    db: async_sessionmaker, call_id: str, role: str, text: str, start_secs: float, end_secs: float, interrupted: bool
+) -> None:
+    async with db() as s:
+        s.add(
+            TranscriptEntry(
+                call_id=call_id, role=role, text=text, start_secs=start_secs, end_secs=end_secs, interrupted=interrupted
+            )
+        )
+        await s.commit()
+
+
+async def transcript(db: async_sessionmaker, call_id: str) -> list[TranscriptEntry]:
+    async with db() as s:
+        return list(
+            await s.scalars(select(TranscriptEntry).where(TranscriptEntry.call_id == call_id).order_by(TranscriptEntry.id))
+        )
+
+
+async def end_call(
+    db: async_sessionmaker, call_id: str, *, status: str, reason: str, detail: str | None = None,
+    ended_at: datetime | None = None,
+) -> bool:
+    """Close the call once; a second close (e.g. a late socket error) changes nothing."""
+    async with db() as s:
+        result = await s.execute(
+            update(Call)
+            .where(Call.id == call_id, Call.ended_at.is_(None))
+            .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow())
+        )
+        await s.commit()
+        return result.rowcount == 1

@@ -1,0 +1,1 @@
+"""Carriers: each is a webhook/stream glue module plus a pipecat serializer. Twilio first."""

@@ -1,0 +1,1 @@
+"""Twilio: voice webhook (TwiML), Media Streams socket and serializer, and a protocol-faithful caller."""

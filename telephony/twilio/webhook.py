@@ -1,0 +1,86 @@
+"""POST /telephony/twilio/voice: Twilio's incoming-call webhook. Verifies the signature, finds the agent mapped to
+the dialed number, opens the call record and answers TwiML that connects the call to our media stream."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from loguru import logger
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from config.agent import AgentConfig
+from runtime.context import runtime_of
+from runtime.phone import InvalidPhoneNumber, to_e164
+from runtime.reasons import DisconnectionReason
+from runtime.store import repo
+from telephony.twilio import signature
+
+router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+STREAM_PATH = "/telephony/twilio/stream"
+
+
+def _twiml(response: VoiceResponse, status: int = 200) -> Response:
+    return Response(content=str(response), media_type="application/xml", status_code=status)
+
+
+def refuse(message: str) -> Response:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return _twiml(response)
+
+
+def connect_twiml(stream_url: str, call_id: str, token: str) -> VoiceResponse:
+    """`<Connect><Stream>` to our socket; `<Hangup/>` after it so that closing the socket ends the call."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    stream.parameter(name="call_id", value=call_id)
+    stream.parameter(name="token", value=token)
+    response.append(connect)
+    response.hangup()
+    return response
+
+
+def stream_url(request: Request) -> str:
+    rt = runtime_of(request)
+    base = rt.settings.public_url.rstrip("/") if rt.settings.public_url else str(request.base_url).rstrip("/")
+    return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
+
+
+@router.post("/voice")
+async def voice(request: Request) -> Response:
+    rt = runtime_of(request)
+    params = signature.form_params(await request.body())
+    url = signature.public_url(request, rt.settings)
+    if not signature.is_valid(rt.settings, url, params, request.headers.get("x-twilio-signature")):
+        logger.warning(f"voice webhook: invalid or missing X-Twilio-Signature for {url} (CallSid={params.get('CallSid')!r})")
+        return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+
+    call_sid = params.get("CallSid")
+    try:
+        to = to_e164(params.get("To", ""))
+    except InvalidPhoneNumber as exc:
+        logger.warning(f"voice webhook: call {call_sid}: bad To number: {exc}")
+        return refuse("Sorry, this number cannot be reached. Goodbye.")
+    caller = params.get("From") or None
+
+    agent = await repo.agent_for_number(rt.db, to)
+    if agent is None:
+        logger.warning(f"voice webhook: call {call_sid} to {to}: no agent is mapped to this number; hanging up")
+        return refuse("Sorry, this number is not in service. Goodbye.")
+
+    cfg = AgentConfig.model_validate(agent.config)
+    fields = dict(
+        workspace_id=agent.workspace_id, agent_id=agent.id, direction="inbound", from_number=caller, to_number=to,
+        twilio_call_sid=call_sid,
+    )
+    if cfg.architecture != "pipeline":
+        call = await repo.create_call(rt.db, status="failed", **fields)
+        detail = f"agent {cfg.name!r} ({cfg.architecture}) cannot take phone calls"
+        await repo.end_call(rt.db, call.id, status="failed", reason=DisconnectionReason.ERROR_INTERNAL, detail=detail)
+        logger.warning(f"voice webhook: call {call.id}: {detail}")
+        return refuse("Sorry, this agent cannot take phone calls. Goodbye.")
+
+    call = await repo.create_call(rt.db, status="ringing", **fields)
+    logger.info(f"call {call.id}: inbound {caller} → {to}, agent {cfg.name!r} ({agent.id}), CallSid {call_sid}")
+    return _twiml(connect_twiml(stream_url(request), call.id, rt.tokens.mint(call.id)))
