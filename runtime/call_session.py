@@ -228,8 +228,9 @@ class CallSession(StreamEvents):
 
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _assistant_stopped(_agg, message):
-            if message.content and message.content.strip():
-                self._turns.put(
-                    "assistant", message.content.strip(), self._turn_start["assistant"], self.elapsed(),
-                    message.interrupted,
-                )
+            # The aggregator sits after the output transport, so its text is what has been played, sentence by
+            # sentence. An interruption before the first sentence finished still leaves an (empty) entry: the
+            # agent did speak, and was cut off.
+            text = (message.content or "").strip()
+            if text or message.interrupted:
+                self._turns.put("assistant", text, self._turn_start["assistant"], self.elapsed(), message.interrupted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -50,9 +50,11 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     )
     greeting = []
     if agent.welcome_message:
-        frame = TTSSpeakFrame(agent.welcome_message)
-        frame.interruptible = agent.interruption.welcome_interruptible
-        greeting.append(frame)
+        # Spoken as if the LLM had said it, not as one TTSSpeakFrame: the TTS then splits it into sentences and
+        # the transcript keeps each sentence once it has played, so an interrupted welcome records what was heard.
+        greeting = [LLMFullResponseStartFrame(), LLMTextFrame(agent.welcome_message), LLMFullResponseEndFrame()]
+        for frame in greeting:
+            frame.interruptible = agent.interruption.welcome_interruptible
     return CallPipeline(
         pipeline=pipeline,
         user_aggregator=aggregators.user(),

@@ -1,0 +1,40 @@
+"""Test helpers that place calls the way Twilio does, against the server fixture."""
+
+from __future__ import annotations
+
+import base64
+
+from telephony.audio import ulaw_rms
+from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
+from tests.conftest import ACCOUNT_SID, DEMO_NUMBER, Server
+
+
+async def dial(server: Server, to: str = DEMO_NUMBER) -> MediaStreamCaller:
+    """Webhook then media stream, both signed as Twilio signs them. Enter the result with `async with`."""
+    answer = await post_incoming_call(
+        server.url, to, auth_token=server.auth_token, account_sid=ACCOUNT_SID, public_url=server.url
+    )
+    assert answer.status_code == 200, answer.twiml
+    assert answer.stream_url == server.stream_url, answer.twiml
+    return MediaStreamCaller(answer, auth_token=server.auth_token, account_sid=ACCOUNT_SID)
+
+
+async def converse(server: Server, utterance: bytes, to: str = DEMO_NUMBER) -> tuple[MediaStreamCaller, float, float]:
+    """A full good call: welcome, one caller turn, the reply, hang-up. Returns (caller, end of speech, first reply)."""
+    caller = await dial(server, to)
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0), "no welcome audio"
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(utterance)
+        first = await caller.wait_agent_audio(spoke_at, 20.0)
+        assert first is not None, "the agent did not answer"
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+    return caller, spoke_at, first
+
+
+def media_payloads(caller: MediaStreamCaller) -> list[bytes]:
+    return [base64.b64decode(r.message["media"]["payload"], validate=True) for r in caller.events("media")]
+
+
+def loud(ulaw: bytes) -> bool:
+    return ulaw_rms(ulaw) > 300

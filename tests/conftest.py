@@ -1,0 +1,191 @@
+"""Shared fixtures: real synthesized speech (espeak-ng) and a real `voxline serve` process on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from telephony.audio import wav_to_ulaw
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "1" * 32
+DEMO_NUMBER = "+15550100000"
+LONG_WELCOME_NUMBER = "+15550100001"
+BROKEN_NUMBER = "+15550100002"
+TEXT_NUMBER = "+15550100003"
+
+# Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
+# many others come back garbled, which says more about espeak than about the runtime).
+PHRASES = {
+    "located": "Where are you located?",
+    "goodbye": "Goodbye.",
+    "table": "Hello, I would like to book a table for two people tonight.",
+}
+
+TEST_AGENTS = {
+    "long_welcome.yaml": f"""
+name: long-welcome
+phone_numbers: ["{LONG_WELCOME_NUMBER}"]
+system_prompt: Test agent whose welcome is long enough to talk over.
+welcome_message: >-
+  Hello and welcome to Luigi's. Before you ask, let me tell you about our specials, because today we have
+  fresh pasta with wild mushrooms, a wood fired pizza with roasted peppers, and a lemon tart for dessert.
+  We also have a set menu for groups of six or more people.
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
+    fallback: Sorry, could you say that again?
+tts: {{provider: piper}}
+""",
+    "broken.yaml": f"""
+name: needs-deepgram
+phone_numbers: ["{BROKEN_NUMBER}"]
+system_prompt: Uses a cloud STT whose key is not configured.
+transcriber: {{provider: deepgram}}
+llm: {{provider: scripted}}
+tts: {{provider: piper}}
+""",
+    "text.yaml": f"""
+name: chat-only
+architecture: text
+phone_numbers: ["{TEXT_NUMBER}"]
+system_prompt: A text agent.
+llm: {{provider: scripted}}
+""",
+    "invalid.yaml": """
+name: invalid
+system_prompt: Refers to a provider that does not exist.
+transcriber: {provider: nosuch}
+llm: {provider: scripted}
+tts: {provider: piper}
+""",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen
+    auth_token: str | None
+
+    @property
+    def stream_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/telephony/twilio/stream"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def query(self, sql: str, *params) -> list[sqlite3.Row]:
+        con = sqlite3.connect(self.data_dir / "voxline.db", timeout=30)
+        con.row_factory = sqlite3.Row
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def call_row(self, call_id: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM calls WHERE id = ?", call_id)
+        return rows[0] if rows else None
+
+    def turns(self, call_id: str) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM transcript_entries WHERE call_id = ? ORDER BY id", call_id)
+
+    def wait_ended(self, call_id: str, timeout: float = 5.0) -> sqlite3.Row:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.call_row(call_id)
+            if row is not None and row["ended_at"] is not None:
+                return row
+            time.sleep(0.05)
+        raise AssertionError(f"call {call_id} not closed within {timeout}s: {dict(self.call_row(call_id) or {})}")
+
+
+def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None = None) -> Server:
+    agents = base / "agents"
+    agents.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "config" / "agents" / "demo.yaml", agents / "demo.yaml")
+    for name, text in TEST_AGENTS.items():
+        (agents / name).write_text(text)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOXLINE_"))}
+    env.update(
+        VOXLINE_DATA_DIR=str(base / "data"), VOXLINE_AGENTS_DIR=str(agents), VOXLINE_PUBLIC_URL=url,
+        VOXLINE_LOG_LEVEL="DEBUG", HF_HUB_OFFLINE="1",
+    )
+    if auth_token:
+        env.update(TWILIO_AUTH_TOKEN=auth_token, TWILIO_ACCOUNT_SID=ACCOUNT_SID)
+    env.update(extra_env or {})
+    log_path = base / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)],
+        stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=base,
+    )
+    server = Server(url, port, base / "data", log_path, proc, auth_token)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not become healthy:\n{server.log()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    srv = start_server(tmp_path_factory.mktemp("server"), auth_token=AUTH_TOKEN)
+    yield srv
+    stop_server(srv)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copy(srv.log_path, artifacts / "server.log")
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> dict[str, bytes]:
+    """8 kHz μ-law utterances synthesized by espeak-ng (a system package the test command installs)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: run the README's test command (./dev test), which installs it")
+    out = tmp_path_factory.mktemp("speech")
+    result = {}
+    for key, text in PHRASES.items():
+        wav = out / f"{key}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
+        result[key] = wav_to_ulaw(wav)
+    return result

@@ -1,0 +1,108 @@
+"""End to end over real sockets, as Twilio drives a call: webhook → TwiML → media stream → pipeline → store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from telephony.audio import FRAME_BYTES
+from tests.calls import converse, dial, loud, media_payloads
+from tests.conftest import LONG_WELCOME_NUMBER
+
+
+async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
+    caller, spoke_at, first_reply = await converse(server, speech["located"])
+    call_id = caller.answer.parameters["call_id"]
+
+    # Welcome and reply arrive as valid μ-law media on our stream, with audible speech in them.
+    media = caller.events("media")
+    assert media, "no media from the agent"
+    assert all(r.message["streamSid"] == caller.stream_sid for r in caller.received if "streamSid" in r.message)
+    payloads = media_payloads(caller)
+    assert sum(len(p) for p in payloads) > 8000 * 2, "less than 2 s of agent audio"
+    assert loud(b"".join(payloads))
+    # Paced at real time: the agent's audio is not pushed in one burst.
+    span = media[-1].at - media[0].at
+    assert span > 0.5 * sum(len(p) for p in payloads) / 8000 - 1.0
+
+    row = server.wait_ended(call_id, timeout=5.0)
+    assert row["status"] == "completed"
+    assert row["disconnection_reason"] == "caller_hangup"
+    assert row["stream_sid"] == caller.stream_sid
+    assert row["twilio_call_sid"] == caller.call_sid
+    assert row["direction"] == "inbound" and row["to_number"] == "+15550100000"
+
+    turns = server.turns(call_id)
+    roles = [t["role"] for t in turns]
+    assert roles == ["assistant", "user", "assistant"], [dict(t) for t in turns]
+    assert "Luigi" in turns[0]["text"]
+    assert "located" in turns[1]["text"].lower()
+    assert "Main Street" in turns[2]["text"]
+    assert all(t["end_secs"] >= t["start_secs"] >= 0 for t in turns)
+    assert turns[0]["end_secs"] <= turns[1]["start_secs"] <= turns[2]["start_secs"]
+    assert not any(t["interrupted"] for t in turns)
+    assert 0 < first_reply - spoke_at < 10
+
+
+async def test_speaking_over_the_agent_clears_twilio_and_marks_the_turn_interrupted(server, speech):
+    caller = await dial(server, LONG_WELCOME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        await asyncio.sleep(4.0)  # past the welcome's first sentence (~2 s), into its second (~9 s)
+        started = time.monotonic()
+        spoke_at = await caller.say(speech["located"])
+        assert await caller.wait_for(lambda: caller.events("clear"), 5.0), "no clear after barge-in"
+        clear = caller.events("clear")[0]
+        assert clear.message["streamSid"] == caller.stream_sid
+        assert started < clear.at < spoke_at + 1.0
+        # The agent stops talking: no welcome audio between the clear and the end of the caller's speech.
+        assert not [t for t in caller.media_times if clear.at + 0.2 < t < spoke_at]
+        reply_at = await caller.wait_agent_audio(spoke_at, 20.0)
+        assert reply_at is not None, "no reply after the interruption"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    server.wait_ended(call_id)
+    turns = server.turns(call_id)
+    assert turns[0]["role"] == "assistant" and turns[0]["interrupted"] == 1, [dict(t) for t in turns]
+    # Only what was played before the interruption is kept: the first sentence, not the specials after it.
+    assert turns[0]["text"] == "Hello and welcome to Luigi's.", turns[0]["text"]
+    assert any(t["role"] == "user" and "located" in t["text"].lower() for t in turns)
+    assert turns[-1]["role"] == "assistant" and "Main Street" in turns[-1]["text"] and not turns[-1]["interrupted"]
+    assert len(caller.events("clear")) == 1
+
+
+async def test_no_clear_when_the_agent_is_silent(server, speech):
+    caller = await dial(server)
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(1.0, 30.0)
+        spoke_at = await caller.say(speech["located"])
+        assert await caller.wait_agent_audio(spoke_at, 20.0)
+        await caller.wait_agent_quiet(0.8, 30.0)
+    assert caller.events("clear") == []
+
+
+async def test_goodbye_rule_ends_the_call_from_the_agent_side(server, speech):
+    caller = await dial(server)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["goodbye"])
+        assert await caller.wait_agent_audio(spoke_at, 20.0)
+        # The server closes the socket after speaking the goodbye; TwiML's <Hangup/> then ends the call.
+        await asyncio.wait_for(caller.closed.wait(), 20.0)
+        goodbye_audio = sum(FRAME_BYTES for t in caller.media_times if t > spoke_at)
+        assert goodbye_audio > 8000, "the goodbye was cut short"
+    assert caller.answer.hangup
+    row = server.wait_ended(call_id)
+    assert row["status"] == "completed" and row["disconnection_reason"] == "agent_hangup"
+    assert "Goodbye" in server.turns(call_id)[-1]["text"]
+
+
+async def test_calls_run_concurrently(server, speech):
+    results = await asyncio.gather(*(converse(server, speech["located"]) for _ in range(3)))
+    for caller, _, _ in results:
+        row = server.wait_ended(caller.answer.parameters["call_id"])
+        assert row["disconnection_reason"] == "caller_hangup"
+        assert any("Main Street" in t["text"] for t in server.turns(caller.answer.parameters["call_id"]))
