@@ -25,7 +25,9 @@ class LocalWhisperSTTService(SegmentedSTTService):
     """
 
     def __init__(self, *, language: str = "en", beam_size: int = 1, **kwargs):
-        super().__init__(settings=STTSettings(model="tiny.en", language=language), **kwargs)
+        # Whisper answers within ~0.5 s of the end of a segment on a 2-core machine; 1 s is the bound the turn
+        # strategy waits for a transcript that may never come (noise).
+        super().__init__(settings=STTSettings(model="tiny.en", language=language), ttfs_p99_latency=1.0, **kwargs)
         self._language = language
         self._beam_size = beam_size
 
