@@ -88,8 +88,10 @@ class MediaStreamCaller:
     """One media stream, Twilio side. Use as an async context manager after `post_incoming_call`."""
 
     def __init__(self, answer: Answer, *, auth_token: str | None = None, account_sid: str = "AC" + "0" * 32,
-                 call_sid: str | None = None, signed_url: str | None = None):
+                 call_sid: str | None = None, signed_url: str | None = None,
+                 prelude: list[str | bytes] | None = None):
         self.answer = answer
+        self._prelude = prelude or []  # raw messages sent between `connected` and `start` (tests of bad peers)
         self.stream_sid = sid("MZ")
         self.call_sid = call_sid or sid("CA")
         self.account_sid = account_sid
@@ -116,16 +118,21 @@ class MediaStreamCaller:
             headers["X-Twilio-Signature"] = RequestValidator(self._auth_token).compute_signature(self._signed_url, {})
         self._ws = await websockets.connect(self.answer.stream_url, additional_headers=headers, max_size=2**20)
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self.send_json({
+        for raw in self._prelude:
+            await self._ws.send(raw)
+        await self.send_json(self.start_message())
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send_media())]
+        return self
+
+    def start_message(self) -> dict:
+        return {
             "event": "start", "sequenceNumber": "1", "streamSid": self.stream_sid,
             "start": {
                 "streamSid": self.stream_sid, "accountSid": self.account_sid, "callSid": self.call_sid,
                 "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": LINE_RATE, "channels": 1},
                 "customParameters": self.answer.parameters,
             },
-        })
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send_media())]
-        return self
+        }
 
     async def __aexit__(self, *exc) -> None:
         await self.hang_up()
