@@ -33,6 +33,25 @@ _PROVIDER_REASON = {"stt": R.ERROR_STT, "llm": R.ERROR_LLM, "tts": R.ERROR_TTS, 
 _OUT_10MS_CHUNKS = 2
 
 
+_CLOSE_CODES = {1000: "normal closure", 1001: "going away", 1006: "abnormal closure, no close frame",
+                1005: "no close code", 1009: "message too big", 1011: "peer error"}
+
+
+def _record_close_code(ws: WebSocket) -> dict:
+    """pipecat's transport drops the close code of a socket the peer closed; keep it for the call record."""
+    seen: dict = {}
+    receive = ws.receive
+
+    async def recording_receive():
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            seen["code"] = message.get("code")
+        return message
+
+    ws.receive = recording_receive  # type: ignore[method-assign]
+    return seen
+
+
 def _error_reason(frame: ErrorFrame) -> R:
     proc = frame.processor
     for cls, reason in ((STTService, R.ERROR_STT), (LLMService, R.ERROR_LLM), (TTSService, R.ERROR_TTS)):
@@ -70,6 +89,7 @@ class CallSession(StreamEvents):
     ):
         self.rt, self.call_id, self.ws = rt, call_id, ws
         self._serializer_factory = serializer_factory
+        self._close = _record_close_code(ws)
         self._t0 = time.monotonic()
         self._reason: R | None = None
         self._detail: str | None = None
@@ -130,7 +150,7 @@ class CallSession(StreamEvents):
             if self.rt.shutting_down.is_set():
                 self.end_with(R.SERVER_SHUTDOWN)
             else:
-                self.end_with(R.ERROR_CARRIER, "media stream closed without a stop message")
+                self.end_with(R.ERROR_CARRIER, self._unexpected_close())
         status = "failed" if self._reason.is_error else "completed"
         await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail)
         if self.ws.application_state == WebSocketState.CONNECTED:
@@ -187,6 +207,13 @@ class CallSession(StreamEvents):
         logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")
         await runner.run()
 
+    def _unexpected_close(self) -> str:
+        code = self._close.get("code")
+        why = f" (code {code}: {_CLOSE_CODES.get(code, 'unknown')})" if code else ""
+        detail = f"media stream closed without a stop message{why}"
+        logger.warning(f"call {self.call_id}: {detail}")
+        return detail
+
     async def _on_goodbye(self) -> None:
         self.end_with(R.AGENT_HANGUP, "goodbye rule")
 
@@ -198,7 +225,8 @@ class CallSession(StreamEvents):
 
         @transport.event_handler("on_client_disconnected")
         async def _disconnected(_transport, _ws):
-            self.end_with(R.ERROR_CARRIER, "media stream closed without a stop message")
+            if self._reason is None:
+                self.end_with(R.ERROR_CARRIER, self._unexpected_close())
             self._cancel("media stream closed")
 
         @worker.event_handler("on_pipeline_error")

@@ -97,8 +97,10 @@ async def test_oversized_frame_closes_only_that_call(server, speech):
         assert caller.close_code == 1009  # message too big
         row = server.wait_ended(call_id)
         assert row["status"] == "failed" and row["disconnection_reason"] == "error_carrier"
+        assert "code 1009: message too big" in row["error_detail"]
 
     await asyncio.gather(bad_call(), _good_call_completes(server, speech))
+    assert "code 1009: message too big" in server.log()
     await _healthy(server)
 
 
