@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from config import catalog
 
@@ -138,3 +138,13 @@ class AgentConfig(_Strict):
             language = getattr(section, "language", None)
             if language is not None and entry.languages and language not in entry.languages:
                 raise ValueError(f"{field}.language: {language!r} not supported by {section.provider}")
+
+
+def explain(exc: ValidationError) -> str:
+    """A validation error as `field: problem` lines, the way API and CLI users should read it."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(lines)

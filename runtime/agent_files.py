@@ -9,7 +9,7 @@ from loguru import logger
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from config.agent import AgentConfig
+from config.agent import AgentConfig, explain
 from runtime.phone import to_e164
 from runtime.store import repo
 
@@ -33,7 +33,9 @@ def read_agent_file(path: Path) -> tuple[AgentConfig, str, list[str]]:
     try:
         cfg = AgentConfig.model_validate(raw)
         e164 = [to_e164(str(n)) for n in numbers]
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        raise AgentFileError(f"{path}: {explain(exc)}") from exc
+    except ValueError as exc:
         raise AgentFileError(f"{path}: {exc}") from exc
     return cfg, str(workspace), e164
 

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,3 +190,45 @@ def speech(tmp_path_factory) -> dict[str, bytes]:
         subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
         result[key] = wav_to_ulaw(wav)
     return result
+
+
+@dataclass
+class Postgres:
+    port: int
+    url: str  # postgresql+asyncpg://...
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if found:
+        return str(found[-1])
+    if shutil.which(name):
+        return shutil.which(name)
+    pytest.fail("PostgreSQL server binaries are not installed: run the README's test command (./dev test)")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """A throwaway PostgreSQL cluster on a loopback port, owned by this test session."""
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
+    base = Path(tempfile.mkdtemp(prefix="voxline-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "voxline", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "pg.log"), "-o",
+         f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        yield Postgres(port, f"postgresql+asyncpg://voxline@127.0.0.1:{port}/postgres")
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
