@@ -105,10 +105,12 @@ class MediaStreamCaller:
         self.close_code: int | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._speech_done: asyncio.Event | None = None
+        self._utterance_starting = False
         self._playout_until = 0.0
         self._pending_marks: list[tuple[float, str]] = []
         self._ws = None
         self._tasks: list[asyncio.Task] = []
+        self.first_speech_frame_at = 0.0  # of the latest utterance
         self.last_speech_frame_at = 0.0
         self.speech_frames_sent = 0
 
@@ -174,6 +176,7 @@ class MediaStreamCaller:
             self._outbox.put_nowait(frame.ljust(FRAME_BYTES, b"\xff"))
         self._outbox.put_nowait(b"")  # marker: utterance ends here
         self._speech_done = done
+        self._utterance_starting = True
         await done.wait()
         return self.last_speech_frame_at
 
@@ -203,6 +206,8 @@ class MediaStreamCaller:
                 return
             if speaking:
                 self.last_speech_frame_at = time.monotonic()
+                if self._utterance_starting:
+                    self.first_speech_frame_at, self._utterance_starting = self.last_speech_frame_at, False
                 self.speech_frames_sent += 1
             next_at += 0.020
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
