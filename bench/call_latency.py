@@ -23,26 +23,27 @@ from telephony.audio import FRAME_BYTES, ulaw_rms, wav_to_ulaw
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
 
 
-def utterance(text: str) -> tuple[bytes, float]:
-    """μ-law speech and its leading silence in seconds."""
+def utterance(text: str) -> tuple[bytes, float, float]:
+    """μ-law speech, and its leading and trailing silence in seconds."""
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "u.wav"
         subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
         ulaw = wav_to_ulaw(wav)
     frames = [ulaw[i:i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
-    lead = next(i for i, f in enumerate(frames) if ulaw_rms(f) > 500) * 0.02
-    return ulaw, lead
+    loud = [i for i, f in enumerate(frames) if ulaw_rms(f) > 500]
+    return ulaw, loud[0] * 0.02, (len(frames) - 1 - loud[-1]) * 0.02
 
 
-async def one_call(server: str, to: str, question: bytes, interruption: tuple[bytes, float]) -> dict:
+async def one_call(server: str, to: str, question: tuple, interruption: tuple) -> dict:
     answer = await post_incoming_call(server, to)
     result: dict = {}
     async with MediaStreamCaller(answer) as caller:
         await caller.wait_agent_audio(0.0, 20.0)
         await caller.wait_agent_quiet(0.8, 30.0)
-        spoke_at = await caller.say(question)
-        first = await caller.wait_agent_audio(spoke_at, 20.0)
-        result["reply_ms"] = (first - spoke_at) * 1000 if first else None
+        sent_at = await caller.say(question[0])
+        speech_end = sent_at - question[2]  # the last loud frame, not the file's trailing silence
+        first = await caller.wait_agent_audio(sent_at, 20.0)
+        result["reply_ms"] = (first - speech_end) * 1000 if first else None
         if first:
             await asyncio.sleep(0.3)  # the agent is mid-sentence
             clears_before = len(caller.events("clear"))
@@ -70,7 +71,7 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    question = utterance("Where are you located?")[0]
+    question = utterance("Where are you located?")
     interruption = utterance("Wait, where is that exactly?")
     results: list[dict] = []
     started = time.monotonic()

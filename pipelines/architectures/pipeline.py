@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -20,6 +19,7 @@ from config.agent import AgentConfig
 from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
+from pipelines.providers.vad import SharedSileroVADAnalyzer
 
 
 def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
@@ -27,7 +27,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     llm = registry.build("llm", agent.llm, ctx)
     tts = registry.build("tts", agent.tts, ctx)
 
-    vad = SileroVADAnalyzer(
+    vad = SharedSileroVADAnalyzer(
         sample_rate=LINE_SAMPLE_RATE,
         params=VADParams(
             confidence=agent.vad.confidence,

