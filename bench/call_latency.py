@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from telephony.audio import FRAME_BYTES, ulaw_rms, wav_to_ulaw
+from telephony.audio import speech_bounds, wav_to_ulaw
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
 
 
@@ -29,9 +29,7 @@ def utterance(text: str) -> tuple[bytes, float, float]:
         wav = Path(d) / "u.wav"
         subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
         ulaw = wav_to_ulaw(wav)
-    frames = [ulaw[i:i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
-    loud = [i for i, f in enumerate(frames) if ulaw_rms(f) > 500]
-    return ulaw, loud[0] * 0.02, (len(frames) - 1 - loud[-1]) * 0.02
+    return (ulaw, *speech_bounds(ulaw))
 
 
 async def one_call(server: str, to: str, question: tuple, interruption: tuple) -> dict:

@@ -38,3 +38,12 @@ def ulaw_to_wav(ulaw: bytes, path: str | Path) -> None:
 
 def ulaw_rms(ulaw: bytes) -> float:
     return float(audioop.rms(audioop.ulaw2lin(ulaw, 2), 2)) if ulaw else 0.0
+
+
+def speech_bounds(ulaw: bytes, threshold: float = 500.0) -> tuple[float, float]:
+    """(leading, trailing) silence of an utterance in seconds, by 20 ms frame loudness."""
+    frames = [ulaw[i:i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
+    loud = [i for i, f in enumerate(frames) if ulaw_rms(f) > threshold]
+    if not loud:
+        return len(frames) * 0.02, 0.0
+    return loud[0] * 0.02, (len(frames) - 1 - loud[-1]) * 0.02

@@ -9,7 +9,7 @@ import audioop
 import numpy as np
 import typer
 
-from telephony.audio import LINE_RATE, ulaw_to_wav, wav_to_ulaw
+from telephony.audio import LINE_RATE, speech_bounds, ulaw_to_wav, wav_to_ulaw
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
 
 
@@ -42,8 +42,9 @@ async def run_call(server: str, wav: Path, out: Path | None, to: str, from_: str
             typer.echo("no welcome audio from the agent within 15 s", err=True)
         await caller.wait_agent_quiet(0.8, 30.0)
         welcome = bytes(caller.agent_audio)
-        spoke_at = await caller.say(utterance)
-        first = await caller.wait_agent_audio(spoke_at, reply_timeout)
+        sent_at = await caller.say(utterance)
+        spoke_at = sent_at - speech_bounds(utterance)[1]  # the last loud frame, not the file's trailing silence
+        first = await caller.wait_agent_audio(sent_at, reply_timeout)
         if first is not None:
             await caller.wait_agent_quiet(0.8, 60.0)
         reply = bytes(caller.agent_audio[len(welcome):])
