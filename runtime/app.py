@@ -6,6 +6,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from loguru import logger
 from sqlalchemy import select
 
@@ -25,9 +26,12 @@ SHUTDOWN_GRACE_SECS = 5.0
 
 
 async def _preload_models(rt: Runtime) -> None:
+    """Load the local models any stored agent uses, so no call waits for a model."""
+    needed: set[str] = set()
     async with rt.db() as s:
-        configs = [AgentConfig.model_validate(c) for c in await s.scalars(select(Agent.config))]
-    for name in sorted(set().union(*(local_models_needed(c) for c in configs)) if configs else set()):
+        for config in await s.scalars(select(Agent.config)):
+            needed |= local_models_needed(AgentConfig.model_validate(config))
+    for name in sorted(needed):
         await local_models.load(name)
 
 
@@ -92,8 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "database": {"status": "ok" if ok else "unreachable", "dialect": rt.engine.dialect.name},
             "live_calls": len(rt.sessions),
         }
-        from fastapi.responses import JSONResponse
-
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

@@ -34,7 +34,9 @@ _OUT_10MS_CHUNKS = 2
 
 
 _CLOSE_CODES = {1000: "normal closure", 1001: "going away", 1006: "abnormal closure, no close frame",
-                1005: "no close code", 1009: "message too big", 1011: "peer error"}
+                1005: "no close code", 1009: "message too big", 1011: "peer error", 1012: "service restart"}
+# uvicorn closes live sockets with 1012 when the server shuts down, before the app's own shutdown runs.
+_SERVER_GOING_AWAY = 1012
 
 
 def _record_close_code(ws: WebSocket) -> dict:
@@ -97,7 +99,7 @@ class CallSession(StreamEvents):
         self._cancel_task: asyncio.Task | None = None
         self._turn_start = {"user": 0.0, "assistant": 0.0}
         self._turns: TurnWriter | None = None
-        self.clears_sent = 0
+        self._serializer = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -117,9 +119,6 @@ class CallSession(StreamEvents):
     async def on_stream_stop(self, message: dict) -> None:
         self.end_with(R.CALLER_HANGUP)
         self._cancel("stream stopped by the carrier")
-
-    async def on_clear_sent(self) -> None:
-        self.clears_sent += 1
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -158,8 +157,9 @@ class CallSession(StreamEvents):
                 await self.ws.close(code=1000 if status == "completed" else 1011)
             except Exception:
                 pass
+        media = f", media in/out {self._serializer.media_in}/{self._serializer.media_out}" if self._serializer else ""
         logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
-                    f"{' (' + self._detail + ')' if self._detail else ''}")
+                    f"{' (' + self._detail + ')' if self._detail else ''}{media}")
 
     async def _run(self) -> None:
         call = await repo.get_call(self.rt.db, self.call_id)
@@ -171,13 +171,14 @@ class CallSession(StreamEvents):
         for name in local_models_needed(agent):
             await local_models.load(name)  # normally preloaded at start-up; never loaded on the event loop
 
+        self._serializer = self._serializer_factory(self)
         transport = FastAPIWebsocketTransport(
             self.ws,
             FastAPIWebsocketParams(
                 audio_in_enabled=True,
                 audio_out_enabled=True,
                 audio_out_10ms_chunks=_OUT_10MS_CHUNKS,
-                serializer=self._serializer_factory(self),
+                serializer=self._serializer,
             ),
         )
         ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye)
@@ -225,7 +226,9 @@ class CallSession(StreamEvents):
 
         @transport.event_handler("on_client_disconnected")
         async def _disconnected(_transport, _ws):
-            if self._reason is None:
+            if self._close.get("code") == _SERVER_GOING_AWAY:
+                self.end_with(R.SERVER_SHUTDOWN, "server shutting down")
+            elif self._reason is None:
                 self.end_with(R.ERROR_CARRIER, self._unexpected_close())
             self._cancel("media stream closed")
 

@@ -170,13 +170,11 @@ class MediaStreamCaller:
 
     async def say(self, ulaw: bytes) -> float:
         """Stream an utterance in real time (between silence frames); returns when its last frame was sent."""
-        done = asyncio.Event()
-        frames = [ulaw[i:i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
-        for frame in frames:
-            self._outbox.put_nowait(frame.ljust(FRAME_BYTES, b"\xff"))
-        self._outbox.put_nowait(b"")  # marker: utterance ends here
-        self._speech_done = done
+        done = self._speech_done = asyncio.Event()
         self._utterance_starting = True
+        for i in range(0, len(ulaw), FRAME_BYTES):
+            self._outbox.put_nowait(ulaw[i:i + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
+        self._outbox.put_nowait(b"")  # marker: utterance ends here
         await done.wait()
         return self.last_speech_frame_at
 

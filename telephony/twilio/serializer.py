@@ -40,8 +40,6 @@ class StreamEvents:
 
     async def on_mark(self, name: str) -> None: ...
 
-    async def on_clear_sent(self) -> None: ...
-
 
 class ProtocolWarnings:
     """Logs each kind of bad input the first few times, then every 100th, so a flood cannot flood the log."""
@@ -168,7 +166,6 @@ class TwilioMediaSerializer(FrameSerializer):
             if time.monotonic() >= self._playout_until:
                 return None  # nothing left playing at Twilio: a clear would do nothing but cost a message
             self._playout_until = 0.0
-            await self._events.on_clear_sent()
             return json.dumps({"event": "clear", "streamSid": self._stream_sid})
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
             message = dict(frame.message)
