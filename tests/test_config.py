@@ -124,3 +124,24 @@ def test_scripted_rules_match_whole_words_in_order():
     assert script.reply("reopening soon") == ("F", False)  # not a whole-word match
     assert script.reply("ok, bye then") == ("G", True)
     assert last_user_text([{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant"}]) == "hi"
+
+
+def test_cloud_providers_build_with_keys_and_redirected_endpoints():
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    from config.settings import Settings
+
+    settings = Settings(
+        _env_file=None, DEEPGRAM_API_KEY="dg", OPENAI_API_KEY="sk", CARTESIA_API_KEY="ca",
+        deepgram_base_url="ws://127.0.0.1:9001", openai_base_url="http://127.0.0.1:9002/v1",
+        cartesia_url="ws://127.0.0.1:9003/tts/websocket",
+    )
+    cfg = AgentConfig(**{**PIPELINE, "transcriber": {"provider": "deepgram", "model": "nova-2-phonecall"},
+                         "llm": {"provider": "openai", "model": "gpt-4o-mini"}, "tts": {"provider": "cartesia"}})
+    ctx = registry.BuildContext(agent=cfg, settings=settings)
+    stt, llm, tts = (registry.build(k, s, ctx) for k, s in (("stt", cfg.transcriber), ("llm", cfg.llm), ("tts", cfg.tts)))
+    assert isinstance(stt, DeepgramSTTService) and isinstance(llm, OpenAILLMService) and isinstance(tts, CartesiaTTSService)
+    assert str(llm._client.base_url).startswith("http://127.0.0.1:9002/v1")
+    assert tts._url == "ws://127.0.0.1:9003/tts/websocket"
