@@ -39,7 +39,7 @@ async def test_migrations_create_the_schema_and_are_idempotent(database):
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     assert TABLES <= tables
-    assert version == "0001"
+    assert version == "0002"
     assert await store_db.ping(database)
 
 
