@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     start_timeout_secs: float = 10.0
     log_level: str = "INFO"
 
+    # REST API guards
+    rate_limit_per_minute: int = 600
+    redis_url: str | None = Field(default=None, description="redis://host:6379/0 to share rate limits across processes")
+    max_body_bytes: int = 1 << 20
+    idempotency_ttl_hours: int = 24
+
     twilio_account_sid: str | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "VOXLINE_TWILIO_ACCOUNT_SID")
     )

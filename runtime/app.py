@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -16,6 +17,7 @@ from pipelines.factory import local_models_needed
 from pipelines.providers import local_models
 from runtime import __version__
 from runtime.agent_files import load_agent_files
+from runtime.api import errors, guards
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason
 from runtime.store import db as store_db
@@ -48,6 +50,35 @@ async def _end_live_calls(rt: Runtime) -> None:
         await asyncio.sleep(0.05)
 
 
+def api_routers() -> list:
+    from runtime.api.routes import agents, keys, phone, providers, tools
+
+    return [keys.router, agents.router, providers.router, phone.router, tools.router]
+
+
+def openapi_schema(app: FastAPI) -> dict:
+    """FastAPI documents request validation failures as 422 with its own body; ours are 400 with the common one."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in schema.get("paths", {}).values():
+        for op in path.values():
+            responses = op.get("responses", {})
+            if "422" in responses:
+                responses.pop("422")
+                responses.setdefault("400", {
+                    "description": "Invalid request (the message names the field)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                })
+    schemas = schema.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -71,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.warning("VOXLINE_PUBLIC_URL is not set: signatures are checked against the URL this server sees, "
                            "which is wrong behind a proxy or tunnel")
         await load_agent_files(rt.db, settings.agents_dir)
+        await guards.purge_expired_idempotency(rt.db, timedelta(hours=settings.idempotency_ttl_hours))
         await _preload_models(rt)
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
         try:
@@ -79,12 +111,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await _end_live_calls(rt)
             await engine.dispose()
 
-    app = FastAPI(title="voxline", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="voxline",
+        version=__version__,
+        lifespan=lifespan,
+        description="Real-time voice agents for phone calls. Every /api route needs `x-api-key: KEY` or "
+        "`Authorization: Bearer KEY` (create one with `voxline keys create`).",
+    )
+    errors.install(app)
 
     from telephony.twilio import stream, webhook
 
     app.include_router(webhook.router)
     app.include_router(stream.router)
+    for router in api_routers():
+        app.include_router(router)
+    # Outermost first: size before anything reads the body, then rate limit, then idempotent replay.
+    ttl = timedelta(hours=settings.idempotency_ttl_hours)
+    app.add_middleware(guards.Idempotency, db_getter=lambda scope: scope["app"].state.runtime.db, ttl=ttl)
+    app.add_middleware(guards.RateLimit, per_minute=settings.rate_limit_per_minute, redis_url=settings.redis_url)
+    app.add_middleware(guards.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.openapi = lambda: openapi_schema(app)
 
     @app.get("/health")
     async def health():

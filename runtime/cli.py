@@ -15,6 +15,8 @@ from config.settings import get_settings
 app = typer.Typer(help="voxline: a self-hostable real-time voice agent runtime for phone calls", no_args_is_help=True)
 numbers_app = typer.Typer(help="Phone numbers and their agent mapping", no_args_is_help=True)
 app.add_typer(numbers_app, name="numbers")
+keys_app = typer.Typer(help="API keys", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _configure_logging(level: str) -> None:
@@ -80,6 +82,37 @@ def numbers_add(
             await engine.dispose()
 
     raise typer.Exit(asyncio.run(run()))
+
+
+@keys_app.command("create")
+def keys_create(
+    workspace: str = typer.Option(..., "--workspace", help="Workspace name (created if new; 'default' holds config/agents)"),
+    role: str = typer.Option("admin", "--role", help="admin | developer"),
+    name: str = typer.Option("", "--name", help="A label for the key"),
+) -> None:
+    """Create an API key and print it (shown once; only its hash is stored)."""
+    from runtime.api.auth import create_key
+    from runtime.store import db as store_db
+    from runtime.store import repo
+
+    if role not in ("admin", "developer"):
+        typer.echo("error: --role must be admin or developer", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    _configure_logging("WARNING")
+
+    async def run() -> str:
+        engine = store_db.create_engine(settings.resolved_database_url)
+        try:
+            await store_db.migrate(engine)
+            db = store_db.sessionmaker(engine)
+            ws = await repo.ensure_workspace(db, workspace)
+            _, secret = await create_key(db, ws.id, name, role)  # type: ignore[arg-type]
+            return secret
+        finally:
+            await engine.dispose()
+
+    typer.echo(asyncio.run(run()))
 
 
 @app.command()

@@ -131,11 +131,7 @@ def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None =
         (agents / name).write_text(text)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOXLINE_"))}
-    env.update(
-        VOXLINE_DATA_DIR=str(base / "data"), VOXLINE_AGENTS_DIR=str(agents), VOXLINE_PUBLIC_URL=url,
-        VOXLINE_LOG_LEVEL="DEBUG", HF_HUB_OFFLINE="1",
-    )
+    env = server_env(base, {"VOXLINE_PUBLIC_URL": url, "VOXLINE_LOG_LEVEL": "DEBUG"})
     if auth_token:
         env.update(TWILIO_AUTH_TOKEN=auth_token, TWILIO_ACCOUNT_SID=ACCOUNT_SID)
     env.update(extra_env or {})
@@ -232,3 +228,77 @@ def postgres() -> Postgres:
     finally:
         subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class ApiServer:
+    """A running server with keys: admin and developer keys of workspace `default` (which holds the agents from
+    config/agents) and an admin key of another workspace, `other`."""
+
+    server: Server
+    backend: str
+    admin_key: str
+    developer_key: str
+    other_admin_key: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, key: str | None = "admin") -> httpx.Client:
+        keys = {"admin": self.admin_key, "developer": self.developer_key, "other": self.other_admin_key}
+        headers = {"x-api-key": keys.get(key, key)} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def create_key_with_cli(env: dict, workspace: str, role: str, name: str = "") -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "keys", "create", "--workspace", workspace, "--role", role,
+         "--name", name], env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    return result.stdout.strip()
+
+
+def server_env(base: Path, extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOXLINE_"))}
+    env.update(VOXLINE_DATA_DIR=str(base / "data"), VOXLINE_AGENTS_DIR=str(base / "agents"), HF_HUB_OFFLINE="1")
+    env.update(extra or {})
+    return env
+
+
+def start_api_server(base: Path, backend: str, extra_env: dict | None = None,
+                     postgres: Postgres | None = None) -> ApiServer:
+    extra = dict(extra_env or {})
+    if backend == "postgresql":
+        import asyncio
+
+        import asyncpg
+
+        db = "api_" + base.name.replace("-", "_").lower()
+
+        async def create_db():
+            conn = await asyncpg.connect(postgres.url.replace("+asyncpg", ""))
+            await conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
+            await conn.execute(f'CREATE DATABASE "{db}"')
+            await conn.close()
+
+        asyncio.run(create_db())
+        extra["VOXLINE_DATABASE_URL"] = postgres.url.rsplit("/", 1)[0] + "/" + db
+    srv = start_server(base, auth_token=None, extra_env=extra)
+    env = server_env(base, extra)
+    return ApiServer(
+        srv, backend,
+        admin_key=create_key_with_cli(env, "default", "admin", "test admin"),
+        developer_key=create_key_with_cli(env, "default", "developer", "test developer"),
+        other_admin_key=create_key_with_cli(env, "other", "admin", "other admin"),
+    )
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def api(request, tmp_path_factory) -> ApiServer:
+    """The API under test, once on SQLite and once on PostgreSQL."""
+    pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    srv = start_api_server(tmp_path_factory.mktemp(f"api-{request.param}"), request.param,
+                           {"VOXLINE_RATE_LIMIT_PER_MINUTE": "100000"}, pg)
+    yield srv
+    stop_server(srv.server)

@@ -1,0 +1,9 @@
+"""/api/v1/providers (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from runtime.api.errors import COMMON_ERRORS
+
+router = APIRouter(prefix="/api/v1", tags=["providers"], responses=COMMON_ERRORS)
