@@ -161,7 +161,7 @@ class Idempotency:
         request_hash = hashlib.sha256(
             json.dumps([scope["path"], scope.get("query_string", b"").decode(), body.decode("utf-8", "replace")]).encode()
         ).hexdigest()
-        owner = _caller_identity(scope)
+        owner = hashlib.sha256(_caller_identity(scope).encode()).hexdigest()
         db = self.db_getter(scope)
         lock = self._locks.setdefault((owner, key), asyncio.Lock())  # same-process retries wait for the first
         async with lock:
@@ -209,6 +209,8 @@ class Idempotency:
                     await s.commit()
             except IntegrityError:
                 logger.info("idempotency: a concurrent request with the same key stored its response first")
+            except Exception:  # the response is already sent: a failed save must not break it
+                logger.exception("idempotency: could not store the response for replay")
 
 
 def _age(created) -> timedelta:

@@ -90,7 +90,7 @@ class IdempotencyRecord(Base):
     """The first response to a POST carrying an Idempotency-Key, replayed for retries (24 h)."""
 
     __tablename__ = "idempotency_records"
-    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the API key used
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of who called (key hash or address)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)

@@ -47,7 +47,21 @@ def stream_url(request: Request) -> str:
     return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
 
 
-@router.post("/voice")
+_FORM = {"type": "object", "properties": {k: {"type": "string"} for k in ("CallSid", "AccountSid", "From", "To")}}
+
+
+@router.post(
+    "/voice",
+    response_class=Response,
+    summary="Twilio incoming-call webhook",
+    responses={
+        200: {"description": "TwiML: connect to the media stream, or a spoken refusal and hang-up",
+              "content": {"application/xml": {"schema": {"type": "string"}}}},
+        403: {"description": "Missing or invalid X-Twilio-Signature",
+              "content": {"text/plain": {"schema": {"type": "string"}}}},
+    },
+    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": _FORM}}}},
+)
 async def voice(request: Request) -> Response:
     rt = runtime_of(request)
     params = signature.form_params(await request.body())
