@@ -302,3 +302,25 @@ def api(request, tmp_path_factory) -> ApiServer:
                            {"VOXLINE_RATE_LIMIT_PER_MINUTE": "100000"}, pg)
     yield srv
     stop_server(srv.server)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A throwaway redis-server on a loopback port (a system package the test command installs)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run the README's test command (./dev test)")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)

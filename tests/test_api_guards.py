@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import start_api_server, stop_server
+from tests.conftest import start_api_server, start_server, stop_server
 
 
 def test_idempotent_create_replays_the_first_response(api):
@@ -97,3 +97,17 @@ def test_oversized_bodies_are_413(strict_api):
 
 def test_health_stays_public(api):
     assert httpx.get(api.url + "/health").status_code == 200
+
+
+def test_processes_sharing_redis_share_one_limit(tmp_path, redis_url):
+    env = {"VOXLINE_RATE_LIMIT_PER_MINUTE": "10", "VOXLINE_REDIS_URL": redis_url}
+    first = start_api_server(tmp_path, "sqlite", env)
+    second = start_server(tmp_path, auth_token=None, extra_env=env)  # same database, same keys
+    try:
+        key = {"x-api-key": first.developer_key}
+        statuses = [httpx.get(url + "/api/v1/me", headers=key).status_code
+                    for url in [first.url, second.url] * 6]
+        assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429], statuses
+    finally:
+        stop_server(first.server)
+        stop_server(second)
