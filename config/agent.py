@@ -14,6 +14,12 @@ from config import catalog
 Architecture = Literal["pipeline", "realtime", "text"]
 
 
+# Which config sections each architecture needs and refuses (the seed platform's rules).
+REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {"pipeline": ("transcriber", "llm", "tts"), "realtime": ("realtime",),
+                                                 "text": ("llm",)}
+FORBIDDEN_SECTIONS: dict[str, tuple[str, ...]] = {"text": ("transcriber", "tts", "realtime")}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,16 +104,10 @@ class AgentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_architecture(self) -> AgentConfig:
-        required: dict[str, tuple[str, ...]] = {
-            "pipeline": ("transcriber", "llm", "tts"),
-            "realtime": ("realtime",),
-            "text": ("llm",),
-        }
-        forbidden: dict[str, tuple[str, ...]] = {"text": ("transcriber", "tts", "realtime")}
-        for field in required[self.architecture]:
+        for field in REQUIRED_SECTIONS[self.architecture]:
             if getattr(self, field) is None:
                 raise ValueError(f"{field}: required for a {self.architecture!r} agent")
-        for field in forbidden.get(self.architecture, ()):
+        for field in FORBIDDEN_SECTIONS.get(self.architecture, ()):
             if getattr(self, field) is not None:
                 raise ValueError(f"{field}: not allowed for a 'text' agent")
         self._check_catalog()

@@ -240,6 +240,7 @@ class ApiServer:
     admin_key: str
     developer_key: str
     other_admin_key: str
+    database_url: str
 
     @property
     def url(self) -> str:
@@ -288,6 +289,7 @@ def start_api_server(base: Path, backend: str, extra_env: dict | None = None,
     env = server_env(base, extra)
     return ApiServer(
         srv, backend,
+        database_url=extra.get("VOXLINE_DATABASE_URL") or f"sqlite+aiosqlite:///{base / 'data' / 'voxline.db'}",
         admin_key=create_key_with_cli(env, "default", "admin", "test admin"),
         developer_key=create_key_with_cli(env, "default", "developer", "test developer"),
         other_admin_key=create_key_with_cli(env, "other", "admin", "other admin"),
