@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi.routing import APIRoute
 
 from runtime.app import create_app
+from tests.conftest import create_key_with_cli, server_env
 
 
 def _walk(routes, prefix: str = ""):
@@ -29,7 +30,7 @@ def api_operations() -> list[tuple[str, str]]:
 
 def test_every_api_route_refuses_a_request_without_a_key(api):
     ops = api_operations()
-    assert len(ops) >= 5, ops
+    assert len(ops) >= 36, ops  # every route of issue 3; a lower count means a router was lost
     with api.client(None) as c:
         for method, path in ops:
             url = re.sub(r"\{[^}]+\}", "0123456789abcdef0123456789abcdef", path)
@@ -56,10 +57,15 @@ def test_openapi_documents_every_api_operation(api):
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(api, tmp_path):
+    # Its own workspace and admin key: what it creates, renames or revokes stays away from the other tests' keys.
+    key = create_key_with_cli(server_env(api.server.data_dir.parent, {"VOXLINE_DATABASE_URL": api.database_url}),
+                              "schemathesis", "admin", "schemathesis")
     report = tmp_path / "schemathesis.xml"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "st"), "run", f"{api.url}/openapi.json",
-         "--header", f"x-api-key: {api.admin_key}", "--max-examples", "15", "--seed", "1",
+         "--header", f"x-api-key: {key}", "--max-examples", "15", "--seed", "1",
+         # Revoking its own key would end the run in 401s; revocation has its own tests.
+         "--exclude-operation-id", "revoke_api_v1_api_keys__key_id__delete",
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                      "response_schema_conformance,response_headers_conformance",
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "20", "--report", "junit",

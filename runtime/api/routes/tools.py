@@ -1,9 +1,301 @@
-"""/api/v1/tools (being written)."""
+"""/api/v1/tool-endpoint-defs and /api/v1/agents/{agent_id}/tools: HTTP tools an agent's LLM may call.
+
+A definition is stored whole as the validated `ToolIn`, like agent configs, so what is read back is exactly what was
+accepted; agents refer to definitions, each attachment with its own config.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from runtime.api.errors import COMMON_ERRORS
+from fastapi import APIRouter, Body, Request
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from runtime.api.auth import Caller, Principal
+from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
+from runtime.api.schemas import DataList, UTCDatetime
+from runtime.context import runtime_of
+from runtime.store.models import Agent, AgentTool, ToolDef, utcnow
 
 router = APIRouter(prefix="/api/v1", tags=["tools"], responses=COMMON_ERRORS)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_ATTACHED = 128
+
+
+def _empty_object() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+# --- shapes ---------------------------------------------------------------------------------------------------------
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:  # never meant, and it would cut short the prompt or request the text ends up in
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class _ToolFields(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="What the LLM calls it; unique per workspace")
+    description: str = Field(min_length=1, max_length=1024, description="Tells the LLM when to call it")
+    url: str = Field(max_length=2048, examples=["https://example.com/hooks/book"])
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every call of the tool")
+    parameters: dict[str, Any] = Field(
+        default_factory=_empty_object, description='A JSON Schema for the arguments; its "type" must be "object"',
+    )
+    timeout_secs: float = Field(default=10.0, gt=0, le=60)
+
+
+class ToolIn(_ToolFields):
+    # Refusing unknown keys beats ignoring them: a client should not believe it set something that was dropped.
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        return _no_nul(value)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return _no_nul(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            # A header that cannot be sent should fail here, not on every call the agent makes.
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
+                raise ValueError(f"{key!r} is not a valid header name")
+            if not item.isascii() or any(c in item for c in "\r\n\x00"):
+                raise ValueError(f"the value of {key!r} must be ASCII without CR, LF or NUL")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('must be a JSON Schema with "type": "object"')
+        if not isinstance(value.get("$schema", ""), str):  # validator_for looks it up as a dict key
+            raise ValueError("not a valid JSON Schema: $schema must be a string (a meta-schema URI)")
+        try:
+            validator_for(value).check_schema(value)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            raise ValueError(f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
+        return value
+
+
+class ToolOut(_ToolFields):
+    id: str
+    created_at: UTCDatetime
+    updated_at: UTCDatetime
+
+
+class ToolDeleted(BaseModel):
+    id: str
+    deleted: bool
+
+
+class AttachIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tool_id: str = Field(max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict, description="This agent's settings for the tool")
+
+
+class AgentToolOut(BaseModel):
+    tool_id: str
+    name: str
+    config: dict[str, Any]
+    attached_at: UTCDatetime
+
+
+AttachList = Annotated[list[AttachIn], Body(max_length=MAX_ATTACHED)]
+
+
+# --- queries --------------------------------------------------------------------------------------------------------
+
+def _out(tool: ToolDef) -> ToolOut:
+    return ToolOut(**tool.definition, id=tool.id, created_at=tool.created_at, updated_at=tool.updated_at)
+
+
+def _conflict(name: str) -> ApiError:
+    return ApiError(409, "conflict", f"name: a tool named {name!r} already exists in this workspace")
+
+
+async def _own_tool(s, p: Principal, tool_id: str, *, lock: bool = False) -> ToolDef:
+    if not _ID.match(tool_id):  # cannot exist; and a stray NUL would be a database error, not a 404
+        raise not_found("tool")
+    q = select(ToolDef).where(ToolDef.id == tool_id, ToolDef.workspace_id == p.workspace_id)
+    tool = await s.scalar(q.with_for_update() if lock else q)
+    if tool is None:
+        raise not_found("tool")
+    return tool
+
+
+async def _own_agent(s, p: Principal, agent_id: str) -> Agent:
+    if not _ID.match(agent_id):
+        raise not_found("agent")
+    # The lock serialises changes to one agent's tool set on PostgreSQL; SQLite has a single writer anyway.
+    agent = await s.scalar(select(Agent).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id)
+                           .with_for_update())
+    if agent is None:
+        raise not_found("agent")
+    return agent
+
+
+async def _name_taken(s, workspace_id: str, name: str, except_id: str | None = None) -> bool:
+    q = select(ToolDef.id).where(ToolDef.workspace_id == workspace_id, ToolDef.name == name)
+    if except_id:
+        q = q.where(ToolDef.id != except_id)
+    return await s.scalar(q.limit(1)) is not None
+
+
+async def _save(s, name: str) -> None:
+    try:
+        await s.commit()
+    except IntegrityError:  # a concurrent request took the name between our check and the write
+        await s.rollback()
+        raise _conflict(name) from None
+
+
+async def _attached(s, agent_id: str) -> DataList[AgentToolOut]:
+    rows = await s.execute(select(AgentTool, ToolDef.name).join(ToolDef, ToolDef.id == AgentTool.tool_id)
+                           .where(AgentTool.agent_id == agent_id).order_by(AgentTool.created_at, ToolDef.name))
+    return DataList[AgentToolOut](data=[
+        AgentToolOut(tool_id=link.tool_id, name=name, config=link.config or {}, attached_at=link.created_at)
+        for link, name in rows
+    ])
+
+
+async def _checked(s, p: Principal, items: list[AttachIn]) -> dict[str, dict[str, Any]]:
+    """tool id → config, after checking every tool is the caller's and none is listed twice."""
+    wanted: dict[str, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        if item.tool_id in wanted:
+            message = "listed twice"
+            raise bad_request(f"{i}.tool_id: {message}", [{"field": f"{i}.tool_id", "message": message}])
+        wanted[item.tool_id] = item.config
+    for tool_id in wanted:
+        await _own_tool(s, p, tool_id)
+    return wanted
+
+
+async def _change_tools(request: Request, p: Principal, agent_id: str, items: list[AttachIn], *,
+                        replace: bool) -> DataList[AgentToolOut]:
+    async with runtime_of(request).db() as s:
+        agent = await _own_agent(s, p, agent_id)
+        wanted = await _checked(s, p, items)
+        links = await s.scalars(select(AgentTool).where(AgentTool.agent_id == agent.id))
+        current = {link.tool_id: link for link in links}
+        for tool_id, link in current.items():
+            if tool_id in wanted:
+                link.config = wanted[tool_id]  # attached_at stays: the tool has been attached since then
+            elif replace:
+                await s.delete(link)
+        s.add_all(AgentTool(agent_id=agent.id, tool_id=t, config=c) for t, c in wanted.items() if t not in current)
+        try:
+            await s.commit()
+        except IntegrityError:  # a tool deleted (or attached) by a concurrent request
+            await s.rollback()
+            raise ApiError(409, "conflict", "the agent's tools changed concurrently; retry") from None
+        return await _attached(s, agent.id)
+
+
+# --- tool definitions -----------------------------------------------------------------------------------------------
+
+@router.get("/tool-endpoint-defs", response_model=DataList[ToolOut], summary="List the workspace's HTTP tools")
+async def list_tools(p: Caller, request: Request) -> DataList[ToolOut]:
+    async with runtime_of(request).db() as s:
+        rows = await s.scalars(select(ToolDef).where(ToolDef.workspace_id == p.workspace_id).order_by(ToolDef.name))
+        return DataList[ToolOut](data=[_out(t) for t in rows])
+
+
+@router.post("/tool-endpoint-defs", response_model=ToolOut, status_code=201, summary="Define an HTTP tool")
+async def create_tool(body: ToolIn, p: Caller, request: Request) -> ToolOut:
+    async with runtime_of(request).db() as s:
+        if await _name_taken(s, p.workspace_id, body.name):
+            raise _conflict(body.name)
+        tool = ToolDef(workspace_id=p.workspace_id, name=body.name, definition=body.model_dump(mode="json"))
+        s.add(tool)
+        await _save(s, body.name)
+        return _out(tool)
+
+
+@router.get("/tool-endpoint-defs/{tool_id}", response_model=ToolOut, summary="An HTTP tool")
+async def get_tool(tool_id: str, p: Caller, request: Request) -> ToolOut:
+    async with runtime_of(request).db() as s:
+        return _out(await _own_tool(s, p, tool_id))
+
+
+@router.put("/tool-endpoint-defs/{tool_id}", response_model=ToolOut,
+            summary="Replace an HTTP tool's whole definition (omitted fields take their defaults)")
+async def replace_tool(tool_id: str, body: ToolIn, p: Caller, request: Request) -> ToolOut:
+    async with runtime_of(request).db() as s:
+        tool = await _own_tool(s, p, tool_id, lock=True)
+        if await _name_taken(s, p.workspace_id, body.name, except_id=tool.id):
+            raise _conflict(body.name)
+        tool.name, tool.definition, tool.updated_at = body.name, body.model_dump(mode="json"), utcnow()
+        await _save(s, body.name)
+        return _out(tool)
+
+
+@router.delete("/tool-endpoint-defs/{tool_id}", response_model=ToolDeleted,
+               summary="Delete an HTTP tool; it is detached from every agent")
+async def delete_tool(tool_id: str, p: Caller, request: Request) -> ToolDeleted:
+    async with runtime_of(request).db() as s:
+        tool = await _own_tool(s, p, tool_id, lock=True)
+        # The FK cascades too; doing it here keeps the outcome independent of the backend's FK enforcement.
+        await s.execute(delete(AgentTool).where(AgentTool.tool_id == tool.id))
+        await s.execute(delete(ToolDef).where(ToolDef.id == tool.id))
+        await s.commit()
+    return ToolDeleted(id=tool_id, deleted=True)
+
+
+# --- an agent's tools -----------------------------------------------------------------------------------------------
+
+@router.get("/agents/{agent_id}/tools", response_model=DataList[AgentToolOut], summary="The tools attached to an agent")
+async def agent_tools(agent_id: str, p: Caller, request: Request) -> DataList[AgentToolOut]:
+    async with runtime_of(request).db() as s:
+        if not _ID.match(agent_id) or await s.scalar(
+                select(Agent.id).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id)) is None:
+            raise not_found("agent")
+        return await _attached(s, agent_id)
+
+
+@router.post("/agents/{agent_id}/tools", response_model=DataList[AgentToolOut],
+             summary="Attach tools to an agent (an attached tool gets the new config); returns all its tools")
+async def attach_tools(agent_id: str, body: AttachList, p: Caller, request: Request) -> DataList[AgentToolOut]:
+    return await _change_tools(request, p, agent_id, body, replace=False)
+
+
+@router.patch("/agents/{agent_id}/tools", response_model=DataList[AgentToolOut],
+              summary="Set an agent's tools to exactly this list; returns them")
+async def replace_tools(agent_id: str, body: AttachList, p: Caller, request: Request) -> DataList[AgentToolOut]:
+    return await _change_tools(request, p, agent_id, body, replace=True)
+
+
+@router.delete("/agents/{agent_id}/tools/{tool_id}", response_model=DataList[AgentToolOut],
+               summary="Detach one tool from an agent; returns the tools left")
+async def detach_tool(agent_id: str, tool_id: str, p: Caller, request: Request) -> DataList[AgentToolOut]:
+    async with runtime_of(request).db() as s:
+        agent = await _own_agent(s, p, agent_id)
+        link = await s.get(AgentTool, (agent.id, tool_id)) if _ID.match(tool_id) else None
+        if link is None:
+            raise not_found("tool attached to this agent")
+        await s.delete(link)
+        await s.commit()
+        return await _attached(s, agent.id)
