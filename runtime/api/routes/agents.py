@@ -20,7 +20,8 @@ from config.agent import FORBIDDEN_SECTIONS, REQUIRED_SECTIONS, AgentConfig, Arc
 from pipelines.factory import local_models_needed
 from pipelines.providers import local_models
 from runtime.api.auth import Caller
-from runtime.api.errors import COMMON_ERRORS, ApiError, not_found
+from runtime.api.errors import COMMON_ERRORS, ApiError
+from runtime.api.lookup import name_taken, owned
 from runtime.api.schemas import Page, Pagination, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, Call, PhoneNumber, utcnow
@@ -208,18 +209,7 @@ def _summary(agent: Agent) -> AgentSummary:
 
 
 async def _own_agent(s, p, agent_id: str, *, lock: bool = False) -> Agent:
-    q = select(Agent).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id)
-    agent = await s.scalar(q.with_for_update() if lock else q)  # the lock keeps concurrent merges from losing writes
-    if agent is None:
-        raise not_found("agent")
-    return agent
-
-
-async def _name_taken(s, workspace_id: str, name: str, except_id: str | None = None) -> bool:
-    q = select(Agent.id).where(Agent.workspace_id == workspace_id, Agent.name == name)
-    if except_id:
-        q = q.where(Agent.id != except_id)
-    return await s.scalar(q.limit(1)) is not None
+    return await owned(s, Agent, agent_id, p, "agent", lock=lock)  # the lock keeps concurrent merges whole
 
 
 def _conflict(name: str) -> ApiError:
@@ -245,7 +235,7 @@ async def _preload(cfg: AgentConfig) -> None:
 
 async def _create(request: Request, p, cfg: AgentConfig) -> AgentDetail:
     async with runtime_of(request).db() as s:
-        if await _name_taken(s, p.workspace_id, cfg.name):
+        if await name_taken(s, Agent, p.workspace_id, cfg.name):
             raise _conflict(cfg.name)
         agent = Agent(workspace_id=p.workspace_id, name=cfg.name, architecture=cfg.architecture,
                       config=cfg.model_dump(mode="json"))
@@ -260,7 +250,7 @@ async def _update(request: Request, p, agent_id: str, change) -> AgentDetail:
     async with runtime_of(request).db() as s:
         agent = await _own_agent(s, p, agent_id, lock=True)
         cfg = change(dict(agent.config))
-        if cfg.name != agent.name and await _name_taken(s, p.workspace_id, cfg.name, except_id=agent.id):
+        if cfg.name != agent.name and await name_taken(s, Agent, p.workspace_id, cfg.name, except_id=agent.id):
             raise _conflict(cfg.name)
         agent.name, agent.architecture = cfg.name, cfg.architecture
         agent.config = cfg.model_dump(mode="json")

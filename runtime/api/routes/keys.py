@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from runtime.api.auth import Admin, Caller, create_key
-from runtime.api.errors import COMMON_ERRORS, not_found
+from runtime.api.errors import COMMON_ERRORS
+from runtime.api.lookup import owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import ApiKey, utcnow
@@ -82,10 +83,7 @@ async def list_keys(p: Admin, request: Request) -> DataList[KeyOut]:
 
 
 async def _own_key(p, key_id: str, s) -> ApiKey:
-    key = await s.get(ApiKey, key_id)
-    if key is None or key.workspace_id != p.workspace_id:
-        raise not_found("API key")
-    return key
+    return await owned(s, ApiKey, key_id, p, "API key")
 
 
 @router.patch("/api-keys/{key_id}", response_model=KeyOut, summary="Rename a key (admin)")

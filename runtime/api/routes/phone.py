@@ -5,7 +5,6 @@ A number is unique across workspaces, not within one: the carrier webhook finds 
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from runtime.api.auth import Caller, Principal
-from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
+from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request
+from runtime.api.lookup import owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import runtime_of
 from runtime.phone import InvalidPhoneNumber, to_e164
@@ -23,7 +23,6 @@ from runtime.store.models import Agent, PhoneNumber, utcnow
 router = APIRouter(prefix="/api/v1", tags=["phone"], responses=COMMON_ERRORS)
 
 Carrier = Literal["twilio"]
-_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 # --- shapes ---------------------------------------------------------------------------------------------------------
@@ -108,21 +107,11 @@ def _mapping(row: PhoneNumber) -> MappingOut:
 
 
 async def _own_number(s, p: Principal, phone_id: str, *, lock: bool = False) -> PhoneNumber:
-    if not _ID.match(phone_id):  # cannot exist; and a stray NUL would be a database error, not a 404
-        raise not_found("phone number")
-    q = select(PhoneNumber).where(PhoneNumber.id == phone_id, PhoneNumber.workspace_id == p.workspace_id)
-    row = await s.scalar(q.with_for_update() if lock else q)
-    if row is None:
-        raise not_found("phone number")
-    return row
+    return await owned(s, PhoneNumber, phone_id, p, "phone number", lock=lock)
 
 
 async def _own_agent(s, p: Principal, agent_id: str) -> Agent:
-    if not _ID.match(agent_id):
-        raise not_found("agent")
-    agent = await s.scalar(select(Agent).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id))
-    if agent is None:
-        raise not_found("agent")
+    agent = await owned(s, Agent, agent_id, p, "agent")
     return agent
 
 

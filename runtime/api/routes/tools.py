@@ -19,13 +19,13 @@ from sqlalchemy.exc import IntegrityError
 
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
+from runtime.api.lookup import ROW_ID, name_taken, owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, AgentTool, ToolDef, utcnow
 
 router = APIRouter(prefix="/api/v1", tags=["tools"], responses=COMMON_ERRORS)
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_ATTACHED = 128
 
 
@@ -137,31 +137,12 @@ def _conflict(name: str) -> ApiError:
 
 
 async def _own_tool(s, p: Principal, tool_id: str, *, lock: bool = False) -> ToolDef:
-    if not _ID.match(tool_id):  # cannot exist; and a stray NUL would be a database error, not a 404
-        raise not_found("tool")
-    q = select(ToolDef).where(ToolDef.id == tool_id, ToolDef.workspace_id == p.workspace_id)
-    tool = await s.scalar(q.with_for_update() if lock else q)
-    if tool is None:
-        raise not_found("tool")
-    return tool
+    return await owned(s, ToolDef, tool_id, p, "tool", lock=lock)
 
 
 async def _own_agent(s, p: Principal, agent_id: str) -> Agent:
-    if not _ID.match(agent_id):
-        raise not_found("agent")
     # The lock serialises changes to one agent's tool set on PostgreSQL; SQLite has a single writer anyway.
-    agent = await s.scalar(select(Agent).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id)
-                           .with_for_update())
-    if agent is None:
-        raise not_found("agent")
-    return agent
-
-
-async def _name_taken(s, workspace_id: str, name: str, except_id: str | None = None) -> bool:
-    q = select(ToolDef.id).where(ToolDef.workspace_id == workspace_id, ToolDef.name == name)
-    if except_id:
-        q = q.where(ToolDef.id != except_id)
-    return await s.scalar(q.limit(1)) is not None
+    return await owned(s, Agent, agent_id, p, "agent", lock=True)
 
 
 async def _save(s, name: str) -> None:
@@ -227,7 +208,7 @@ async def list_tools(p: Caller, request: Request) -> DataList[ToolOut]:
 @router.post("/tool-endpoint-defs", response_model=ToolOut, status_code=201, summary="Define an HTTP tool")
 async def create_tool(body: ToolIn, p: Caller, request: Request) -> ToolOut:
     async with runtime_of(request).db() as s:
-        if await _name_taken(s, p.workspace_id, body.name):
+        if await name_taken(s, ToolDef, p.workspace_id, body.name):
             raise _conflict(body.name)
         tool = ToolDef(workspace_id=p.workspace_id, name=body.name, definition=body.model_dump(mode="json"))
         s.add(tool)
@@ -246,7 +227,7 @@ async def get_tool(tool_id: str, p: Caller, request: Request) -> ToolOut:
 async def replace_tool(tool_id: str, body: ToolIn, p: Caller, request: Request) -> ToolOut:
     async with runtime_of(request).db() as s:
         tool = await _own_tool(s, p, tool_id, lock=True)
-        if await _name_taken(s, p.workspace_id, body.name, except_id=tool.id):
+        if await name_taken(s, ToolDef, p.workspace_id, body.name, except_id=tool.id):
             raise _conflict(body.name)
         tool.name, tool.definition, tool.updated_at = body.name, body.model_dump(mode="json"), utcnow()
         await _save(s, body.name)
@@ -270,7 +251,7 @@ async def delete_tool(tool_id: str, p: Caller, request: Request) -> ToolDeleted:
 @router.get("/agents/{agent_id}/tools", response_model=DataList[AgentToolOut], summary="The tools attached to an agent")
 async def agent_tools(agent_id: str, p: Caller, request: Request) -> DataList[AgentToolOut]:
     async with runtime_of(request).db() as s:
-        if not _ID.match(agent_id) or await s.scalar(
+        if not ROW_ID.match(agent_id) or await s.scalar(
                 select(Agent.id).where(Agent.id == agent_id, Agent.workspace_id == p.workspace_id)) is None:
             raise not_found("agent")
         return await _attached(s, agent_id)
@@ -293,7 +274,7 @@ async def replace_tools(agent_id: str, body: AttachList, p: Caller, request: Req
 async def detach_tool(agent_id: str, tool_id: str, p: Caller, request: Request) -> DataList[AgentToolOut]:
     async with runtime_of(request).db() as s:
         agent = await _own_agent(s, p, agent_id)
-        link = await s.get(AgentTool, (agent.id, tool_id)) if _ID.match(tool_id) else None
+        link = await s.get(AgentTool, (agent.id, tool_id)) if ROW_ID.match(tool_id) else None
         if link is None:
             raise not_found("tool attached to this agent")
         await s.delete(link)
