@@ -89,6 +89,18 @@ class TurnConfig(_Strict):
     silence_secs: float = Field(default=0.5, ge=0.0, le=5.0)
 
 
+class CallConfig(_Strict):
+    """Call controls. The agent says the message, then hangs up."""
+
+    max_duration_secs: int = Field(default=600, ge=1, le=4 * 3600)
+    max_duration_message: str = "We have reached the time limit for this call. Thank you for calling. Goodbye!"
+    silence_timeout_secs: float = Field(default=10.0, ge=0.0, le=600.0, description="0 turns silence handling off")
+    silence_reminder: str = "Are you still there?"
+    silence_max_reminders: int = Field(default=2, ge=0, le=10)
+    silence_goodbye: str = "I haven't heard from you, so I'll hang up now. Goodbye!"
+    dtmf: bool = Field(default=True, description="Keypad digits reach the LLM as caller input ('DTMF: 12#')")
+
+
 class AgentConfig(_Strict):
     name: str = Field(min_length=1, max_length=120)
     architecture: Architecture = "pipeline"
@@ -101,6 +113,7 @@ class AgentConfig(_Strict):
     vad: VADConfig = VADConfig()
     interruption: InterruptionConfig = InterruptionConfig()
     turn: TurnConfig = TurnConfig()
+    call: CallConfig = CallConfig()
 
     @model_validator(mode="after")
     def _check_architecture(self) -> AgentConfig:

@@ -23,6 +23,7 @@ from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.providers import local_models
 from pipelines.providers.registry import BuildContext, ProviderError
+from runtime.call_controls import CallControls
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
@@ -100,6 +101,7 @@ class CallSession(StreamEvents):
         self._turn_start = {"user": 0.0, "assistant": 0.0}
         self._turns: TurnWriter | None = None
         self._serializer = None
+        self._controls: CallControls | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -143,6 +145,8 @@ class CallSession(StreamEvents):
 
     async def _finish(self) -> None:
         self.rt.sessions.pop(self.call_id, None)
+        if self._controls:
+            self._controls.stop()
         if self._turns:
             await self._turns.close()
         if self._reason is None:
@@ -203,6 +207,9 @@ class CallSession(StreamEvents):
             enable_rtvi=False,
         )
         self._observe(transport, built, worker)
+        self._controls = CallControls(agent.call, worker, self.end_with, self._cancel, self.call_id)
+        self._controls.attach(built.user_aggregator)
+        self._controls.start()
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         await runner.add_workers(worker)
         logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")

@@ -25,6 +25,8 @@ DEMO_NUMBER = "+15550100000"
 LONG_WELCOME_NUMBER = "+15550100001"
 BROKEN_NUMBER = "+15550100002"
 TEXT_NUMBER = "+15550100003"
+SHORT_CALL_NUMBER = "+15550100004"
+SILENCE_NUMBER = "+15550100005"
 
 # Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
 # many others come back garbled, which says more about espeak than about the runtime).
@@ -65,6 +67,30 @@ architecture: text
 phone_numbers: ["{TEXT_NUMBER}"]
 system_prompt: A text agent.
 llm: {{provider: scripted}}
+""",
+    "short_call.yaml": f"""
+name: short-call
+phone_numbers: ["{SHORT_CALL_NUMBER}"]
+system_prompt: Calls last six seconds.
+welcome_message: Hi.
+transcriber: {{provider: whisper}}
+llm: {{provider: scripted}}
+tts: {{provider: piper}}
+call: {{max_duration_secs: 6, max_duration_message: "Time is up. Goodbye.", silence_timeout_secs: 0}}
+""",
+    "silence.yaml": f"""
+name: silence
+phone_numbers: ["{SILENCE_NUMBER}"]
+system_prompt: Reminds a silent caller once, then hangs up.
+welcome_message: Hello.
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules: [{{keywords: ["1"], reply: You pressed one.}}, {{keywords: ["2"], reply: You pressed two.}}]
+tts: {{provider: piper}}
+call: {{silence_timeout_secs: 2, silence_max_reminders: 1, silence_reminder: "Are you still there?",
+        silence_goodbye: "Goodbye for now."}}
 """,
     "invalid.yaml": """
 name: invalid

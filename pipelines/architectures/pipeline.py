@@ -5,13 +5,14 @@ from __future__ import annotations
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
 from pipecat.transports.base_transport import BaseTransport
-from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
@@ -37,16 +38,23 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         ),
     )
     strategies = UserTurnStrategies(
-        start=[VADUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled)],
+        start=[
+            VADUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),
+            # A transcript with no speech before it starts a turn too: that is how keypad digits arrive.
+            TranscriptionUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),
+        ],
         stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=agent.turn.silence_secs)],
     )
     context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}])
     aggregators = LLMContextAggregatorPair(
         context,
-        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=strategies),
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=vad, user_turn_strategies=strategies, user_idle_timeout=agent.call.silence_timeout_secs
+        ),
     )
+    dtmf = [DTMFAggregator()] if agent.call.dtmf else []
     pipeline = Pipeline(
-        [transport.input(), stt, aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
+        [transport.input(), *dtmf, stt, aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
     )
     greeting = []
     if agent.welcome_message:
