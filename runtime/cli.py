@@ -20,7 +20,9 @@ app.add_typer(keys_app, name="keys")
 
 def _configure_logging(level: str) -> None:
     logger.remove()
-    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}")
+    # diagnose=False: loguru would otherwise print local variables' values in tracebacks (keys, tokens).
+    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
+               diagnose=False, backtrace=False)
 
 
 @app.command()

@@ -137,3 +137,8 @@ def test_invalid_agent_file_is_reported_naming_the_field(server):
 @pytest.mark.parametrize("secret", [AUTH_TOKEN])
 def test_secrets_never_reach_the_log(server, secret):
     assert secret not in server.log()
+
+
+def test_tracebacks_in_the_log_carry_no_variable_values(server):
+    # loguru's "diagnose" tracebacks print each frame's local variables, keys and tokens included.
+    assert "└ <" not in server.log() and "│" not in server.log()
