@@ -27,6 +27,7 @@ BROKEN_NUMBER = "+15550100002"
 TEXT_NUMBER = "+15550100003"
 SHORT_CALL_NUMBER = "+15550100004"
 SILENCE_NUMBER = "+15550100005"
+STEADY_WELCOME_NUMBER = "+15550100006"
 
 # Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
 # many others come back garbled, which says more about espeak than about the runtime).
@@ -51,6 +52,21 @@ llm:
   script:
     rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
     fallback: Sorry, could you say that again?
+tts: {{provider: piper}}
+""",
+    "steady_welcome.yaml": f"""
+name: steady-welcome
+phone_numbers: ["{STEADY_WELCOME_NUMBER}"]
+system_prompt: Its welcome cannot be interrupted.
+welcome_message: >-
+  Hello and welcome to Luigi's. This call may be recorded for quality purposes, and our opening hours
+  are from noon until ten in the evening, every day of the week.
+interruption: {{welcome_interruptible: false}}
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
 tts: {{provider: piper}}
 """,
     "broken.yaml": f"""

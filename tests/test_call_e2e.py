@@ -7,7 +7,7 @@ import time
 
 from telephony.audio import FRAME_BYTES
 from tests.calls import converse, dial, loud, media_payloads
-from tests.conftest import LONG_WELCOME_NUMBER
+from tests.conftest import LONG_WELCOME_NUMBER, STEADY_WELCOME_NUMBER
 
 
 async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
@@ -106,3 +106,25 @@ async def test_calls_run_concurrently(server, speech):
         row = server.wait_ended(caller.answer.parameters["call_id"])
         assert row["disconnection_reason"] == "caller_hangup"
         assert any("Main Street" in t["text"] for t in server.turns(caller.answer.parameters["call_id"]))
+
+
+async def test_an_uninterruptible_welcome_is_said_in_full(server, speech):
+    caller = await dial(server, STEADY_WELCOME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        await asyncio.sleep(1.5)
+        await caller.say(speech["located"])  # talked over: not heard, not an interruption
+        assert await caller.wait_agent_quiet(1.0, 30.0)
+        welcome_secs = len(caller.agent_audio) / 8000
+        spoke_at = await caller.say(speech["located"])  # once it is over, the caller is heard again
+        assert await caller.wait_agent_audio(spoke_at, 20.0), "the caller was not heard after the welcome"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    assert caller.events("clear") == []
+    assert welcome_secs > 6.0, welcome_secs
+    server.wait_ended(call_id)
+    turns = server.turns(call_id)
+    assert turns[0]["role"] == "assistant" and not turns[0]["interrupted"]
+    assert turns[0]["text"].endswith("every day of the week."), turns[0]["text"]
+    assert [t["role"] for t in turns].count("user") == 1, [dict(t) for t in turns]
+    assert "Main Street" in turns[-1]["text"]

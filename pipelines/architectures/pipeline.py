@@ -12,6 +12,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -49,7 +50,13 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=vad, user_turn_strategies=strategies, user_idle_timeout=agent.call.silence_timeout_secs
+            vad_analyzer=vad,
+            user_turn_strategies=strategies,
+            user_idle_timeout=agent.call.silence_timeout_secs,
+            # An uninterruptible welcome: the caller is not heard until it has been said (and no `clear` is sent).
+            user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()]
+            if agent.welcome_message and not agent.interruption.welcome_interruptible
+            else [],
         ),
     )
     dtmf = [DTMFAggregator()] if agent.call.dtmf else []
