@@ -26,7 +26,9 @@ def test_voxline_call_plays_a_wav_and_reports_transcript_and_latency(server, tmp
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert any("Luigi" in l for l in lines if l.strip().startswith("agent")), result.stdout
+    # What the caller heard, transcribed by Whisper tiny.en on 8 kHz audio: "Luigi's" comes back in several
+    # spellings, the rest of the welcome reliably.
+    assert any("thanks for calling" in l.lower() for l in lines if l.strip().startswith("agent")), result.stdout
     assert any("located" in l.lower() for l in lines if l.strip().startswith("caller")), result.stdout
     assert any("Main Street" in l for l in lines if l.strip().startswith("agent")), result.stdout
     latency = re.search(r"reply latency .*: (\d+) ms", result.stdout)
