@@ -7,7 +7,8 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import soxr
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.frames.frames import ErrorFrame, Frame, InputAudioRawFrame, TranscriptionFrame, UserAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
@@ -37,6 +38,15 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection):
+        """As the base class, but trims the 1 s pre-roll in place: the base class slices a new ~16 KB buffer on
+        every 20 ms frame while the caller is silent, which is most of a call."""
+        self._user_id = frame.user_id if isinstance(frame, UserAudioRawFrame) else ""
+        self._audio_buffer += frame.audio
+        excess = len(self._audio_buffer) - self._audio_buffer_size_1s
+        if not self._user_speaking and excess > 0:
+            del self._audio_buffer[:excess]
 
     def _transcribe(self, pcm: bytes) -> str:
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
