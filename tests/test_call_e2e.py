@@ -128,3 +128,11 @@ async def test_an_uninterruptible_welcome_is_said_in_full(server, speech):
     assert turns[0]["text"].endswith("every day of the week."), turns[0]["text"]
     assert [t["role"] for t in turns].count("user") == 1, [dict(t) for t in turns]
     assert "Main Street" in turns[-1]["text"]
+
+
+async def test_local_models_are_loaded_once_per_process(server, speech):
+    await converse(server, speech["located"])  # at least one more call, whatever ran before
+    log = server.log()
+    for model in ("whisper", "piper", "silero"):
+        assert log.count(f"loading local model {model!r}") == 1, model
+    assert "Loading Silero VAD model" not in log  # pipecat's per-call ONNX session is never opened
