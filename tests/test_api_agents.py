@@ -15,13 +15,12 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.api_helpers import create_agent, refused, unique
 from tests.conftest import server_env
 
 CARTESIA_VOICE = "79a125e8-cd45-4c13-8a67-188112f4dd22"
 
 
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def pipeline(name: str, **over) -> dict:
@@ -31,20 +30,8 @@ def pipeline(name: str, **over) -> dict:
             "tts": {"provider": "piper", "voice": "en_US-joe-medium"}, **over}
 
 
-def create(c: httpx.Client, config: dict) -> dict:
-    r = c.post("/api/v1/agents", json=config)
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
-def refused(r: httpx.Response, field: str, code: str = "validation_error") -> str:
-    """The message of a 400 that names `field` (in the message and in details)."""
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["code"] == code and error["status"] == 400, error
-    assert f"{field}:" in error["message"], error
-    assert field in [d["field"] for d in error["details"]], error
-    return error["message"]
 
 
 # --- create, read, list ---------------------------------------------------------------------------------------------
@@ -52,7 +39,7 @@ def refused(r: httpx.Response, field: str, code: str = "validation_error") -> st
 def test_create_then_get_returns_the_config_and_the_kupe_block(api):
     name = unique("create")
     with api.client("developer") as c:
-        created = create(c, pipeline(name))
+        created = create_agent(c, pipeline(name))
         got = c.get(f"/api/v1/agents/{created['id']}")
     assert got.status_code == 200 and got.json() == created
     body = got.json()
@@ -85,8 +72,8 @@ def test_create_refuses_invalid_configs_naming_the_field(api):
 def test_list_pages_and_filters_within_the_workspace(api):
     tag = unique("list")
     with api.client("admin") as c:
-        ids = [create(c, pipeline(f"{tag}-{i}"))["id"] for i in range(3)]
-        text_id = create(c, {"name": f"{tag}-TEXT", "architecture": "text", "system_prompt": "p", "llm": {}})["id"]
+        ids = [create_agent(c, pipeline(f"{tag}-{i}"))["id"] for i in range(3)]
+        text_id = create_agent(c, {"name": f"{tag}-TEXT", "architecture": "text", "system_prompt": "p", "llm": {}})["id"]
 
         first = c.get("/api/v1/agents", params={"name_search": tag.upper(), "limit": 1}).json()
         assert first["pagination"] == {"page": 1, "limit": 1, "total": 4, "has_next": True}
@@ -122,7 +109,7 @@ def test_list_refuses_bad_query_parameters(api):
 
 def test_patch_merges_nested_objects_and_keeps_the_rest(api):
     with api.client("admin") as c:
-        before = create(c, pipeline(unique("patch")))
+        before = create_agent(c, pipeline(unique("patch")))
         r = c.patch(f"/api/v1/agents/{before['id']}",
                     json={"llm": {"temperature": 0.2}, "vad": {"confidence": 0.5}, "welcome_message": None})
         assert r.status_code == 200, r.text
@@ -143,7 +130,7 @@ def test_patch_merges_nested_objects_and_keeps_the_rest(api):
 
 def test_patch_refuses_invalid_results_and_changes_nothing(api):
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("patchbad")))
+        agent = create_agent(c, pipeline(unique("patchbad")))
         url = f"/api/v1/agents/{agent['id']}"
         msg = refused(c.patch(url, json={"tts": {"voice": "x"}}), "tts.voice")
         assert msg == "tts.voice: unknown voice 'x'; known: en_US-joe-medium"
@@ -166,8 +153,8 @@ def test_patch_refuses_invalid_results_and_changes_nothing(api):
 def test_names_are_unique_within_a_workspace_only(api):
     taken = unique("taken")
     with api.client("admin") as c:
-        first = create(c, pipeline(taken))
-        second = create(c, pipeline(unique("second")))
+        first = create_agent(c, pipeline(taken))
+        second = create_agent(c, pipeline(unique("second")))
         clash = c.post("/api/v1/agents", json=pipeline(taken))
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "conflict"
         rename = c.patch(f"/api/v1/agents/{second['id']}", json={"name": taken})
@@ -185,7 +172,7 @@ def test_names_are_unique_within_a_workspace_only(api):
 
 def test_another_workspaces_agent_is_404(api):
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("mine")))
+        agent = create_agent(c, pipeline(unique("mine")))
     url = f"/api/v1/agents/{agent['id']}"
     with api.client("other") as c:
         for r in (c.get(url), c.patch(url, json={"system_prompt": "stolen"}),
@@ -200,7 +187,7 @@ def test_another_workspaces_agent_is_404(api):
 
 def test_every_agent_route_needs_a_key(api):
     with api.client("admin") as c:
-        agent_id = create(c, pipeline(unique("keyless")))["id"]
+        agent_id = create_agent(c, pipeline(unique("keyless")))["id"]
     url = f"/api/v1/agents/{agent_id}"
     with api.client(None) as c:
         for r in (c.get("/api/v1/agents"), c.post("/api/v1/agents", json=pipeline(unique())), c.get(url),
@@ -230,8 +217,8 @@ def test_delete_keeps_calls_and_unmaps_numbers(api):
     url = api.database_url
     number = "+15550107001"
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("doomed")))
-        keeper = create(c, pipeline(unique("keeper")))
+        agent = create_agent(c, pipeline(unique("doomed")))
+        keeper = create_agent(c, pipeline(unique("keeper")))
     env = server_env(api.server.data_dir.parent, {"VOXLINE_DATABASE_URL": url} if api.backend == "postgresql" else {})
     subprocess.run([sys.executable, "-m", "runtime.cli", "numbers", "add", number, "--agent", agent["id"]],
                    env=env, cwd=api.server.data_dir.parent, check=True, capture_output=True, text=True)
@@ -287,7 +274,7 @@ def test_summary_pages_with_page_size(api):
 
 def test_put_translates_kupes_nested_keys(api):
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("put")))
+        agent = create_agent(c, pipeline(unique("put")))
         url = f"/api/v1/agents/{agent['id']}"
         r = c.put(url, json={
             "agent": {"welcome_message": "Welcome to Kupe!", "system_prompt": "Be brief."},
@@ -327,7 +314,7 @@ def test_put_translates_kupes_nested_keys(api):
 
 def test_put_refuses_naming_kupes_fields(api):
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("putbad")))
+        agent = create_agent(c, pipeline(unique("putbad")))
         url = f"/api/v1/agents/{agent['id']}"
         msg = refused(c.put(url, json={"agent_model_config": {"model_name": "gpt-9"}}), "agent_model_config.model_name")
         assert "gpt-9" in msg and "gpt-4o-mini" in msg
@@ -343,7 +330,7 @@ def test_put_refuses_naming_kupes_fields(api):
 
 def test_put_switches_architecture(api):
     with api.client("admin") as c:
-        agent = create(c, pipeline(unique("switch")))
+        agent = create_agent(c, pipeline(unique("switch")))
         url = f"/api/v1/agents/{agent['id']}"
         # Kupe cannot remove sections, so switching drops what the new architecture forbids...
         text_agent = c.put(url, json={"agent": {"architecture": "text"}}).json()

@@ -10,6 +10,8 @@ import uuid
 
 import httpx
 
+from tests.api_helpers import create_agent, refused, unique
+
 PHONE = "/api/v1/phone"
 MAPPING = "/api/v1/phone/mapping"
 NO_SUCH_ID = "0123456789abcdef0123456789abcdef"
@@ -30,25 +32,15 @@ def register(c: httpx.Client, number: str | None = None, **fields) -> dict:
     return r.json()
 
 
-def create_agent(c: httpx.Client, architecture: str = "pipeline") -> dict:
-    name = f"phone-{architecture}-{uuid.uuid4().hex[:10]}"
+def new_agent(c: httpx.Client, architecture: str = "pipeline") -> dict:
+    name = unique(f"phone-{architecture}")
     if architecture == "text":
-        config = {"name": name, "architecture": "text", "system_prompt": "p", "llm": {"provider": "scripted"}}
-    else:
-        config = {"name": name, "system_prompt": "p", "transcriber": {"provider": "whisper"},
-                  "llm": {"provider": "scripted"}, "tts": {"provider": "piper"}}
-    r = c.post("/api/v1/agents", json=config)
-    assert r.status_code == 201, r.text
-    return r.json()
+        return create_agent(c, {"name": name, "architecture": "text", "system_prompt": "p",
+                                "llm": {"provider": "scripted"}})
+    return create_agent(c, {"name": name, "system_prompt": "p", "transcriber": {"provider": "whisper"},
+                            "llm": {"provider": "scripted"}, "tts": {"provider": "piper"}})
 
 
-def refused(r: httpx.Response, field: str) -> str:
-    """The message of a 400 that names `field` (in the message and in details)."""
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["status"] == 400 and f"{field}:" in error["message"], error
-    assert field in [d["field"] for d in error["details"]], error
-    return error["message"]
 
 
 def answer(api, number: str) -> str:
@@ -133,7 +125,7 @@ def test_patch_refuses_invalid_input_and_a_taken_number(api):
 
 def test_delete_removes_the_number_and_its_mapping(api):
     with api.client("admin") as c:
-        agent = create_agent(c)
+        agent = new_agent(c)
         phone = register(c)
         assert c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]}).status_code == 200
         assert "<Stream" in answer(api, phone["number"])
@@ -160,7 +152,7 @@ def test_unknown_number_ids_are_404(api):
 
 def test_mapping_routes_calls_and_replaces_the_previous_mapping(api):
     with api.client("developer") as c:
-        first, second = create_agent(c), create_agent(c)
+        first, second = new_agent(c), new_agent(c)
         phone = register(c)
         assert "not in service" in answer(api, phone["number"])
 
@@ -184,7 +176,7 @@ def test_mapping_routes_calls_and_replaces_the_previous_mapping(api):
 
 def test_an_agent_can_have_several_numbers(api):
     with api.client("admin") as c:
-        agent = create_agent(c)
+        agent = new_agent(c)
         phones = [register(c), register(c)]
         for phone in phones:
             assert c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]}).status_code == 200
@@ -196,7 +188,7 @@ def test_an_agent_can_have_several_numbers(api):
 
 def test_unmap_stops_calls(api):
     with api.client("admin") as c:
-        agent = create_agent(c)
+        agent = new_agent(c)
         phone = register(c)
         c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]})
         assert "<Stream" in answer(api, phone["number"])
@@ -211,10 +203,10 @@ def test_unmap_stops_calls(api):
 
 def test_a_text_agent_cannot_be_mapped(api):
     with api.client("admin") as c:
-        agent = create_agent(c, "text")
+        agent = new_agent(c, "text")
         phone = register(c)
         r = c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]})
-        assert "text agents cannot take phone calls" in refused(r, "agent_id")
+        assert "text agents cannot take phone calls" in refused(r, "agent_id", code="invalid_request")
         assert c.get(f"{MAPPING}/{phone['id']}").json()["agent_id"] is None
 
 
@@ -242,11 +234,11 @@ def test_every_phone_route_needs_a_key(api):
 
 def test_another_workspaces_numbers_and_agents_are_404(api):
     with api.client("admin") as c:
-        agent = create_agent(c)
+        agent = new_agent(c)
         phone = register(c)
         c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]})
     with api.client("other") as c:
-        theirs_agent, theirs_phone = create_agent(c), register(c)
+        theirs_agent, theirs_phone = new_agent(c), register(c)
         for r in (c.get(f"{PHONE}/{phone['id']}"), c.patch(f"{PHONE}/{phone['id']}", json={"label": "stolen"}),
                   c.delete(f"{PHONE}/{phone['id']}"), c.get(f"{MAPPING}/{phone['id']}"),
                   c.delete(f"{MAPPING}/{phone['id']}"), c.get(f"{MAPPING}/agent/{agent['id']}"),

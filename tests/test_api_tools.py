@@ -5,9 +5,9 @@ The server is shared by the whole session, so every test names its tools and age
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
+
+from tests.api_helpers import create_agent, refused, unique
 
 TOOLS = "/api/v1/tool-endpoint-defs"
 NO_SUCH_ID = "0123456789abcdef0123456789abcdef"
@@ -15,12 +15,10 @@ BOOKING_PARAMS = {"type": "object", "properties": {"party": {"type": "integer", 
                   "required": ["party"]}
 
 
-def unique(prefix: str = "tool") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def tool_body(name: str | None = None, **over) -> dict:
-    return {"name": name or unique(), "description": "Books a table.", "url": "https://example.com/book", **over}
+    return {"name": name or unique("tool"), "description": "Books a table.", "url": "https://example.com/book", **over}
 
 
 def create_tool(c: httpx.Client, **over) -> dict:
@@ -29,24 +27,15 @@ def create_tool(c: httpx.Client, **over) -> dict:
     return r.json()
 
 
-def create_agent(c: httpx.Client) -> dict:
-    r = c.post("/api/v1/agents", json={"name": unique("tools-agent"), "architecture": "text", "system_prompt": "p",
-                                       "llm": {"provider": "scripted"}})
-    assert r.status_code == 201, r.text
-    return r.json()
+def text_agent(c: httpx.Client) -> dict:
+    return create_agent(c, {"name": unique("tools-agent"), "architecture": "text", "system_prompt": "p",
+                            "llm": {"provider": "scripted"}})
 
 
 def agent_tools(agent: dict) -> str:
     return f"/api/v1/agents/{agent['id']}/tools"
 
 
-def refused(r: httpx.Response, field: str) -> str:
-    """The message of a 400 that names `field` (in the message and in details)."""
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["status"] == 400 and f"{field}:" in error["message"], error
-    assert field in [d["field"] for d in error["details"]], error
-    return error["message"]
 
 
 def attached(r: httpx.Response) -> dict[str, dict]:
@@ -160,7 +149,7 @@ def test_a_name_is_unique_per_workspace(api):
 
 def test_attach_update_replace_and_detach(api):
     with api.client("developer") as c:
-        agent = create_agent(c)
+        agent = text_agent(c)
         a, b, d = (create_tool(c, name=unique(p)) for p in ("a", "b", "d"))
         path = agent_tools(agent)
         assert attached(c.get(path)) == {}
@@ -192,14 +181,14 @@ def test_attach_update_replace_and_detach(api):
 
 def test_attach_validation(api):
     with api.client("admin") as c:
-        agent = create_agent(c)
+        agent = text_agent(c)
         tool = create_tool(c)
         path = agent_tools(agent)
         refused(c.post(path, json=[{"config": {}}]), "0.tool_id")
         refused(c.post(path, json=[{"tool_id": tool["id"], "config": "on"}]), "0.config")
         assert c.post(path, json={"tool_id": tool["id"]}).status_code == 400  # a list, not one object
         assert "listed twice" in refused(c.patch(path, json=[{"tool_id": tool["id"]}, {"tool_id": tool["id"]}]),
-                                         "1.tool_id")
+                                         "1.tool_id", code="invalid_request")
         missing = c.post(path, json=[{"tool_id": tool["id"]}, {"tool_id": NO_SUCH_ID}])
         assert missing.status_code == 404 and missing.json()["error"]["message"] == "tool not found"
         assert attached(c.get(path)) == {}  # all or nothing
@@ -209,7 +198,7 @@ def test_attach_validation(api):
 
 def test_deleting_a_tool_detaches_it_from_every_agent(api):
     with api.client("admin") as c:
-        first, second = create_agent(c), create_agent(c)
+        first, second = text_agent(c), text_agent(c)
         doomed, kept = create_tool(c), create_tool(c)
         for agent in (first, second):
             c.post(agent_tools(agent), json=[{"tool_id": doomed["id"]}, {"tool_id": kept["id"]}])
@@ -235,10 +224,10 @@ def test_every_tool_route_needs_a_key(api):
 
 def test_another_workspaces_tools_and_agents_are_404(api):
     with api.client("admin") as c:
-        agent, tool = create_agent(c), create_tool(c)
+        agent, tool = text_agent(c), create_tool(c)
         c.post(agent_tools(agent), json=[{"tool_id": tool["id"]}])
     with api.client("other") as c:
-        theirs_agent, theirs_tool = create_agent(c), create_tool(c)
+        theirs_agent, theirs_tool = text_agent(c), create_tool(c)
         for r in (c.get(f"{TOOLS}/{tool['id']}"), c.put(f"{TOOLS}/{tool['id']}", json=tool_body()),
                   c.delete(f"{TOOLS}/{tool['id']}"), c.get(agent_tools(agent)),
                   c.post(agent_tools(agent), json=[{"tool_id": theirs_tool["id"]}]),
