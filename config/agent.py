@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config import catalog
 
@@ -76,17 +76,49 @@ class VADConfig(_Strict):
     min_volume: float = Field(default=0.6, ge=0.0, le=1.0)
 
 
+ACK_PHRASES = ["okay", "ok", "yeah", "yes", "uh-huh", "uh huh", "right", "mm-hmm", "mhm", "sure", "got it"]
+ALWAYS_PHRASES = ["stop", "wait", "hold on", "hang on", "excuse me"]
+
+
 class InterruptionConfig(_Strict):
-    """Barge-in: when the caller speaks over the agent, the agent stops and Twilio's buffer is cleared."""
+    """Barge-in. When the caller starts speaking over the agent, the agent goes quiet at once (Twilio's buffer is
+    cleared) and waits for the caller's words: an acknowledgement alone ("uh-huh") or nothing at all within
+    `resume_secs` makes it carry on where it stopped; `min_words` words, or any of `always_phrases`, interrupt it."""
 
     enabled: bool = True
     welcome_interruptible: bool = True
+    min_words: int = Field(default=1, ge=1, le=20, description="Words (not counting acknowledgements) that interrupt")
+    ack_phrases: list[str] = Field(default_factory=lambda: list(ACK_PHRASES),
+                                   description="Said alone while the agent speaks, never interrupt")
+    always_phrases: list[str] = Field(default_factory=lambda: list(ALWAYS_PHRASES),
+                                      description="Always interrupt, however short")
+    resume_secs: float = Field(default=1.5, ge=0.2, le=10.0,
+                               description="After the caller stops, how long to wait for words before resuming")
 
 
 class TurnConfig(_Strict):
-    """End of the caller's turn: VAD silence, then `silence_secs` more in which the caller may go on."""
+    """End of the caller's turn. `silence`: VAD silence, then `silence_secs` more in which the caller may go on.
+    `smart_turn`: the bundled smart-turn v3 model decides from the audio, and a turn it keeps calling incomplete
+    ends anyway after `smart_turn_max_secs` of silence."""
 
+    strategy: Literal["silence", "smart_turn"] = "silence"
     silence_secs: float = Field(default=0.5, ge=0.0, le=5.0)
+    smart_turn_max_secs: float = Field(default=1.5, ge=0.3, le=5.0)
+
+
+class TransferConfig(_Strict):
+    """Lets the LLM call `transfer_call`: the caller is moved to `number` (Twilio <Dial>)."""
+
+    number: str = Field(description="E.164 number to transfer to")
+    description: str = "Transfer the caller to a human colleague when they ask for one or you cannot help."
+    message: str = "Please hold while I transfer your call."
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        from runtime.phone import to_e164  # the one place numbers are parsed
+
+        return to_e164(value)
 
 
 class CallConfig(_Strict):
@@ -99,6 +131,9 @@ class CallConfig(_Strict):
     silence_max_reminders: int = Field(default=2, ge=0, le=10)
     silence_goodbye: str = "I haven't heard from you, so I'll hang up now. Goodbye!"
     dtmf: bool = Field(default=True, description="Keypad digits reach the LLM as caller input ('DTMF: 12#')")
+    end_call_tool: bool = Field(default=True, description="Offer the LLM an `end_call` tool (says goodbye, hangs up)")
+    transfer: TransferConfig | None = None
+    apology: str = "I'm sorry, we're having technical difficulties. Please call again later. Goodbye."
 
 
 class AgentConfig(_Strict):

@@ -8,6 +8,8 @@ from pipecat.frames.frames import Frame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameProcessor
 
+from pipelines.turns.mute import ClosingMuteStrategy
+
 # Phone audio is 8 kHz: keeping the whole pipeline there means no resampling on the per-frame path.
 LINE_SAMPLE_RATE = 8000
 
@@ -18,5 +20,7 @@ class CallPipeline:
     user_aggregator: FrameProcessor
     assistant_aggregator: FrameProcessor
     greeting: list[Frame] = field(default_factory=list)
+    closing_mute: ClosingMuteStrategy | None = None
+    llm: FrameProcessor | None = None
     audio_in_sample_rate: int = LINE_SAMPLE_RATE
     audio_out_sample_rate: int = LINE_SAMPLE_RATE

@@ -28,6 +28,8 @@ def build_call_pipeline(agent: AgentConfig, transport: BaseTransport, ctx: Build
 def local_models_needed(agent: AgentConfig) -> set[str]:
     """The shared local models this agent's calls use, so the server can load them before the first call."""
     needed = {"silero"} if agent.architecture == "pipeline" else set()
+    if agent.architecture == "pipeline" and agent.turn.strategy == "smart_turn":
+        needed.add("smart_turn")
     if agent.transcriber and agent.transcriber.provider == "whisper":
         needed.add("whisper")
     if agent.tts and agent.tts.provider == "piper":

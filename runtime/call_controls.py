@@ -20,8 +20,9 @@ _CLOSING_SLACK_SECS = 5.0
 
 class CallControls:
     def __init__(self, cfg: CallConfig, worker: PipelineWorker, end_with: Callable[[R, str], None],
-                 cancel: Callable[[str], None], label: str):
+                 cancel: Callable[[str], None], label: str, on_closing: Callable[[], None] | None = None):
         self.cfg, self.worker = cfg, worker
+        self._on_closing = on_closing
         self._end_with, self._cancel, self._label = end_with, cancel, label
         self._reminders = 0
         self._closing = False
@@ -64,6 +65,8 @@ class CallControls:
         if self._closing:
             return
         self._closing = True
+        if self._on_closing:
+            self._on_closing()
         self._end_with(reason, detail)
         logger.info(f"call {self._label}: closing: {reason} ({detail})")
         goodbye = TTSSpeakFrame(message)

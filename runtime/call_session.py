@@ -185,7 +185,9 @@ class CallSession(StreamEvents):
                 serializer=self._serializer,
             ),
         )
-        ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye)
+        self._serializer.bind(transport.output())
+        ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye,
+                           playout=self._serializer, label=f"call {self.call_id}")
         try:
             built = build_call_pipeline(agent, transport, ctx)
         except ProviderError as exc:
@@ -207,13 +209,20 @@ class CallSession(StreamEvents):
             enable_rtvi=False,
         )
         self._observe(transport, built, worker)
-        self._controls = CallControls(agent.call, worker, self.end_with, self._cancel, self.call_id)
+        self._controls = CallControls(agent.call, worker, self.end_with, self._cancel, self.call_id,
+                                      on_closing=lambda: self._closing(built))
         self._controls.attach(built.user_aggregator)
         self._controls.start()
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         await runner.add_workers(worker)
         logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")
         await runner.run()
+
+    def _closing(self, built) -> None:
+        """From here on the agent only says goodbye: the caller can neither interrupt nor start a turn."""
+        self._serializer.holdable = False
+        if built.closing_mute is not None:
+            built.closing_mute.engage()
 
     def _unexpected_close(self) -> str:
         code = self._close.get("code")

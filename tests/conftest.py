@@ -35,6 +35,8 @@ PHRASES = {
     "located": "Where are you located?",
     "goodbye": "Goodbye.",
     "table": "Hello, I would like to book a table for two people tonight.",
+    "ack": "Uh huh.",  # → "Uh-huh."
+    "wait": "Wait, wait.",  # → "Wait. Wait." (a single "Wait." comes back as "way")
 }
 
 TEST_AGENTS = {

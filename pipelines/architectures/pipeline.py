@@ -14,7 +14,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from config.agent import AgentConfig
@@ -22,6 +22,10 @@ from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.turns.barge_in import BargeInStrategy
+from pipelines.turns.heard import HeardTextGate
+from pipelines.turns.mute import ClosingMuteStrategy
+from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
 
 
 def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
@@ -38,14 +42,16 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             min_volume=agent.vad.min_volume,
         ),
     )
-    strategies = UserTurnStrategies(
-        start=[
+    if agent.interruption.enabled and ctx.playout is not None:
+        start = [BargeInStrategy(agent.interruption, ctx.playout, label=ctx.label)]
+    else:
+        start = [
             VADUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),
             # A transcript with no speech before it starts a turn too: that is how keypad digits arrive.
             TranscriptionUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),
-        ],
-        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=agent.turn.silence_secs)],
-    )
+        ]
+    strategies = UserTurnStrategies(start=start, stop=[_stop_strategy(agent)])
+    closing_mute = ClosingMuteStrategy()
     context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}])
     aggregators = LLMContextAggregatorPair(
         context,
@@ -54,14 +60,19 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             user_turn_strategies=strategies,
             user_idle_timeout=agent.call.silence_timeout_secs,
             # An uninterruptible welcome: the caller is not heard until it has been said (and no `clear` is sent).
-            user_mute_strategies=[MuteUntilFirstBotCompleteUserMuteStrategy()]
-            if agent.welcome_message and not agent.interruption.welcome_interruptible
-            else [],
+            user_mute_strategies=[closing_mute, *(
+                [MuteUntilFirstBotCompleteUserMuteStrategy()]
+                if agent.welcome_message and not agent.interruption.welcome_interruptible
+                else []
+            )],
         ),
     )
     dtmf = [DTMFAggregator()] if agent.call.dtmf else []
+    # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
+    heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
     pipeline = Pipeline(
-        [transport.input(), *dtmf, stt, aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
+        [transport.input(), *dtmf, stt, aggregators.user(), llm, tts, transport.output(), *heard,
+         aggregators.assistant()]
     )
     greeting = []
     if agent.welcome_message:
@@ -75,4 +86,13 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         user_aggregator=aggregators.user(),
         assistant_aggregator=aggregators.assistant(),
         greeting=greeting,
+        closing_mute=closing_mute,
+        llm=llm,
     )
+
+
+def _stop_strategy(agent: AgentConfig):
+    if agent.turn.strategy == "smart_turn":
+        analyzer = SharedSmartTurnAnalyzer(max_silence_secs=agent.turn.smart_turn_max_secs)
+        return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=agent.turn.silence_secs)

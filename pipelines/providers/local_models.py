@@ -50,7 +50,22 @@ def _silero() -> Any:
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
 
 
-_LOADERS = {"whisper": _whisper, "piper": _piper, "silero": _silero}
+def _smart_turn() -> Any:
+    """The bundled smart-turn v3.2 model, opened the way pipecat's LocalSmartTurnAnalyzerV3 opens it."""
+    from importlib import resources
+
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = str(resources.files("pipecat.audio.turn.smart_turn.data").joinpath("smart-turn-v3.2-cpu.onnx"))
+    return onnxruntime.InferenceSession(path, sess_options=opts)
+
+
+_LOADERS = {"whisper": _whisper, "piper": _piper, "silero": _silero, "smart_turn": _smart_turn}
 
 
 def get(name: str) -> Any:

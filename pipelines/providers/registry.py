@@ -15,6 +15,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from config import catalog
 from config.agent import AgentConfig, ScriptConfig
 from config.settings import Settings
+from pipelines.turns.playout import Playout
 
 
 class ProviderError(RuntimeError):
@@ -30,6 +31,8 @@ class BuildContext:
     agent: AgentConfig
     settings: Settings
     on_goodbye: Callable[[], Awaitable[None]] | None = None
+    playout: Playout | None = None  # the carrier's audio output, for barge-in; None off the phone
+    label: str = "call"
 
 
 Factory = Callable[[Any, BuildContext], FrameProcessor]

@@ -208,6 +208,8 @@ class MediaStreamCaller:
                     self.first_speech_frame_at, self._utterance_starting = self.last_speech_frame_at, False
                 self.speech_frames_sent += 1
             next_at += 0.020
+            # Marks are echoed as their audio finishes playing, like Twilio, not only when a message arrives.
+            await self._echo_due_marks(time.monotonic())
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     # --- receiving ---------------------------------------------------------------------------------------------

@@ -4,16 +4,21 @@ Unlike pipecat's stock TwilioFrameSerializer it is strict about what the network
 is logged and dropped; nothing raises, since an exception would end pipecat's receive loop and with it the call),
 runs at the line rate with no resampling, reports `mark` and `stop` to the call session, and sends `clear` only
 while agent audio may still be playing at Twilio.
+
+It is also the call's `Playout` (pipelines/turns/playout.py): barge-in holds the agent's audio here, at the last
+step before the socket, so the agent goes quiet within one chunk and can carry on from the same sample.
 """
 
 from __future__ import annotations
 
+import asyncio
 import audioop
 import base64
 import binascii
 import json
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
@@ -31,6 +36,8 @@ from pipecat.serializers.base_serializer import FrameSerializer
 
 TWILIO_RATE = 8000
 _BYTES_PER_SEC = TWILIO_RATE  # μ-law: one byte per sample
+# Recent outbound chunks kept for replay after a hold; ~0.5 s covers Twilio's buffer at real-time pacing.
+_RECENT_CHUNKS = 25
 
 
 class StreamEvents:
@@ -83,6 +90,17 @@ class TwilioMediaSerializer(FrameSerializer):
         self._playout_until = 0.0
         self.media_in = 0
         self.media_out = 0
+        # Playout state (see hold/resume): the audio task blocks in serialize() while held.
+        self._output = None
+        self._released = asyncio.Event()
+        self._released.set()
+        self._blocked = False
+        self._discard_blocked = False
+        self._replay = b""
+        self._recent: deque[bytes] = deque(maxlen=_RECENT_CHUNKS)
+        self._pending_marks: dict[str, bool] = {}  # sent, not echoed yet → cleared by a hold?
+        self._mark_callback: Callable[[str], Awaitable[None]] | None = None
+        self.holdable = True
 
     @property
     def stream_sid(self) -> str:
@@ -111,7 +129,7 @@ class TwilioMediaSerializer(FrameSerializer):
         if event == "mark":
             name = (message.get("mark") or {}).get("name") if isinstance(message.get("mark"), dict) else None
             if isinstance(name, str):
-                await self._events.on_mark(name)
+                await self._mark_echoed(name)
             else:
                 self._warn("mark without a name")
             return None
@@ -153,9 +171,21 @@ class TwilioMediaSerializer(FrameSerializer):
             if frame.sample_rate != TWILIO_RATE:
                 logger.error(f"{self._warn.label}: output audio at {frame.sample_rate} Hz, expected {TWILIO_RATE}")
                 return None
+            if not self._released.is_set():
+                self._blocked = True
+                try:
+                    await self._released.wait()
+                finally:
+                    self._blocked = False
+                if self._discard_blocked:
+                    self._discard_blocked = False
+                    return None
             ulaw = audioop.lin2ulaw(frame.audio, 2)
             if not ulaw:
                 return None
+            if self._replay:
+                ulaw, self._replay = self._replay + ulaw, b""
+            self._recent.append(ulaw)
             now = time.monotonic()
             self._playout_until = max(now, self._playout_until) + len(ulaw) / _BYTES_PER_SEC
             self.media_out += 1
@@ -163,6 +193,8 @@ class TwilioMediaSerializer(FrameSerializer):
                 {"event": "media", "streamSid": self._stream_sid, "media": {"payload": base64.b64encode(ulaw).decode()}}
             )
         if isinstance(frame, InterruptionFrame):
+            if self.holding:
+                self.drop()
             if time.monotonic() >= self._playout_until:
                 return None  # nothing left playing at Twilio: a clear would do nothing but cost a message
             self._playout_until = 0.0
@@ -172,3 +204,70 @@ class TwilioMediaSerializer(FrameSerializer):
             message.setdefault("streamSid", self._stream_sid)
             return json.dumps(message)
         return None
+
+    # --- Playout ------------------------------------------------------------------------------------------------
+
+    def bind(self, output) -> None:
+        """The output transport that carries our own messages (`clear`, `mark`) to the socket."""
+        self._output = output
+
+    @property
+    def holding(self) -> bool:
+        return not self._released.is_set()
+
+    async def hold(self) -> bool:
+        if not self.holdable or self._output is None:
+            return False
+        if self.holding:
+            return True
+        self._released.clear()
+        now = time.monotonic()
+        unplayed = int((self._playout_until - now) * _BYTES_PER_SEC)
+        if unplayed > 0:
+            # What Twilio will drop on `clear`; played again first if the agent resumes.
+            self._replay = b"".join(self._recent)[-unplayed:]
+            self._playout_until = 0.0
+            for name in self._pending_marks:
+                self._pending_marks[name] = True
+            await self._output.send_message(OutputTransportMessageUrgentFrame(message={"event": "clear"}))
+        return True
+
+    async def resume(self) -> None:
+        if not self.holding:
+            return
+        # Marks cleared by the hold: the audio before them is about to be replayed, so they count as played.
+        cleared = [name for name, was_cleared in self._pending_marks.items() if was_cleared]
+        for name in cleared:
+            del self._pending_marks[name]
+        self._released.set()
+        for name in cleared:
+            await self._report_mark(name)
+
+    def drop(self) -> None:
+        self._replay = b""
+        for name in [n for n, was_cleared in self._pending_marks.items() if was_cleared]:
+            del self._pending_marks[name]
+        if self._blocked:
+            self._discard_blocked = True
+        self._released.set()
+
+    async def mark(self, name: str) -> None:
+        if self._output is None:
+            return
+        self._pending_marks[name] = False
+        await self._output.send_message(OutputTransportMessageUrgentFrame(message={"event": "mark", "mark": {"name": name}}))
+
+    def on_mark(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        self._mark_callback = callback
+
+    async def _mark_echoed(self, name: str) -> None:
+        cleared = self._pending_marks.pop(name, None)
+        if cleared:
+            self._pending_marks[name] = True  # echoed because of our `clear`: not played; resume() decides
+            return
+        await self._report_mark(name)
+        await self._events.on_mark(name)
+
+    async def _report_mark(self, name: str) -> None:
+        if self._mark_callback is not None:
+            await self._mark_callback(name)

@@ -1,0 +1,190 @@
+"""Barge-in as a pipecat user-turn start strategy: fast to go quiet, slow to give up the floor.
+
+While the agent speaks, the caller's voice (VAD onset) holds the agent's audio at once: Twilio's buffer is cleared,
+so the agent is silent within a chunk, but nothing is thrown away yet. The caller's words then decide:
+  - an `always_phrases` phrase, or at least `min_words` words that are not acknowledgements → interrupt: a user turn
+    starts, pipecat drops the rest of the agent's reply;
+  - acknowledgements only ("uh-huh", "okay") → the agent carries on from where it stopped, and the words are
+    dropped from the caller's side of the context;
+  - no words within `resume_secs` after the caller goes quiet (a cough, a door) → the agent carries on.
+When the agent is not speaking, the caller's voice starts a turn at once, as pipecat's VAD strategy does, and a
+transcript with no voice before it (keypad digits) starts one too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from enum import Enum
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
+
+from config.agent import InterruptionConfig
+from pipelines.turns.playout import Playout
+
+_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class Verdict(Enum):
+    INTERRUPT = "interrupt"
+    ACKNOWLEDGE = "acknowledge"  # only acknowledgements
+    UNDECIDED = "undecided"  # no words, or too few yet
+
+
+class Policy:
+    """Classifies what the caller said over the agent."""
+
+    def __init__(self, cfg: InterruptionConfig):
+        self.min_words = cfg.min_words
+        self._acks = sorted((tuple(words(p)) for p in cfg.ack_phrases if words(p)), key=len, reverse=True)
+        self._always = [tuple(words(p)) for p in cfg.always_phrases if words(p)]
+
+    def verdict(self, text: str) -> Verdict:
+        said = words(text)
+        if not said:
+            return Verdict.UNDECIDED
+        for phrase in self._always:
+            n = len(phrase)
+            if any(tuple(said[i:i + n]) == phrase for i in range(len(said) - n + 1)):
+                return Verdict.INTERRUPT
+        rest = self._without_acks(said)
+        if not rest:
+            return Verdict.ACKNOWLEDGE
+        return Verdict.INTERRUPT if len(rest) >= self.min_words else Verdict.UNDECIDED
+
+    def _without_acks(self, said: list[str]) -> list[str]:
+        rest, i = [], 0
+        while i < len(said):
+            for phrase in self._acks:
+                if tuple(said[i:i + len(phrase)]) == phrase:
+                    i += len(phrase)
+                    break
+            else:
+                rest.append(said[i])
+                i += 1
+        return rest
+
+
+class BargeInStrategy(BaseUserTurnStartStrategy):
+    def __init__(self, cfg: InterruptionConfig, playout: Playout, *, label: str = "call", **kwargs):
+        super().__init__(enable_interruptions=True, **kwargs)
+        self._policy = Policy(cfg)
+        self._resume_secs = cfg.resume_secs
+        self._playout = playout
+        self._label = label
+        self._bot_speaking = False
+        self._holding = False
+        self._caller_speaking = False
+        self._heard: list[str] = []  # final transcripts while holding
+        self._resume_task: asyncio.Task | None = None
+
+    async def handle_user_turn_started(self):
+        await self._end_hold()
+
+    async def cleanup(self):
+        self._cancel_resume()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            if self._holding:
+                # The agent had already said everything; what the caller is saying is simply their turn.
+                await self._end_hold()
+                await self.trigger_user_turn_started()
+                return ProcessFrameResult.STOP
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._caller_speaking = True
+            return await self._voice_started()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._caller_speaking = False
+            if self._holding:
+                self._arm_resume()
+        elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)):
+            return await self._words(frame)
+        return ProcessFrameResult.CONTINUE
+
+    async def _voice_started(self) -> ProcessFrameResult:
+        self._cancel_resume()
+        if self._holding:
+            return ProcessFrameResult.STOP
+        if self._bot_speaking and await self._playout.hold():
+            self._holding = True
+            self._heard = []
+            logger.debug(f"{self._label}: caller spoke over the agent; holding its audio")
+            return ProcessFrameResult.STOP
+        await self.trigger_user_turn_started()
+        return ProcessFrameResult.STOP
+
+    async def _words(self, frame: TranscriptionFrame | InterimTranscriptionFrame) -> ProcessFrameResult:
+        if not self._holding:
+            if self._bot_speaking and not self._caller_speaking and isinstance(frame, TranscriptionFrame):
+                # Words with no voice before them while the agent speaks: keypad digits. They take the floor.
+                await self.trigger_user_turn_started()
+                return ProcessFrameResult.STOP
+            if not self._bot_speaking:
+                await self.trigger_user_turn_started()
+                return ProcessFrameResult.STOP
+            return ProcessFrameResult.CONTINUE
+        final = isinstance(frame, TranscriptionFrame)
+        text = " ".join([*self._heard, frame.text])
+        if final:
+            self._heard.append(frame.text)
+        verdict = self._policy.verdict(text)
+        if verdict is Verdict.INTERRUPT:
+            logger.info(f"{self._label}: barge-in on {text.strip()!r}")
+            self._holding = False
+            self._cancel_resume()
+            await self.trigger_user_turn_started()  # its interruption drops the held audio
+            return ProcessFrameResult.STOP
+        if final and verdict is Verdict.ACKNOWLEDGE and not self._caller_speaking:
+            logger.info(f"{self._label}: {text.strip()!r} is an acknowledgement; the agent carries on")
+            await self._resume()
+        return ProcessFrameResult.STOP
+
+    def _arm_resume(self) -> None:
+        self._cancel_resume()
+        self._resume_task = asyncio.create_task(self._resume_later(), name=f"barge-in-resume-{self._label}")
+
+    def _cancel_resume(self) -> None:
+        if self._resume_task is not None:
+            if self._resume_task is not asyncio.current_task():
+                self._resume_task.cancel()
+            self._resume_task = None
+
+    async def _resume_later(self) -> None:
+        await asyncio.sleep(self._resume_secs)
+        self._resume_task = None
+        if self._holding and not self._caller_speaking:
+            heard = " ".join(self._heard).strip()
+            logger.info(f"{self._label}: no interruption in {heard!r}; the agent carries on")
+            await self._resume()
+
+    async def _resume(self) -> None:
+        self._holding = False
+        self._heard = []
+        self._cancel_resume()
+        await self.trigger_reset_aggregation()  # what was said over the agent is not a turn
+        await self._playout.resume()
+
+    async def _end_hold(self) -> None:
+        self._cancel_resume()
+        if self._holding:
+            self._holding = False
+            await self._playout.resume()

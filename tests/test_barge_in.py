@@ -1,0 +1,72 @@
+"""Barge-in policy: acknowledgements never interrupt, real words do, and the context keeps what was heard."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from config.agent import InterruptionConfig
+from pipelines.turns.barge_in import Policy, Verdict
+from tests.calls import dial
+from tests.conftest import LONG_WELCOME_NUMBER
+
+WELCOME_END = "a set menu for groups of six or more people."
+
+
+@pytest.mark.parametrize("said, verdict", [
+    ("Uh-huh.", Verdict.ACKNOWLEDGE),
+    ("Okay, yeah. Right.", Verdict.ACKNOWLEDGE),
+    ("mm-hmm", Verdict.ACKNOWLEDGE),
+    ("", Verdict.UNDECIDED),
+    ("...", Verdict.UNDECIDED),
+    ("Where are you located?", Verdict.INTERRUPT),
+    ("Okay, where are you?", Verdict.INTERRUPT),
+    ("Okay stop", Verdict.INTERRUPT),
+    ("Hold on.", Verdict.INTERRUPT),
+])
+def test_policy_with_defaults(said, verdict):
+    assert Policy(InterruptionConfig()).verdict(said) is verdict
+
+
+def test_policy_min_words_and_always_phrases():
+    policy = Policy(InterruptionConfig(min_words=3, always_phrases=["wait"]))
+    assert policy.verdict("Where is it") is Verdict.INTERRUPT
+    assert policy.verdict("Okay where is") is Verdict.UNDECIDED  # two words besides the acknowledgement
+    assert policy.verdict("Wait.") is Verdict.INTERRUPT
+    assert policy.verdict("waiting") is Verdict.UNDECIDED  # whole words only
+
+
+async def _talk_over_welcome(server, phrase: bytes):
+    caller = await dial(server, LONG_WELCOME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        await asyncio.sleep(4.0)  # into the welcome's second sentence
+        spoke_at = await caller.say(phrase)
+        # Either way the agent speaks again: the rest of its welcome, or its answer to the interruption.
+        assert await caller.wait_agent_audio(spoke_at + 0.2, 20.0), "the agent stayed silent"
+        await caller.wait_agent_quiet(1.0, 40.0)
+    server.wait_ended(call_id)
+    return caller, spoke_at, server.turns(call_id)
+
+
+async def test_an_acknowledgement_over_the_agent_does_not_interrupt_it(server, speech):
+    caller, spoke_at, turns = await _talk_over_welcome(server, speech["ack"])
+    # The agent went quiet while the caller spoke (a clear), then carried on where it stopped.
+    assert len(caller.events("clear")) == 1
+    assert [t for t in caller.media_times if t > spoke_at + 0.5], "the agent did not carry on"
+    assert [t["role"] for t in turns] == ["assistant"], [dict(t) for t in turns]
+    assert not turns[0]["interrupted"]
+    assert turns[0]["text"].endswith(WELCOME_END), turns[0]["text"]
+    assert caller.events("mark") and set(caller.marks_echoed) >= {e.message["mark"]["name"] for e in caller.events("mark")}
+
+
+async def test_wait_over_the_agent_interrupts_it(server, speech):
+    caller, spoke_at, turns = await _talk_over_welcome(server, speech["wait"])
+    assert len(caller.events("clear")) == 1
+    assert turns[0]["role"] == "assistant" and turns[0]["interrupted"], [dict(t) for t in turns]
+    assert not turns[0]["text"].endswith(WELCOME_END)
+    assert any(t["role"] == "user" and "wait" in t["text"].lower() for t in turns)
+    # The caller's words got an answer (the agent's fallback), which was not interrupted.
+    assert turns[-1]["role"] == "assistant" and not turns[-1]["interrupted"] and "again" in turns[-1]["text"]
