@@ -31,10 +31,21 @@ class TranscriberConfig(_Strict):
 
 
 class ScriptRule(_Strict):
-    """Reply with `reply` when the caller's words contain any of `keywords` (case-insensitive, whole words)."""
+    """Reply with `reply` when the caller's words contain any of `keywords` (case-insensitive, whole words).
+
+    With `tool`, the rule first calls that tool with `arguments` (through the LLM's function calling, like a real
+    model would); `{result}` in `reply` is then replaced by the tool's result, and a failed call gets an apology."""
 
     keywords: list[str] = Field(min_length=1)
-    reply: str = Field(min_length=1)
+    reply: str = Field(min_length=1, description="With `tool`: said once the tool has answered")
+    tool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    arguments: dict[str, object] = Field(default_factory=dict, description="The tool's arguments")
+
+    @model_validator(mode="after")
+    def _check_tool(self) -> ScriptRule:
+        if self.arguments and not self.tool:
+            raise ValueError("arguments: only meaningful with `tool`")
+        return self
 
 
 class ScriptConfig(_Strict):
@@ -43,6 +54,12 @@ class ScriptConfig(_Strict):
     rules: list[ScriptRule] = []
     fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
     goodbye: ScriptRule | None = None
+
+    @model_validator(mode="after")
+    def _check_goodbye(self) -> ScriptConfig:
+        if self.goodbye is not None and self.goodbye.tool:
+            raise ValueError("goodbye.tool: the goodbye rule cannot call a tool")
+        return self
 
 
 class LLMConfig(_Strict):

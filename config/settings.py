@@ -37,11 +37,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1 << 20
     idempotency_ttl_hours: int = 24
 
+    # Agent tools (HTTP calls made on the LLM's behalf)
+    tools_allow_private_networks: bool = Field(
+        default=False, description="Let tools reach private, loopback and link-local addresses (off: SSRF guard)"
+    )
+    tool_response_max_bytes: int = Field(default=16384, gt=0, description="A tool's response body is cut here")
+
     twilio_account_sid: str | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "VOXLINE_TWILIO_ACCOUNT_SID")
     )
     twilio_auth_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "VOXLINE_TWILIO_AUTH_TOKEN")
+    )
+    twilio_api_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_API_BASE_URL", "VOXLINE_TWILIO_API_BASE_URL"),
+        description="Twilio REST API base URL; point it at `voxline emulate twilio` to run without an account",
     )
     deepgram_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DEEPGRAM_API_KEY", "VOXLINE_DEEPGRAM_API_KEY")
@@ -57,6 +67,7 @@ class Settings(BaseSettings):
     deepgram_base_url: str = ""
     openai_base_url: str | None = None
     cartesia_url: str = "wss://api.cartesia.ai/tts/websocket"
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,6 +12,9 @@ from pipelines.turns.mute import ClosingMuteStrategy
 
 # Phone audio is 8 kHz: keeping the whole pipeline there means no resampling on the per-frame path.
 LINE_SAMPLE_RATE = 8000
+# InputAudioRawFrame.metadata key under which a μ-law carrier leaves the bytes it received, so a provider that speaks
+# μ-law (OpenAI Realtime, Deepgram) can send them on as they came.
+ULAW_METADATA_KEY = "ulaw"
 
 
 @dataclass

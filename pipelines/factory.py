@@ -18,11 +18,11 @@ def build_call_pipeline(agent: AgentConfig, transport: BaseTransport, ctx: Build
         from pipelines.architectures import pipeline
 
         return pipeline.build(agent, transport, ctx)
-    if agent.architecture == "text":
-        raise UnsupportedArchitecture(f"agent {agent.name!r} is a 'text' agent: text agents do not take phone calls")
-    raise UnsupportedArchitecture(
-        f"agent {agent.name!r}: the {agent.architecture!r} architecture cannot take phone calls in this version"
-    )
+    if agent.architecture == "realtime":
+        from pipelines.architectures import realtime
+
+        return realtime.build(agent, transport, ctx)
+    raise UnsupportedArchitecture(f"agent {agent.name!r} is a 'text' agent: text agents do not take phone calls")
 
 
 def local_models_needed(agent: AgentConfig) -> set[str]:

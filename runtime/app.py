@@ -51,9 +51,9 @@ async def _end_live_calls(rt: Runtime) -> None:
 
 
 def api_routers() -> list:
-    from runtime.api.routes import agents, keys, phone, providers, tools
+    from runtime.api.routes import agents, chat, keys, phone, providers, tools
 
-    return [keys.router, agents.router, providers.router, phone.router, tools.router]
+    return [keys.router, agents.router, providers.router, phone.router, tools.router, chat.router]
 
 
 def openapi_schema(app: FastAPI) -> dict:

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 from loguru import logger
-from pipecat.frames.frames import EndWorkerFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndWorkerFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 
 from config.agent import CallConfig
 from runtime.reasons import DisconnectionReason as R
@@ -16,6 +17,7 @@ from runtime.reasons import DisconnectionReason as R
 # Words per second of speech, and slack, for how long a closing message may take before the call is cut anyway.
 _WORDS_PER_SEC = 2.0
 _CLOSING_SLACK_SECS = 5.0
+_REPLY_ALLOWANCE_SECS = 20.0
 
 
 class CallControls:
@@ -62,6 +64,14 @@ class CallControls:
 
     async def close(self, reason: R, message: str, detail: str) -> None:
         """Say `message` (the caller cannot interrupt it), then hang up; cut the call if that takes too long."""
+        await self.end_after_speech(reason, detail, message=message)
+
+    async def end_after_speech(self, reason: R, detail: str, *, message: str | None = None,
+                               audio: list[Frame] | None = None, source: FrameProcessor | None = None) -> None:
+        """End the call once everything queued before it (and `message`, if given) has been said.
+
+        With `source` (the LLM, from a tool call) the ending goes downstream from there, behind the words the LLM
+        has already produced; otherwise it enters at the pipeline's start."""
         if self._closing:
             return
         self._closing = True
@@ -69,10 +79,22 @@ class CallControls:
             self._on_closing()
         self._end_with(reason, detail)
         logger.info(f"call {self._label}: closing: {reason} ({detail})")
-        goodbye = TTSSpeakFrame(message)
-        goodbye.interruptible = False
-        await self.worker.queue_frames([goodbye, EndWorkerFrame(reason=str(reason))])
-        self._tasks.append(asyncio.create_task(self._deadline(len(message.split()) / _WORDS_PER_SEC)))
+        frames: list = list(audio or [])
+        if message:
+            goodbye = TTSSpeakFrame(message)
+            goodbye.interruptible = False
+            frames.append(goodbye)
+        frames.append(EndWorkerFrame(reason=str(reason)))
+        if source is not None:
+            for frame in frames:
+                await source.push_frame(frame)
+        else:
+            await self.worker.queue_frames(frames)
+        # The reply may still be long when the LLM decides to end: allow it, but not forever.
+        words = len(message.split()) if message else 0
+        words += sum(len(f.audio) for f in audio or []) / (2 * 8000) * _WORDS_PER_SEC
+        allowance = _REPLY_ALLOWANCE_SECS if source is not None else 0.0
+        self._tasks.append(asyncio.create_task(self._deadline(words / _WORDS_PER_SEC + allowance)))
 
     async def _deadline(self, speech_secs: float) -> None:
         await asyncio.sleep(speech_secs + _CLOSING_SLACK_SECS)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from fastapi import WebSocket
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame
+from pipecat.frames.frames import ErrorFrame, OutputAudioRawFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.services.llm_service import LLMService
@@ -21,12 +21,18 @@ from starlette.websockets import WebSocketState
 
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
+from pipelines.call_pipeline import LINE_SAMPLE_RATE
 from pipelines.providers import local_models
+from pipelines.providers.piper import synthesize
 from pipelines.providers.registry import BuildContext, ProviderError
+from pipelines.tools.loader import load_toolset
+from pipelines.tools.toolset import ToolEvent
 from runtime.call_controls import CallControls
+from runtime.call_tools import add_call_tools
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
+from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
 
 _PROVIDER_REASON = {"stt": R.ERROR_STT, "llm": R.ERROR_LLM, "tts": R.ERROR_TTS, "realtime": R.ERROR_REALTIME}
@@ -55,12 +61,16 @@ def _record_close_code(ws: WebSocket) -> dict:
     return seen
 
 
-def _error_reason(frame: ErrorFrame) -> R:
+def _error_source(frame: ErrorFrame, agent: AgentConfig) -> tuple[R, str | None]:
+    """The reason naming the fault domain, and the provider at fault (None when it is not a provider)."""
     proc = frame.processor
-    for cls, reason in ((STTService, R.ERROR_STT), (LLMService, R.ERROR_LLM), (TTSService, R.ERROR_TTS)):
+    if isinstance(proc, LLMService) and agent.realtime is not None:
+        return R.ERROR_REALTIME, agent.realtime.provider
+    for cls, reason, section in ((STTService, R.ERROR_STT, agent.transcriber), (LLMService, R.ERROR_LLM, agent.llm),
+                                 (TTSService, R.ERROR_TTS, agent.tts)):
         if isinstance(proc, cls):
-            return reason
-    return R.ERROR_INTERNAL
+            return reason, section.provider if section else None
+    return R.ERROR_INTERNAL, None
 
 
 class TurnWriter:
@@ -72,14 +82,22 @@ class TurnWriter:
         self._task = asyncio.create_task(self._drain(), name=f"turns-{call_id}")
 
     def put(self, role: str, text: str, start: float, end: float, interrupted: bool) -> None:
-        self._queue.put_nowait((role, text, round(start, 3), round(end, 3), interrupted))
+        self._queue.put_nowait((repo.add_transcript_entry, role,
+                                dict(role=role, text=text, start_secs=round(start, 3), end_secs=round(end, 3),
+                                     interrupted=interrupted)))
+
+    def put_tool(self, event: ToolEvent, start: float, end: float) -> None:
+        self._queue.put_nowait((repo.add_tool_entry, "tool", dict(
+            name=event.name, tool_call_id=event.call_id, arguments=event.arguments, result=event.result,
+            error=event.error, start_secs=round(start, 3), end_secs=round(end, 3))))
 
     async def _drain(self) -> None:
         while (item := await self._queue.get()) is not None:
+            write, what, fields = item
             try:
-                await repo.add_transcript_entry(self._rt.db, self._call_id, *item)
+                await write(self._rt.db, self._call_id, **fields)
             except Exception:
-                logger.exception(f"call {self._call_id}: could not store a {item[0]} turn")
+                logger.exception(f"call {self._call_id}: could not store a {what} entry")
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -102,6 +120,11 @@ class CallSession(StreamEvents):
         self._turns: TurnWriter | None = None
         self._serializer = None
         self._controls: CallControls | None = None
+        self._carrier = TwilioCalls(rt.settings)
+        self._call_sid: str | None = None
+        self._transfer_to: str | None = None
+        self._built = None
+        self._tool_started: dict[str, float] = {}
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -155,7 +178,9 @@ class CallSession(StreamEvents):
             else:
                 self.end_with(R.ERROR_CARRIER, self._unexpected_close())
         status = "failed" if self._reason.is_error else "completed"
-        await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail)
+        await self._tell_carrier()
+        await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail,
+                            ended_by=self._reason.ended_by)
         if self.ws.application_state == WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=1000 if status == "completed" else 1011)
@@ -167,6 +192,7 @@ class CallSession(StreamEvents):
 
     async def _run(self) -> None:
         call = await repo.get_call(self.rt.db, self.call_id)
+        self._call_sid = call.twilio_call_sid if call else None
         agent_row = await repo.get_agent(self.rt.db, call.agent_id) if call and call.agent_id else None
         if agent_row is None:
             self.end_with(R.ERROR_INTERNAL, "the call's agent no longer exists")
@@ -186,8 +212,12 @@ class CallSession(StreamEvents):
             ),
         )
         self._serializer.bind(transport.output())
+        self._controls = CallControls(agent.call, None, self.end_with, self._cancel, self.call_id,
+                                      on_closing=self._closing)
+        tools = await load_toolset(self.rt.db, agent_row.id, self.rt.settings, listener=self._on_tool)
+        add_call_tools(tools, agent, self._controls, self.transfer_to)
         ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye,
-                           playout=self._serializer, label=f"call {self.call_id}")
+                           playout=self._serializer, label=f"call {self.call_id}", tools=tools)
         try:
             built = build_call_pipeline(agent, transport, ctx)
         except ProviderError as exc:
@@ -208,9 +238,10 @@ class CallSession(StreamEvents):
             ),
             enable_rtvi=False,
         )
+        self._agent = agent
         self._observe(transport, built, worker)
-        self._controls = CallControls(agent.call, worker, self.end_with, self._cancel, self.call_id,
-                                      on_closing=lambda: self._closing(built))
+        self._built = built
+        self._controls.worker = worker
         self._controls.attach(built.user_aggregator)
         self._controls.start()
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
@@ -218,11 +249,38 @@ class CallSession(StreamEvents):
         logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")
         await runner.run()
 
-    def _closing(self, built) -> None:
+    def _closing(self) -> None:
         """From here on the agent only says goodbye: the caller can neither interrupt nor start a turn."""
         self._serializer.holdable = False
-        if built.closing_mute is not None:
-            built.closing_mute.engage()
+        if self._built is not None and self._built.closing_mute is not None:
+            self._built.closing_mute.engage()
+
+    async def _on_tool(self, event: ToolEvent) -> None:
+        if event.type == "tool_executing":
+            self._tool_started[event.call_id] = self.elapsed()
+        else:
+            self._turns.put_tool(event, self._tool_started.pop(event.call_id, self.elapsed()), self.elapsed())
+
+    async def _tell_carrier(self) -> None:
+        """Hang up (or transfer) through Twilio's REST API before the socket closes: closing it alone would leave
+        Twilio to run the rest of the TwiML, which only works for calls voxline answered itself."""
+        if self._reason in (R.CALLER_HANGUP, R.SERVER_SHUTDOWN) or not self._call_sid:
+            return
+        if not self._carrier.configured:
+            logger.debug(f"call {self.call_id}: no Twilio credentials; hanging up by closing the stream")
+            return
+        try:
+            if self._reason is R.TRANSFER and self._transfer_to:
+                await self._carrier.transfer(self._call_sid, self._transfer_to)
+            else:
+                await self._carrier.hang_up(self._call_sid)
+        except CarrierError as exc:
+            logger.error(f"call {self.call_id}: {exc}")
+            self._detail = f"{self._detail}; {exc}" if self._detail else str(exc)
+
+    def transfer_to(self, number: str) -> None:
+        self.end_with(R.TRANSFER, f"transferred to {number}")
+        self._transfer_to = number
 
     def _unexpected_close(self) -> str:
         code = self._close.get("code")
@@ -234,7 +292,22 @@ class CallSession(StreamEvents):
     async def _on_goodbye(self) -> None:
         self.end_with(R.AGENT_HANGUP, "goodbye rule")
 
+    async def _apologize(self, reason: R, detail: str) -> None:
+        """Say the agent's apology in the bundled Piper voice (whichever provider failed, this one works), then end."""
+        try:
+            pcm = await local_models.run_inference(synthesize, self._agent.call.apology, LINE_SAMPLE_RATE)
+        except Exception as exc:
+            logger.error(f"call {self.call_id}: could not synthesize the apology: {exc}")
+            pcm = []
+        audio = []
+        for chunk in pcm:
+            frame = OutputAudioRawFrame(audio=chunk, sample_rate=LINE_SAMPLE_RATE, num_channels=1)
+            frame.interruptible = False
+            audio.append(frame)
+        await self._controls.end_after_speech(reason, detail, audio=audio)
+
     def _observe(self, transport, built, worker: PipelineWorker) -> None:
+        agent = self._agent
         @transport.event_handler("on_client_connected")
         async def _connected(_transport, _ws):
             if built.greeting:
@@ -251,8 +324,12 @@ class CallSession(StreamEvents):
         @worker.event_handler("on_pipeline_error")
         async def _error(_worker, frame: ErrorFrame):
             logger.error(f"call {self.call_id}: pipeline error from {frame.processor}: {frame.error}")
-            if frame.fatal:
-                self.end_with(_error_reason(frame), frame.error)
+            reason, provider = _error_source(frame, agent)
+            if provider is not None:
+                # A provider that failed after its own retries leaves the caller in silence: apologise and end.
+                await self._apologize(reason, f"{provider}: {frame.error}")
+            elif frame.fatal:
+                self.end_with(reason, frame.error)
 
         @worker.event_handler("on_idle_timeout")
         async def _idle(_worker):

@@ -24,3 +24,16 @@ class DisconnectionReason(StrEnum):
     @property
     def is_error(self) -> bool:
         return self.value.startswith("error_") or self.value == DisconnectionReason.DIAL_FAILED
+
+    @property
+    def ended_by(self) -> str:
+        """Who ended the call: `caller`, `agent` (its own decision or a call control), or `system` (a fault)."""
+        if self is DisconnectionReason.CALLER_HANGUP:
+            return "caller"
+        if self in _AGENT_ENDINGS:
+            return "agent"
+        return "system"
+
+
+_AGENT_ENDINGS = {DisconnectionReason.AGENT_HANGUP, DisconnectionReason.TRANSFER, DisconnectionReason.MAX_DURATION,
+                  DisconnectionReason.SILENCE_TIMEOUT, DisconnectionReason.VOICEMAIL}

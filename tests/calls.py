@@ -5,18 +5,26 @@ from __future__ import annotations
 import base64
 
 from telephony.audio import ulaw_rms
-from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
+from telephony.twilio.caller import MediaStreamCaller, post_incoming_call, sid
 from tests.conftest import ACCOUNT_SID, DEMO_NUMBER, Server
 
 
 async def dial(server: Server, to: str = DEMO_NUMBER) -> MediaStreamCaller:
     """Webhook then media stream, both signed as Twilio signs them. Enter the result with `async with`."""
+    call_sid = sid("CA")
     answer = await post_incoming_call(
-        server.url, to, auth_token=server.auth_token, account_sid=ACCOUNT_SID, public_url=server.url
+        server.url, to, auth_token=server.auth_token, account_sid=ACCOUNT_SID, call_sid=call_sid,
+        public_url=server.url,
     )
     assert answer.status_code == 200, answer.twiml
     assert answer.stream_url == server.stream_url, answer.twiml
-    return MediaStreamCaller(answer, auth_token=server.auth_token, account_sid=ACCOUNT_SID)
+    return MediaStreamCaller(answer, auth_token=server.auth_token, account_sid=ACCOUNT_SID, call_sid=call_sid)
+
+
+def hung_up_by_rest(twilio_api, caller: MediaStreamCaller) -> bool:
+    """Whether the server asked Twilio's REST API (the emulator) to end this call, and nothing else of it."""
+    requests = twilio_api.wait_requests(caller.call_sid)
+    return [(r["method"], r["form"]) for r in requests] == [("POST", {"Status": "completed"})]
 
 
 async def converse(server: Server, utterance: bytes, to: str = DEMO_NUMBER) -> tuple[MediaStreamCaller, float, float]:

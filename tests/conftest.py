@@ -28,6 +28,8 @@ TEXT_NUMBER = "+15550100003"
 SHORT_CALL_NUMBER = "+15550100004"
 SILENCE_NUMBER = "+15550100005"
 STEADY_WELCOME_NUMBER = "+15550100006"
+CALL_TOOLS_NUMBER = "+15550100007"
+TRANSFER_TARGET = "+15550100099"
 
 # Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
 # many others come back garbled, which says more about espeak than about the runtime).
@@ -40,6 +42,21 @@ PHRASES = {
 }
 
 TEST_AGENTS = {
+    "call_tools.yaml": f"""
+name: call-tools
+phone_numbers: ["{CALL_TOOLS_NUMBER}"]
+system_prompt: Uses the call's own tools.
+welcome_message: Hello.
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules:
+      - {{keywords: [where, located], tool: transfer_call, reply: Transferring.}}
+      - {{keywords: [table, book], tool: end_call, arguments: {{reason: booking}}, reply: Bye.}}
+tts: {{provider: piper}}
+call: {{transfer: {{number: "{TRANSFER_TARGET}", message: Please hold while I transfer you.}}}}
+""",
     "long_welcome.yaml": f"""
 name: long-welcome
 phone_numbers: ["{LONG_WELCOME_NUMBER}"]
@@ -208,9 +225,48 @@ def stop_server(server: Server) -> None:
         server.proc.wait()
 
 
+@dataclass
+class TwilioApi:
+    """The Twilio REST emulator (telephony/twilio/emulator.py) on a loopback port, with what it was asked."""
+
+    url: str
+
+    def requests(self, call_sid: str) -> list[dict]:
+        return httpx.get(f"{self.url}/_emulator/requests", params={"call_sid": call_sid}).json()["requests"]
+
+    def wait_requests(self, call_sid: str, timeout: float = 5.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while not (found := self.requests(call_sid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    srv = start_server(tmp_path_factory.mktemp("server"), auth_token=AUTH_TOKEN)
+def twilio_api() -> TwilioApi:
+    import threading
+
+    import uvicorn
+
+    from telephony.twilio.emulator import create_emulator_app
+
+    port = free_port()
+    config = uvicorn.Config(create_emulator_app(ACCOUNT_SID, AUTH_TOKEN), host="127.0.0.1", port=port,
+                            log_level="warning")
+    emulator = uvicorn.Server(config)
+    thread = threading.Thread(target=emulator.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not emulator.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield TwilioApi(f"http://127.0.0.1:{port}")
+    emulator.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, twilio_api) -> Server:
+    srv = start_server(tmp_path_factory.mktemp("server"), auth_token=AUTH_TOKEN,
+                       extra_env={"TWILIO_API_BASE_URL": twilio_api.url})
     yield srv
     stop_server(srv)
     artifacts = ROOT / "test-artifacts"

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from telephony.audio import FRAME_BYTES
-from tests.calls import converse, dial, loud, media_payloads
+from tests.calls import converse, dial, hung_up_by_rest, loud, media_payloads
 from tests.conftest import LONG_WELCOME_NUMBER, STEADY_WELCOME_NUMBER
 
 
@@ -82,7 +82,7 @@ async def test_no_clear_when_the_agent_is_silent(server, speech):
     assert caller.events("clear") == []
 
 
-async def test_goodbye_rule_ends_the_call_from_the_agent_side(server, speech):
+async def test_goodbye_rule_ends_the_call_from_the_agent_side(server, speech, twilio_api):
     caller = await dial(server)
     call_id = caller.answer.parameters["call_id"]
     async with caller:
@@ -97,6 +97,7 @@ async def test_goodbye_rule_ends_the_call_from_the_agent_side(server, speech):
     assert caller.answer.hangup
     row = server.wait_ended(call_id)
     assert row["status"] == "completed" and row["disconnection_reason"] == "agent_hangup"
+    assert row["ended_by"] == "agent" and hung_up_by_rest(twilio_api, caller)
     assert "Goodbye" in server.turns(call_id)[-1]["text"]
 
 

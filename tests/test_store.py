@@ -17,7 +17,8 @@ from runtime.store import repo
 from tests.calls import converse
 from tests.conftest import ROOT, start_server, stop_server
 
-TABLES = {"workspaces", "agents", "phone_numbers", "calls", "transcript_entries", "alembic_version"}
+TABLES = {"workspaces", "agents", "phone_numbers", "calls", "transcript_entries", "chat_sessions", "chat_messages",
+          "alembic_version"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,7 +40,7 @@ async def test_migrations_create_the_schema_and_are_idempotent(database):
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     assert TABLES <= tables
-    assert version == "0002"
+    assert version == "0003"
     assert await store_db.ping(database)
 
 

@@ -16,6 +16,7 @@ from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.types import NOT_GIVEN
 
 from config.agent import AgentConfig
 from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
@@ -52,7 +53,10 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         ]
     strategies = UserTurnStrategies(start=start, stop=[_stop_strategy(agent)])
     closing_mute = ClosingMuteStrategy()
-    context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}])
+    context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}],
+                         tools=ctx.tools.tools_schema() if ctx.tools else NOT_GIVEN)
+    if ctx.tools:
+        ctx.tools.register(llm)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(

@@ -14,6 +14,18 @@ from pipecat.services.tts_service import TTSService
 from pipelines.providers import local_models
 
 
+def synthesize(text: str, sample_rate: int) -> list[bytes]:
+    """16-bit mono PCM at `sample_rate`, one buffer per Piper chunk (blocking: run it on the inference pool)."""
+    voice = local_models.get("piper")
+    out = []
+    for chunk in voice.synthesize(text):
+        pcm = np.frombuffer(chunk.audio_int16_bytes, dtype=np.int16)
+        if chunk.sample_rate != sample_rate:
+            pcm = soxr.resample(pcm, chunk.sample_rate, sample_rate)
+        out.append(pcm.astype(np.int16).tobytes())
+    return out
+
+
 class LocalPiperTTSService(TTSService):
     """Synthesizes sentence by sentence (pipecat aggregates LLM text into sentences before `run_tts`).
 
@@ -33,14 +45,7 @@ class LocalPiperTTSService(TTSService):
         return True
 
     def _synthesize(self, text: str) -> list[bytes]:
-        voice = local_models.get("piper")
-        out = []
-        for chunk in voice.synthesize(text):
-            pcm = np.frombuffer(chunk.audio_int16_bytes, dtype=np.int16)
-            if chunk.sample_rate != self.sample_rate:
-                pcm = soxr.resample(pcm, chunk.sample_rate, self.sample_rate)
-            out.append(pcm.astype(np.int16).tobytes())
-        return out
+        return synthesize(text, self.sample_rate)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         await self.start_tts_usage_metrics(text)

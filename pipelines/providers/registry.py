@@ -15,6 +15,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from config import catalog
 from config.agent import AgentConfig, ScriptConfig
 from config.settings import Settings
+from pipelines.tools.toolset import ToolSet
 from pipelines.turns.playout import Playout
 
 
@@ -33,6 +34,7 @@ class BuildContext:
     on_goodbye: Callable[[], Awaitable[None]] | None = None
     playout: Playout | None = None  # the carrier's audio output, for barge-in; None off the phone
     label: str = "call"
+    tools: ToolSet | None = None  # offered to the LLM and registered on it by the architecture
 
 
 Factory = Callable[[Any, BuildContext], FrameProcessor]
@@ -143,5 +145,19 @@ def _cartesia(section, ctx: BuildContext) -> FrameProcessor:
         settings=CartesiaTTSService.Settings(
             voice=section.voice or _default("tts", "cartesia", "default_voice"),
             model=section.model or _default("tts", "cartesia", "default_model"),
+        ),
+    )
+
+
+@register("realtime", "openai")
+def _openai_realtime(section, ctx: BuildContext) -> FrameProcessor:
+    from pipelines.providers.openai_realtime import PhoneRealtimeService, session_properties
+
+    return PhoneRealtimeService(
+        api_key=_key(ctx, "realtime", "openai"),
+        base_url=section.base_url or ctx.settings.openai_realtime_url,
+        settings=PhoneRealtimeService.Settings(
+            model=section.model or _default("realtime", "openai", "default_model"),
+            session_properties=session_properties(ctx.agent, section),
         ),
     )

@@ -60,7 +60,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, upstream: Receive) -> Receive:
+    """The body already read, then the real channel: a streaming response listens on it for the client leaving."""
     sent = False
 
     async def receive() -> Message:
@@ -68,7 +69,7 @@ def _replay(body: bytes) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await upstream()
 
     return receive
 
@@ -88,7 +89,7 @@ class BodyLimit:
         if body is None:
             response = error_response(413, "request_too_large", f"request body over {self.max_bytes} bytes")
             return await response(scope, receive, send)
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, _replay(body, receive), send)
 
 
 class RateLimit:
@@ -166,12 +167,12 @@ class Idempotency:
         lock = self._locks.setdefault((owner, key), asyncio.Lock())  # same-process retries wait for the first
         async with lock:
             try:
-                await self._handle(scope, send, body, key, owner, request_hash, db)
+                await self._handle(scope, receive, send, body, key, owner, request_hash, db)
             finally:
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._locks.pop((owner, key), None)
 
-    async def _handle(self, scope, send, body, key, owner, request_hash, db) -> None:
+    async def _handle(self, scope, receive, send, body, key, owner, request_hash, db) -> None:
         async with db() as s:
             record = await s.get(IdempotencyRecord, (owner, key))
             if record is not None and _age(record.created_at) > self.ttl:
@@ -182,7 +183,7 @@ class Idempotency:
             if record.request_hash != request_hash:
                 response = error_response(409, "idempotency_conflict",
                                           "this Idempotency-Key was used with a different request")
-                return await response(scope, _replay(b""), send)
+                return await response(scope, _replay(b"", receive), send)
             await send({"type": "http.response.start", "status": record.status_code, "headers": [
                 (b"content-type", record.content_type.encode()), (b"content-length", str(len(record.body)).encode()),
                 (b"idempotent-replayed", b"true")]})
@@ -198,7 +199,7 @@ class Idempotency:
                 captured["body"] += message.get("body", b"")
             await send(message)
 
-        await self.app(scope, _replay(body), capture)
+        await self.app(scope, _replay(body, receive), capture)
         if 200 <= captured.get("status", 500) < 300:
             try:
                 async with db() as s:

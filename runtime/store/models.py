@@ -115,6 +115,7 @@ class Call(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disconnection_reason: Mapped[str | None] = mapped_column(String(40))
     error_detail: Mapped[str | None] = mapped_column(Text)
+    ended_by: Mapped[str | None] = mapped_column(String(16))
 
 
 class TranscriptEntry(Base):
@@ -126,4 +127,39 @@ class TranscriptEntry(Base):
     start_secs: Mapped[float] = mapped_column(Float)
     end_secs: Mapped[float] = mapped_column(Float)
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Role `tool`: one tool call, with what the LLM was given back (`tool_result`, also on errors).
+    tool_name: Mapped[str | None] = mapped_column(String(64))
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    tool_arguments: Mapped[dict | None] = mapped_column(JSON)
+    tool_result: Mapped[dict | None] = mapped_column(JSON)
+    tool_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ChatSession(Base):
+    """A text conversation with an agent. `busy_until` is a lease on the running turn: it keeps a second turn
+    out across server processes, and expires if the process running the turn dies."""
+
+    __tablename__ = "chat_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    busy_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChatMessage(Base):
+    __tablename__ = "chat_messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # user, assistant, tool
+    content: Mapped[str] = mapped_column(Text, default="")
+    tool_name: Mapped[str | None] = mapped_column(String(64))
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    tool_arguments: Mapped[dict | None] = mapped_column(JSON)
+    tool_result: Mapped[dict | None] = mapped_column(JSON)
+    tool_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from config.agent import AgentConfig
-from runtime.store.models import Agent, Call, PhoneNumber, TranscriptEntry, Workspace, utcnow
+from runtime.store.models import (
+    Agent,
+    AgentTool,
+    Call,
+    ChatMessage,
+    ChatSession,
+    PhoneNumber,
+    ToolDef,
+    TranscriptEntry,
+    Workspace,
+    utcnow,
+)
 
 
 async def ensure_workspace(db: async_sessionmaker, name: str) -> Workspace:
@@ -111,6 +123,67 @@ async def add_transcript_entry(
         await s.commit()
 
 
+async def add_tool_entry(
+    db: async_sessionmaker, call_id: str, *, name: str, tool_call_id: str, arguments: dict[str, Any],
+    result: dict[str, Any] | None, error: str | None, start_secs: float, end_secs: float,
+) -> None:
+    """One tool call in a call's transcript (role `tool`); `text` is a one-line summary for plain readers."""
+    async with db() as s:
+        s.add(TranscriptEntry(
+            call_id=call_id, role="tool", text=f"{name}: {error or 'ok'}"[:1000], start_secs=start_secs,
+            end_secs=end_secs, interrupted=error == "cancelled", tool_name=name, tool_call_id=tool_call_id,
+            tool_arguments=arguments, tool_result=result, tool_error=error,
+        ))
+        await s.commit()
+
+
+async def agent_tool_definitions(db: async_sessionmaker, agent_id: str) -> list[dict[str, Any]]:
+    """The stored definitions of the HTTP tools attached to an agent, in attachment order."""
+    async with db() as s:
+        rows = await s.scalars(select(ToolDef.definition).join(AgentTool, AgentTool.tool_id == ToolDef.id)
+                               .where(AgentTool.agent_id == agent_id).order_by(AgentTool.created_at, ToolDef.name))
+        return [dict(d) for d in rows]
+
+
+async def claim_chat_turn(db: async_sessionmaker, session_id: str, lease: timedelta) -> bool:
+    """Take the session's turn lease. False while another turn holds it (in any server process) or once closed."""
+    now = utcnow()
+    async with db() as s:
+        result = await s.execute(
+            update(ChatSession)
+            .where(ChatSession.id == session_id, ChatSession.closed_at.is_(None),
+                   ChatSession.busy_until.is_(None) | (ChatSession.busy_until < now))
+            .values(busy_until=now + lease, updated_at=now)
+        )
+        await s.commit()
+        return result.rowcount == 1
+
+
+async def release_chat_turn(db: async_sessionmaker, session_id: str) -> None:
+    async with db() as s:
+        await s.execute(update(ChatSession).where(ChatSession.id == session_id).values(busy_until=None))
+        await s.commit()
+
+
+async def add_chat_message(db: async_sessionmaker, session_id: str, role: str, content: str = "", *,
+                           tool_name: str | None = None, tool_call_id: str | None = None,
+                           tool_arguments: dict[str, Any] | None = None, tool_result: dict[str, Any] | None = None,
+                           tool_error: str | None = None) -> ChatMessage:
+    async with db() as s:
+        message = ChatMessage(session_id=session_id, role=role, content=content, tool_name=tool_name,
+                              tool_call_id=tool_call_id, tool_arguments=tool_arguments, tool_result=tool_result,
+                              tool_error=tool_error)
+        s.add(message)
+        await s.commit()
+        return message
+
+
+async def chat_messages(db: async_sessionmaker, session_id: str) -> list[ChatMessage]:
+    async with db() as s:
+        return list(await s.scalars(select(ChatMessage).where(ChatMessage.session_id == session_id)
+                                    .order_by(ChatMessage.id)))
+
+
 async def transcript(db: async_sessionmaker, call_id: str) -> list[TranscriptEntry]:
     async with db() as s:
         return list(
@@ -120,14 +193,15 @@ async def transcript(db: async_sessionmaker, call_id: str) -> list[TranscriptEnt
 
 async def end_call(
     db: async_sessionmaker, call_id: str, *, status: str, reason: str, detail: str | None = None,
-    ended_at: datetime | None = None,
+    ended_at: datetime | None = None, ended_by: str | None = None,
 ) -> bool:
     """Close the call once; a second close (e.g. a late socket error) changes nothing."""
     async with db() as s:
         result = await s.execute(
             update(Call)
             .where(Call.id == call_id, Call.ended_at.is_(None))
-            .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow())
+            .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow(),
+                    ended_by=ended_by)
         )
         await s.commit()
         return result.rowcount == 1

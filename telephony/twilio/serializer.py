@@ -34,6 +34,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 
+from pipelines.call_pipeline import ULAW_METADATA_KEY
+
 TWILIO_RATE = 8000
 _BYTES_PER_SEC = TWILIO_RATE  # μ-law: one byte per sample
 # Recent outbound chunks kept for replay after a hold; ~0.5 s covers Twilio's buffer at real-time pacing.
@@ -162,7 +164,9 @@ class TwilioMediaSerializer(FrameSerializer):
             self._warn("invalid base64 payload", str(exc))
             return None
         self.media_in += 1
-        return InputAudioRawFrame(audio=audioop.ulaw2lin(ulaw, 2), num_channels=1, sample_rate=TWILIO_RATE)
+        frame = InputAudioRawFrame(audio=audioop.ulaw2lin(ulaw, 2), num_channels=1, sample_rate=TWILIO_RATE)
+        frame.metadata[ULAW_METADATA_KEY] = ulaw
+        return frame
 
     # --- pipeline → Twilio -------------------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ async def voice(request: Request) -> Response:
         workspace_id=agent.workspace_id, agent_id=agent.id, direction="inbound", from_number=caller, to_number=to,
         twilio_call_sid=call_sid,
     )
-    if cfg.architecture != "pipeline":
+    if cfg.architecture == "text":
         call = await repo.create_call(rt.db, status="failed", **fields)
         detail = f"agent {cfg.name!r} ({cfg.architecture}) cannot take phone calls"
         await repo.end_call(rt.db, call.id, status="failed", reason=DisconnectionReason.ERROR_INTERNAL, detail=detail)

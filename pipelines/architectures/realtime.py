@@ -1,0 +1,60 @@
+"""The `realtime` architecture: the caller's audio straight to a speech-to-speech model and its audio straight back.
+
+Turn-taking is the model's own (server VAD): its `speech_started` interrupts the agent and Twilio's buffer is
+cleared. The carrier's audio stays μ-law at 8 kHz end to end (see providers/openai_realtime.py). Call controls, the
+call's tools and the heard-text accounting are the same as the `pipeline` architecture's.
+"""
+
+from __future__ import annotations
+
+from pipecat.frames.frames import LLMMessagesAppendFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.utils.types import NOT_GIVEN
+
+from config.agent import AgentConfig
+from pipelines.call_pipeline import CallPipeline
+from pipelines.providers import registry
+from pipelines.providers.registry import BuildContext
+from pipelines.turns.heard import HeardTextGate
+from pipelines.turns.mute import ClosingMuteStrategy
+
+
+def welcome_instruction(welcome: str) -> str:
+    return f'The call has just connected. Greet the caller by saying exactly: "{welcome}"'
+
+
+def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
+    llm = registry.build("realtime", agent.realtime, ctx)
+    closing_mute = ClosingMuteStrategy()
+    context = LLMContext(messages=[], tools=ctx.tools.tools_schema() if ctx.tools else NOT_GIVEN)
+    if ctx.tools:
+        ctx.tools.register(llm)
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            user_idle_timeout=agent.call.silence_timeout_secs, user_mute_strategies=[closing_mute],
+        ),
+    )
+    dtmf = [DTMFAggregator()] if agent.call.dtmf else []
+    heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
+    pipeline = Pipeline([transport.input(), *dtmf, aggregators.user(), llm, transport.output(), *heard,
+                         aggregators.assistant()])
+    greeting = []
+    if agent.welcome_message:
+        greeting = [LLMMessagesAppendFrame(
+            messages=[{"role": "user", "content": welcome_instruction(agent.welcome_message)}], run_llm=True)]
+    return CallPipeline(
+        pipeline=pipeline,
+        user_aggregator=aggregators.user(),
+        assistant_aggregator=aggregators.assistant(),
+        greeting=greeting,
+        closing_mute=closing_mute,
+        llm=llm,
+    )

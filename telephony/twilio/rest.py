@@ -1,0 +1,52 @@
+"""Telling Twilio what to do with a live call: hang it up, or move it to another number. Uses the `twilio` SDK's
+async client, whose API base URL is configurable (`TWILIO_API_BASE_URL`) so tests and users can point it at
+`voxline emulate twilio`."""
+
+from __future__ import annotations
+
+from loguru import logger
+from twilio.twiml.voice_response import VoiceResponse
+
+from config.settings import Settings
+
+
+class CarrierError(RuntimeError):
+    pass
+
+
+class TwilioCalls:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+
+    @property
+    def configured(self) -> bool:
+        s = self._settings
+        return bool(s.twilio_account_sid and s.twilio_auth_token)
+
+    async def hang_up(self, call_sid: str) -> None:
+        await self._update(call_sid, status="completed")
+
+    async def transfer(self, call_sid: str, number: str, *, caller_id: str | None = None) -> None:
+        twiml = VoiceResponse()
+        twiml.dial(number, caller_id=caller_id)
+        await self._update(call_sid, twiml=str(twiml))
+
+    async def _update(self, call_sid: str, **fields) -> None:
+        from twilio.base.exceptions import TwilioRestException
+        from twilio.http.async_http_client import AsyncTwilioHttpClient
+        from twilio.rest import Client
+
+        s = self._settings
+        http = AsyncTwilioHttpClient(timeout=10)
+        client = Client(s.twilio_account_sid, s.twilio_auth_token.get_secret_value(), http_client=http)
+        if s.twilio_api_base_url:
+            client.api.base_url = s.twilio_api_base_url.rstrip("/")
+        try:
+            await client.calls(call_sid).update_async(**fields)
+        except TwilioRestException as exc:
+            raise CarrierError(f"Twilio refused to update call {call_sid}: {exc.status} {exc.code} {exc.msg}") from None
+        except Exception as exc:
+            raise CarrierError(f"Twilio unreachable updating call {call_sid}: {type(exc).__name__}: {exc}") from None
+        finally:
+            await http.close()
+        logger.info(f"twilio: call {call_sid} updated ({', '.join(fields)})")
