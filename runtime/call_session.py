@@ -341,8 +341,9 @@ class CallSession(StreamEvents):
         async def _user_started(_agg, _strategy):
             self._turn_start["user"] = self.elapsed()
 
-        @user.event_handler("on_user_turn_stopped")
-        async def _user_stopped(_agg, _strategy, message):
+        # Not on_user_turn_stopped: with a realtime model the caller's words are only final when its reply starts.
+        @user.event_handler("on_user_turn_message_added")
+        async def _user_said(_agg, message):
             if message.content and message.content.strip():
                 self._turns.put("user", message.content.strip(), self._turn_start["user"], self.elapsed(), False)
 

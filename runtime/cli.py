@@ -135,6 +135,64 @@ def call(
     raise typer.Exit(code)
 
 
+@app.command()
+def emulate(
+    provider: str = typer.Argument(..., help="deepgram | openai | cartesia | openai-realtime | twilio"),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int | None = typer.Option(None, help="TCP port (default: 8101 deepgram, 8102 openai, 8103 cartesia, "
+                                               "8104 openai-realtime, 8105 twilio; 0 picks a free one)"),
+    rules: Path | None = typer.Option(None, "--rules", exists=True, dir_okay=False,
+                                      help="YAML/JSON reply rules (openai, openai-realtime); default: echo"),
+    latency_ms: int = typer.Option(0, "--latency-ms", min=0, help="Delay before each first response, in ms"),
+) -> None:
+    """Run a local emulator of a cloud provider's API (its real wire protocol; any non-empty key is accepted)."""
+    from pipelines.providers import emulators
+
+    if provider == "twilio":
+        return _emulate_twilio(host, 8105 if port is None else port)
+    spec = emulators.PROVIDERS.get(provider)
+    if spec is None:
+        typer.echo(f"error: unknown provider {provider!r}; choose from {', '.join(emulators.PROVIDERS)}", err=True)
+        raise typer.Exit(2)
+    if rules is not None and not spec.uses_rules:
+        typer.echo(f"error: --rules applies to openai and openai-realtime, not {provider}", err=True)
+        raise typer.Exit(2)
+    try:
+        parsed = emulators.Rules.load(rules)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {rules}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _configure_logging(get_settings().log_level)
+
+    def ready(running) -> None:
+        typer.echo(f"{provider} emulator listening on {running.url}")
+        for line in emulators.settings_hint(provider, running):
+            typer.echo(f"  {line}")
+
+    try:
+        asyncio.run(emulators.serve(provider, host=host, port=spec.default_port if port is None else port,
+                                    rules=parsed, latency_ms=latency_ms, ready=ready))
+    except KeyboardInterrupt:
+        pass
+
+
+def _emulate_twilio(host: str, port: int) -> None:
+    """Twilio's REST API (calls: create, fetch, update), checking Basic auth against TWILIO_ACCOUNT_SID/AUTH_TOKEN."""
+    import uvicorn
+
+    from telephony.twilio.emulator import create_emulator_app
+
+    settings = get_settings()
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        typer.echo("error: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: the emulator checks them like Twilio", err=True)
+        raise typer.Exit(2)
+    _configure_logging(settings.log_level)
+    url = f"http://{host}:{port}"
+    typer.echo(f"twilio REST emulator listening on {url}\n  TWILIO_API_BASE_URL={url}")
+    app_ = create_emulator_app(settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value())
+    uvicorn.run(app_, host=host, port=port, log_level=settings.log_level.lower())
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,208 @@
+"""OpenAI chat completions emulator: `POST /v1/chat/completions` (SSE streaming or not) and `GET /v1/models`.
+
+Point voxline at it with `VOXLINE_OPENAI_BASE_URL=http://HOST:PORT/v1` (or an agent's `llm.base_url`).
+Faults for tests: a rule's `fault`, `ChatEmulator.inject()`, or `POST /_emulator/faults {"fault": ..., "count": n}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from collections import deque
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pipelines.providers.emulators.rules import FAULTS, Decision, Rules, estimate_tokens, message_text, tool_names
+from pipelines.providers.emulators.server import Running, start_asgi, url_host
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
+
+
+class StreamDropped(Exception):
+    """Raised inside a streaming body: the server then cuts the connection with the response half sent."""
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+          param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+def fault_response(fault: str) -> JSONResponse:
+    if fault == "rate_limit":
+        return error(429, "Rate limit reached for requests (emulated).", "requests", "rate_limit_exceeded")
+    return error(500, "The server had an error while processing your request. Sorry about that!", "server_error")
+
+
+def _pieces(text: str, size: int | None = None) -> list[str]:
+    if size:
+        return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+class ChatEmulator:
+    def __init__(self, rules: Rules | None = None, *, latency_ms: int = 0):
+        self.rules = rules or Rules()
+        self.latency = latency_ms / 1000
+        self.faults: deque[str] = deque()
+        self.requests: list[dict] = []  # every accepted request body, for tests to inspect
+
+    def inject(self, fault: str, count: int = 1) -> None:
+        """The next `count` chat requests fail with `fault` (server_error, rate_limit, drop_stream)."""
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}")
+        self.faults.extend([fault] * count)
+
+    def app(self):
+        async def not_found(request: Request, exc: HTTPException) -> Response:
+            return error(exc.status_code, f"Invalid URL ({request.method} {request.url.path})")
+
+        inner = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self._model, methods=["GET"]),
+                Route("/_emulator/faults", self._inject, methods=["POST"]),
+            ],
+            exception_handlers={HTTPException: not_found},
+        )
+
+        async def app(scope, receive, send):
+            try:
+                await inner(scope, receive, send)
+            except StreamDropped:
+                pass  # the server closes a half-sent response: the fault, without a traceback in the log
+
+        return app
+
+    @staticmethod
+    def _unauthorized(request: Request) -> JSONResponse | None:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+            return error(401, "You didn't provide an API key. You need to provide your API key in an Authorization "
+                              "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        return None
+
+    async def _models(self, request: Request) -> Response:
+        if refused := self._unauthorized(request):
+            return refused
+        return JSONResponse({"object": "list", "data": [_model(m) for m in MODELS]})
+
+    async def _model(self, request: Request) -> Response:
+        if refused := self._unauthorized(request):
+            return refused
+        return JSONResponse(_model(request.path_params["model"]))
+
+    async def _inject(self, request: Request) -> Response:
+        body = await request.json()
+        try:
+            self.inject(body.get("fault", ""), int(body.get("count", 1)))
+        except ValueError as exc:
+            return error(400, str(exc))
+        return JSONResponse({"queued": list(self.faults)})
+
+    async def _completions(self, request: Request) -> Response:
+        if refused := self._unauthorized(request):
+            return refused
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                              "using your HTTP library correctly.)")
+        if not isinstance(body, dict) or not body.get("model"):
+            return error(400, "you must provide a model parameter", param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return error(400, "Missing required parameter: 'messages'.", code="missing_required_parameter",
+                         param="messages")
+        self.requests.append(body)
+        tools = set() if body.get("tool_choice") == "none" else tool_names(body.get("tools"))
+        decision = self.rules.decide(messages, tools)
+        fault = self.faults.popleft() if self.faults else decision.fault
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if fault and (fault != "drop_stream" or not body.get("stream")):
+            return fault_response(fault)
+        completion = _Completion(body, decision, messages)
+        if body.get("stream"):
+            return StreamingResponse(completion.chunks(drop=fault == "drop_stream"), media_type="text/event-stream")
+        return JSONResponse(completion.whole())
+
+
+def _model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "voxline-emulator"}
+
+
+class _Completion:
+    def __init__(self, body: dict, decision: Decision, messages: list[dict]):
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = body["model"]
+        self.decision = decision
+        self.call_id = "call_" + secrets.token_hex(12)
+        opts = body.get("stream_options") or {}
+        self.include_usage = bool(opts.get("include_usage"))
+        prompt = sum(estimate_tokens(message_text(m)) for m in messages if isinstance(m, dict)) + 3 * len(messages)
+        out = decision.text or (decision.tool_call.arguments if decision.tool_call else "")
+        completion = estimate_tokens(out) + (8 if decision.tool_call else 0)
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+    def _envelope(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_emulator", "service_tier": "default"}
+
+    def whole(self) -> dict:
+        message: dict = {"role": "assistant", "content": self.decision.text or None, "refusal": None, "annotations": []}
+        finish = "stop"
+        if call := self.decision.tool_call:
+            message["tool_calls"] = [{"id": self.call_id, "type": "function",
+                                      "function": {"name": call.name, "arguments": call.arguments}}]
+            finish = "tool_calls"
+        return {**self._envelope("chat.completion"),
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": self.usage}
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        chunk = {**self._envelope("chat.completion.chunk"),
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if self.include_usage:
+            chunk["usage"] = None
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    async def chunks(self, drop: bool = False):
+        call = self.decision.tool_call
+        if call:
+            opening = {"index": 0, "id": self.call_id, "type": "function",
+                       "function": {"name": call.name, "arguments": ""}}
+            yield self._chunk({"role": "assistant", "content": None, "refusal": None, "tool_calls": [opening]})
+            deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in _pieces(call.arguments, 8)]
+        else:
+            yield self._chunk({"role": "assistant", "content": "", "refusal": None})
+            deltas = [{"content": p} for p in _pieces(self.decision.text)]
+        for i, delta in enumerate(deltas):
+            if drop and i >= min(2, len(deltas) // 2):
+                raise StreamDropped("emulated fault: stream dropped mid-way")
+            await asyncio.sleep(0)  # let each chunk go out on its own, as a token stream does
+            yield self._chunk(delta)
+        if drop:
+            raise StreamDropped("emulated fault: stream dropped mid-way")
+        yield self._chunk({}, "tool_calls" if call else "stop")
+        if self.include_usage:
+            usage = {**self._envelope("chat.completion.chunk"), "choices": [], "usage": self.usage}
+            yield f"data: {json.dumps(usage)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+
+async def start(host: str = "127.0.0.1", port: int = 0, *, rules: Rules | None = None, latency_ms: int = 0) -> Running:
+    emulator = ChatEmulator(rules, latency_ms=latency_ms)
+    bound, stop = await start_asgi(emulator.app(), host, port)
+    return Running(f"http://{url_host(host)}:{bound}/v1", bound, "VOXLINE_OPENAI_BASE_URL", emulator, stop)

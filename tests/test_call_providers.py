@@ -1,0 +1,222 @@
+"""Calls and chats through the cloud providers' real clients, pointed at the local emulators (their real wire
+protocols): a pipeline agent on Deepgram + OpenAI + Cartesia with an HTTP tool, a realtime agent on OpenAI Realtime
+with μ-law in and out, a text chat on OpenAI with the same tool, and what the caller hears when a provider fails."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+
+import httpx
+import pytest
+
+from pipelines.architectures.realtime import welcome_instruction
+from pipelines.providers import emulators
+from tests.calls import dial, hung_up_by_rest
+from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
+from tests.tool_server import ToolServer
+
+CLOUD_NUMBER = "+15550100020"
+REALTIME_NUMBER = "+15550100021"
+
+OPENAI_RULES = {"rules": [
+    {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
+     "after_tool": "We are at {result}."},
+    {"keywords": ["table", "book"], "fault": "server_error"},
+]}
+REALTIME_RULES = {"rules": [
+    {"keywords": ["located", "where"], "reply": "We are at twelve Main Street."},
+    {"keywords": ["table", "book"], "fault": "drop_stream"},
+]}
+
+AGENTS = {
+    "cloud.yaml": f"""
+name: cloud
+phone_numbers: ["{CLOUD_NUMBER}"]
+system_prompt: A restaurant host.
+welcome_message: Hello, this is Luigi's.
+transcriber: {{provider: deepgram, model: nova-3}}
+llm: {{provider: openai, model: gpt-4o-mini}}
+tts: {{provider: cartesia}}
+call: {{silence_timeout_secs: 0}}
+""",
+    "realtime.yaml": f"""
+name: realtime
+architecture: realtime
+phone_numbers: ["{REALTIME_NUMBER}"]
+system_prompt: A restaurant host.
+welcome_message: Hello, this is Luigi's.
+realtime: {{provider: openai, voice: alloy}}
+call: {{silence_timeout_secs: 0}}
+""",
+}
+
+
+class Emulators:
+    """The four provider emulators on one event loop in a background thread."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.running = {}
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def start(self):
+        for name, rules in (("deepgram", None), ("openai", OPENAI_RULES), ("cartesia", None),
+                            ("openai-realtime", REALTIME_RULES)):
+            parsed = emulators.Rules.parse(rules) if rules else None
+            self.running[name] = self.run(emulators.start(name, rules=parsed))
+
+    def close(self):
+        for running in self.running.values():
+            self.run(running.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory, twilio_api):
+    emu = Emulators()
+    emu.start()
+    tools = ToolServer().__enter__()
+    base = tmp_path_factory.mktemp("cloud")
+    (base / "agents").mkdir()
+    for name, text in AGENTS.items():
+        (base / "agents" / name).write_text(text)
+    env = {
+        "TWILIO_API_BASE_URL": twilio_api.url, "VOXLINE_TOOLS_ALLOW_PRIVATE_NETWORKS": "true",
+        "DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "CARTESIA_API_KEY": "sk_car_test",
+        "VOXLINE_DEEPGRAM_BASE_URL": emu.running["deepgram"].url,
+        "VOXLINE_OPENAI_BASE_URL": emu.running["openai"].url,
+        "VOXLINE_CARTESIA_URL": emu.running["cartesia"].url,
+        "VOXLINE_OPENAI_REALTIME_URL": emu.running["openai-realtime"].url,
+    }
+    server = start_server(base, auth_token=AUTH_TOKEN, extra_env=env)
+    # The cloud agent gets an HTTP tool through the API, the way users attach one.
+    key = create_key_with_cli(server_env(base, env), "default", "admin")
+    with httpx.Client(base_url=server.url, headers={"x-api-key": key}) as c:
+        agent = next(a for a in c.get("/api/v1/agents").json()["data"] if a["name"] == "cloud")
+        tool = c.post("/api/v1/tool-endpoint-defs", json={
+            "name": "find_us", "description": "Where the restaurant is", "url": f"{tools.url}/text", "method": "GET",
+            "parameters": {"type": "object", "properties": {"say": {"type": "string"}}, "required": ["say"]},
+        })
+        assert tool.status_code in (200, 201), tool.text
+        attach = c.post(f"/api/v1/agents/{agent['id']}/tools", json=[{"tool_id": tool.json()["id"]}])
+        assert attach.status_code in (200, 201), attach.text
+    server.api_key = key
+    yield server, emu, tools
+    stop_server(server)
+    tools.__exit__(None, None, None)
+    emu.close()
+
+
+async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(cloud, speech):
+    server, _, tools = cloud
+    caller = await dial(server, CLOUD_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0), "no welcome from Cartesia"
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["located"])
+        assert await caller.wait_agent_audio(spoke_at, 20.0), "no reply"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    row = server.wait_ended(call_id)
+    assert row["disconnection_reason"] == "caller_hangup", dict(row)
+    turns = server.turns(call_id)
+    roles = [t["role"] for t in turns]
+    assert roles[:2] == ["assistant", "user"] and "tool" in roles, [dict(t) for t in turns]
+    assert turns[0]["text"] == "Hello, this is Luigi's."
+    assert "located" in turns[1]["text"].lower()  # Deepgram's transcript (the emulator's Whisper)
+    tool = next(t for t in turns if t["role"] == "tool")
+    assert tool["tool_name"] == "find_us" and json.loads(tool["tool_arguments"]) == {"say": "twelve Main Street"}
+    assert tool["tool_error"] is None and "twelve Main Street" in tool["tool_result"]
+    assert any(r["query"] == {"say": "twelve Main Street"} for r in tools.requests)
+    assert turns[-1]["role"] == "assistant" and "twelve Main Street" in turns[-1]["text"]
+
+
+async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provider(cloud, speech, twilio_api):
+    server, _, _ = cloud
+    caller = await dial(server, CLOUD_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["table"])  # the OpenAI emulator answers this with 500s
+        assert await caller.wait_agent_audio(spoke_at, 30.0), "no apology"
+        await asyncio.wait_for(caller.closed.wait(), 30)
+        apology_secs = sum(len(base64.b64decode(r.message["media"]["payload"])) for r in caller.events("media")
+                           if r.at > spoke_at) / 8000
+    row = server.wait_ended(call_id)
+    assert row["status"] == "failed" and row["disconnection_reason"] == "error_llm", dict(row)
+    assert row["error_detail"].startswith("openai:") and row["ended_by"] == "system"
+    assert apology_secs > 2.0, apology_secs
+    assert hung_up_by_rest(twilio_api, caller)
+    turns = server.turns(call_id)  # what was said before the failure is kept
+    assert turns[0]["text"] == "Hello, this is Luigi's." and any("table" in t["text"].lower() for t in turns)
+
+
+async def test_a_realtime_call_is_mulaw_end_to_end(cloud, speech):
+    server, emu, _ = cloud
+    caller = await dial(server, REALTIME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0), "no welcome"
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["located"])
+        assert await caller.wait_agent_audio(spoke_at, 20.0), "no reply"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    row = server.wait_ended(call_id)
+    assert row["disconnection_reason"] == "caller_hangup", dict(row)
+    session = emu.running["openai-realtime"].emulator[-1]
+    assert session["audio"]["input"]["format"]["type"] == "audio/pcmu"
+    assert session["audio"]["output"]["format"]["type"] == "audio/pcmu"
+    turns = [(t["role"], t["text"]) for t in server.turns(call_id)]
+    assert turns[0] == ("assistant", "Hello, this is Luigi's."), turns
+    assert any(role == "user" and "located" in text.lower() for role, text in turns), turns
+    assert turns[-1] == ("assistant", "We are at twelve Main Street."), turns
+    assert welcome_instruction("x") not in json.dumps(turns)
+
+
+async def test_a_realtime_socket_drop_gets_an_apology_and_error_realtime(cloud, speech):
+    server, _, _ = cloud
+    caller = await dial(server, REALTIME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["table"])  # the Realtime emulator drops its socket on this
+        assert await caller.wait_agent_audio(spoke_at, 30.0), "no apology"
+        await asyncio.wait_for(caller.closed.wait(), 30)
+    row = server.wait_ended(call_id)
+    assert row["disconnection_reason"] == "error_realtime", dict(row)
+    assert row["error_detail"].startswith("openai:")
+    assert server.turns(call_id)[0]["text"] == "Hello, this is Luigi's."
+
+
+def test_a_text_chat_through_openai_runs_the_tool_and_streams_the_answer(cloud):
+    server, _, _ = cloud
+    with httpx.Client(base_url=server.url, headers={"x-api-key": server.api_key}, timeout=30) as c:
+        agent = next(a for a in c.get("/api/v1/agents").json()["data"] if a["name"] == "cloud")
+        session = c.post("/api/v1/chat/sessions", json={"agent_id": agent["id"]}).json()
+        events = []
+        with c.stream("POST", "/api/v1/chat/turn", json={"session_id": session["id"],
+                                                          "message": "Where are you located?"}) as r:
+            assert r.status_code == 200
+            name = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[6:])))
+        kinds = [k for k, _ in events]
+        assert kinds[0] == "tool_executing" and "tool_done" in kinds and kinds[-1] == "done", events
+        assert kinds.index("tool_done") < kinds.index("message_delta")
+        reply = "".join(d.get("delta", d.get("text", "")) for k, d in events if k == "message_delta")
+        assert "twelve Main Street" in reply, events
+        history = c.get(f"/api/v1/chat/sessions/{session['id']}").json()
+        assert [m["role"] for m in history["messages"]] == ["user", "tool", "assistant"], history
