@@ -29,6 +29,7 @@ SHORT_CALL_NUMBER = "+15550100004"
 SILENCE_NUMBER = "+15550100005"
 STEADY_WELCOME_NUMBER = "+15550100006"
 CALL_TOOLS_NUMBER = "+15550100007"
+SMART_TURN_NUMBER = "+15550100008"
 TRANSFER_TARGET = "+15550100099"
 
 # Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
@@ -42,6 +43,19 @@ PHRASES = {
 }
 
 TEST_AGENTS = {
+    "smart_turn.yaml": f"""
+name: smart-turn
+phone_numbers: ["{SMART_TURN_NUMBER}"]
+system_prompt: Ends turns with the smart-turn model.
+welcome_message: Hello.
+turn: {{strategy: smart_turn, smart_turn_max_secs: 2.0}}
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
+tts: {{provider: piper}}
+""",
     "call_tools.yaml": f"""
 name: call-tools
 phone_numbers: ["{CALL_TOOLS_NUMBER}"]
@@ -233,6 +247,11 @@ class TwilioApi:
 
     def requests(self, call_sid: str) -> list[dict]:
         return httpx.get(f"{self.url}/_emulator/requests", params={"call_sid": call_sid}).json()["requests"]
+
+    def call(self, call_sid: str) -> dict | None:
+        """The call as the emulated Twilio now holds it (status, and the TwiML it was redirected to)."""
+        r = httpx.get(f"{self.url}/_emulator/calls/{call_sid}")
+        return r.json() if r.status_code == 200 else None
 
     def wait_requests(self, call_sid: str, timeout: float = 5.0) -> list[dict]:
         deadline = time.monotonic() + timeout

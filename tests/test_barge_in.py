@@ -9,7 +9,7 @@ import pytest
 from config.agent import InterruptionConfig
 from pipelines.turns.barge_in import Policy, Verdict
 from tests.calls import dial
-from tests.conftest import LONG_WELCOME_NUMBER
+from tests.conftest import LONG_WELCOME_NUMBER, SMART_TURN_NUMBER
 
 WELCOME_END = "a set menu for groups of six or more people."
 
@@ -70,3 +70,21 @@ async def test_wait_over_the_agent_interrupts_it(server, speech):
     assert any(t["role"] == "user" and "wait" in t["text"].lower() for t in turns)
     # The caller's words got an answer (the agent's fallback), which was not interrupted.
     assert turns[-1]["role"] == "assistant" and not turns[-1]["interrupted"] and "again" in turns[-1]["text"]
+
+
+async def test_smart_turn_ends_the_callers_turn(server, speech):
+    caller = await dial(server, SMART_TURN_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(0.5, 20.0)
+        spoke_at = await caller.say(speech["located"])
+        replied = await caller.wait_agent_audio(spoke_at, 20.0)
+        assert replied is not None, "no reply: the turn never ended"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    server.wait_ended(call_id)
+    assert any("Main Street" in t["text"] for t in server.turns(call_id))
+    # The smart-turn model ran on the shared session (loaded once) and decided the turn.
+    log = server.log()
+    assert "End of Turn result" in log
+    assert log.count("loading local model 'smart_turn'") == 1

@@ -76,6 +76,8 @@ async def test_transfer_call_tool_moves_the_caller_with_a_dial(server, speech, t
     assert len(requests) == 1 and requests[0]["method"] == "POST", requests
     twiml = requests[0]["form"]["Twiml"]
     assert f"<Dial>{TRANSFER_TARGET}</Dial>" in twiml, twiml
+    assert twilio_api.call(caller.call_sid)["twiml"] == twiml  # Twilio took it: the caller is being moved
+    assert "Twilio" not in row["error_detail"]
     turns = server.turns(call_id)
     tool = [t for t in turns if t["role"] == "tool"]
     assert [t["tool_name"] for t in tool] == ["transfer_call"] and tool[0]["tool_error"] is None

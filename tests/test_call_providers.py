@@ -27,7 +27,8 @@ OPENAI_RULES = {"rules": [
     {"keywords": ["table", "book"], "fault": "server_error"},
 ]}
 REALTIME_RULES = {"rules": [
-    {"keywords": ["located", "where"], "reply": "We are at twelve Main Street."},
+    {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
+     "after_tool": "We are at {result}."},
     {"keywords": ["table", "book"], "fault": "drop_stream"},
 ]}
 
@@ -100,14 +101,15 @@ def cloud(tmp_path_factory, twilio_api):
     # The cloud agent gets an HTTP tool through the API, the way users attach one.
     key = create_key_with_cli(server_env(base, env), "default", "admin")
     with httpx.Client(base_url=server.url, headers={"x-api-key": key}) as c:
-        agent = next(a for a in c.get("/api/v1/agents").json()["data"] if a["name"] == "cloud")
+        agents = {a["name"]: a for a in c.get("/api/v1/agents").json()["data"]}
         tool = c.post("/api/v1/tool-endpoint-defs", json={
             "name": "find_us", "description": "Where the restaurant is", "url": f"{tools.url}/text", "method": "GET",
             "parameters": {"type": "object", "properties": {"say": {"type": "string"}}, "required": ["say"]},
         })
         assert tool.status_code in (200, 201), tool.text
-        attach = c.post(f"/api/v1/agents/{agent['id']}/tools", json=[{"tool_id": tool.json()["id"]}])
-        assert attach.status_code in (200, 201), attach.text
+        for name in ("cloud", "realtime"):
+            attach = c.post(f"/api/v1/agents/{agents[name]['id']}/tools", json=[{"tool_id": tool.json()["id"]}])
+            assert attach.status_code in (200, 201), attach.text
     server.api_key = key
     yield server, emu, tools
     stop_server(server)
@@ -160,7 +162,7 @@ async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provi
     assert turns[0]["text"] == "Hello, this is Luigi's." and any("table" in t["text"].lower() for t in turns)
 
 
-async def test_a_realtime_call_is_mulaw_end_to_end(cloud, speech):
+async def test_a_realtime_call_is_mulaw_end_to_end_and_runs_a_tool(cloud, speech):
     server, emu, _ = cloud
     caller = await dial(server, REALTIME_NUMBER)
     call_id = caller.answer.parameters["call_id"]
@@ -178,8 +180,10 @@ async def test_a_realtime_call_is_mulaw_end_to_end(cloud, speech):
     turns = [(t["role"], t["text"]) for t in server.turns(call_id)]
     assert turns[0] == ("assistant", "Hello, this is Luigi's."), turns
     assert any(role == "user" and "located" in text.lower() for role, text in turns), turns
-    assert turns[-1] == ("assistant", "We are at twelve Main Street."), turns
+    assert turns[-1][0] == "assistant" and "twelve Main Street" in turns[-1][1], turns  # said after the tool ran
     assert welcome_instruction("x") not in json.dumps(turns)
+    tool = [t for t in server.turns(call_id) if t["role"] == "tool"]
+    assert [t["tool_name"] for t in tool] == ["find_us"] and "twelve Main Street" in tool[0]["tool_result"]
 
 
 async def test_a_realtime_socket_drop_gets_an_apology_and_error_realtime(cloud, speech):

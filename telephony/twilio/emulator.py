@@ -87,34 +87,37 @@ def create_emulator_app(account_sid: str, auth_token: str) -> FastAPI:
     app.state.emulator = emu
     base = "/2010-04-01/Accounts/{account}/Calls"
 
-    @app.middleware("http")
-    async def _log_and_auth(request: Request, call_next):
-        if request.url.path.startswith("/_emulator"):
-            return await call_next(request)
-        form = dict((await request.form()).multi_items()) if request.method == "POST" else {}
+    async def received(request: Request) -> tuple[dict, JSONResponse | None]:
+        """The request's form, logged; and Twilio's refusal when the credentials or the account are wrong."""
+        form = {k: str(v) for k, v in (await request.form()).multi_items()} if request.method == "POST" else {}
         emu.requests.append({"method": request.method, "path": request.url.path, "form": form, "at": time.time()})
         if not emu.authorized(request):
-            return _error(401, 20003, "Authenticate")
-        if not request.url.path.startswith(f"/2010-04-01/Accounts/{account_sid}/"):
-            return _error(404, 20404, f"The requested resource {request.url.path} was not found")
-        return await call_next(request)
+            return form, _error(401, 20003, "Authenticate")
+        if request.path_params.get("account") != account_sid:
+            return form, _error(404, 20404, f"The requested resource {request.url.path} was not found")
+        return form, None
 
     @app.post(base + ".json")
     async def create_call(account: str, request: Request):
-        form = await request.form()
+        form, refused = await received(request)
+        if refused:
+            return refused
         to, from_ = form.get("To"), form.get("From")
         if not to or not from_:
             return _error(400, 21201 if not to else 21213, "No 'To' number is specified" if not to
                           else "No 'From' number is specified")
         if not (form.get("Twiml") or form.get("Url") or form.get("ApplicationSid")):
             return _error(400, 21205, "Url parameter is required")
-        call = EmulatedCall(sid=_sid("CA"), account_sid=account, to=str(to), from_=str(from_),
+        call = EmulatedCall(sid=_sid("CA"), account_sid=account, to=to, from_=from_,
                             twiml=form.get("Twiml"), url=form.get("Url"))
         emu.calls[call.sid] = call
         return JSONResponse(call.resource(), status_code=201)
 
     @app.get(base + "/{sid}.json")
-    async def fetch_call(account: str, sid: str):
+    async def fetch_call(account: str, sid: str, request: Request):
+        _, refused = await received(request)
+        if refused:
+            return refused
         call = emu.calls.get(sid)
         if call is None:
             return _error(404, 20404, f"The requested resource /2010-04-01/Accounts/{account}/Calls/{sid}.json "
@@ -123,13 +126,15 @@ def create_emulator_app(account_sid: str, auth_token: str) -> FastAPI:
 
     @app.post(base + "/{sid}.json")
     async def update_call(account: str, sid: str, request: Request):
-        form = await request.form()
+        form, refused = await received(request)
+        if refused:
+            return refused
         call = emu.known_call(sid)
         status, twiml, url = form.get("Status"), form.get("Twiml"), form.get("Url")
         if call.status in ("completed", "canceled", "failed", "busy", "no-answer"):
             return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
         if status in ("completed", "canceled"):
-            call.status, call.ended = str(status), time.time()
+            call.status, call.ended = status, time.time()
         elif status is not None:
             return _error(400, 20001, f"Invalid Status {status!r}: must be completed or canceled")
         elif twiml or url:
@@ -137,6 +142,13 @@ def create_emulator_app(account_sid: str, auth_token: str) -> FastAPI:
         else:
             return _error(400, 21205, "Url, Twiml or Status is required")
         return call.resource()
+
+    @app.get("/_emulator/calls/{sid}")
+    async def call_state(sid: str):
+        call = emu.calls.get(sid)
+        if call is None:
+            return _error(404, 20404, f"no call {sid}")
+        return {**call.resource(), "twiml": call.twiml, "url": call.url}
 
     @app.get("/_emulator/requests")
     async def requests_log(call_sid: str | None = None):
