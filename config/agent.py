@@ -151,6 +151,7 @@ class CallConfig(_Strict):
     end_call_tool: bool = Field(default=True, description="Offer the LLM an `end_call` tool (says goodbye, hangs up)")
     transfer: TransferConfig | None = None
     apology: str = "I'm sorry, we're having technical difficulties. Please call again later. Goodbye."
+    record: bool = Field(default=False, description="Keep a stereo WAV of the call (caller left, agent right)")
 
 
 class AgentConfig(_Strict):

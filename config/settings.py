@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = 64 * 1024
     start_timeout_secs: float = 10.0
     log_level: str = "INFO"
+    recordings_dir: Path | None = Field(default=None, description="Where call recordings go; <data_dir>/recordings")
+    recording_retention_days: int = Field(default=30, ge=1, description="Recordings older than this are deleted")
 
     # REST API guards
     rate_limit_per_minute: int = 600
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'voxline.db').resolve()}"
+
+    @property
+    def resolved_recordings_dir(self) -> Path:
+        return self.recordings_dir or self.data_dir / "recordings"
 
     def resolved_secret_key(self) -> str:
         """The token-signing key: the configured one, else one generated once and kept in data_dir.

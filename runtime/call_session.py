@@ -31,6 +31,7 @@ from runtime.call_controls import CallControls
 from runtime.call_tools import add_call_tools
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
+from runtime.recording import CallRecorder
 from runtime.store import repo
 from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
@@ -124,6 +125,7 @@ class CallSession(StreamEvents):
         self._call_sid: str | None = None
         self._transfer_to: str | None = None
         self._built = None
+        self._recorder: CallRecorder | None = None
         self._tool_started: dict[str, float] = {}
 
     def elapsed(self) -> float:
@@ -172,6 +174,11 @@ class CallSession(StreamEvents):
             self._controls.stop()
         if self._turns:
             await self._turns.close()
+        if self._recorder is not None:
+            try:
+                await self._recorder.close()
+            except Exception:
+                logger.exception(f"call {self.call_id}: could not finish the recording")
         if self._reason is None:
             if self.rt.shutting_down.is_set():
                 self.end_with(R.SERVER_SHUTDOWN)
@@ -212,6 +219,10 @@ class CallSession(StreamEvents):
             ),
         )
         self._serializer.bind(transport.output())
+        if agent.call.record:
+            self._recorder = CallRecorder(self.rt.settings.resolved_recordings_dir / f"{self.call_id}.wav")
+            await asyncio.to_thread(self._recorder.open)
+            self._serializer.recorder = self._recorder
         self._controls = CallControls(agent.call, None, self.end_with, self._cancel, self.call_id,
                                       on_closing=self._closing)
         tools = await load_toolset(self.rt.db, agent_row.id, self.rt.settings, listener=self._on_tool)

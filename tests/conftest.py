@@ -30,6 +30,7 @@ SILENCE_NUMBER = "+15550100005"
 STEADY_WELCOME_NUMBER = "+15550100006"
 CALL_TOOLS_NUMBER = "+15550100007"
 SMART_TURN_NUMBER = "+15550100008"
+RECORDED_NUMBER = "+15550100009"
 TRANSFER_TARGET = "+15550100099"
 
 # Phrases Whisper tiny.en reliably recovers from espeak-ng speech on an 8 kHz μ-law line (checked by hand;
@@ -43,6 +44,19 @@ PHRASES = {
 }
 
 TEST_AGENTS = {
+    "recorded.yaml": f"""
+name: recorded
+phone_numbers: ["{RECORDED_NUMBER}"]
+system_prompt: Its calls are recorded.
+welcome_message: Hello, this call is recorded.
+transcriber: {{provider: whisper}}
+llm:
+  provider: scripted
+  script:
+    rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
+tts: {{provider: piper}}
+call: {{record: true}}
+""",
     "smart_turn.yaml": f"""
 name: smart-turn
 phone_numbers: ["{SMART_TURN_NUMBER}"]

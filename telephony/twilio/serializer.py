@@ -103,6 +103,7 @@ class TwilioMediaSerializer(FrameSerializer):
         self._pending_marks: dict[str, bool] = {}  # sent, not echoed yet → cleared by a hold?
         self._mark_callback: Callable[[str], Awaitable[None]] | None = None
         self.holdable = True
+        self.recorder = None  # a CallRecorder when the agent records calls
 
     @property
     def stream_sid(self) -> str:
@@ -166,6 +167,8 @@ class TwilioMediaSerializer(FrameSerializer):
         self.media_in += 1
         frame = InputAudioRawFrame(audio=audioop.ulaw2lin(ulaw, 2), num_channels=1, sample_rate=TWILIO_RATE)
         frame.metadata[ULAW_METADATA_KEY] = ulaw
+        if self.recorder is not None:
+            self.recorder.caller(frame.audio)
         return frame
 
     # --- pipeline → Twilio -------------------------------------------------------------------------------------
@@ -187,6 +190,8 @@ class TwilioMediaSerializer(FrameSerializer):
             ulaw = audioop.lin2ulaw(frame.audio, 2)
             if not ulaw:
                 return None
+            if self.recorder is not None:
+                self.recorder.agent(frame.audio)
             if self._replay:
                 ulaw, self._replay = self._replay + ulaw, b""
             self._recent.append(ulaw)
