@@ -98,7 +98,20 @@ def cloud(tmp_path_factory, twilio_api):
         "VOXLINE_OPENAI_REALTIME_URL": emu.running["openai-realtime"].url,
     }
     server = start_server(base, auth_token=AUTH_TOKEN, extra_env=env)
-    # The cloud agent gets an HTTP tool through the API, the way users attach one.
+    try:
+        key = _attach_tool(server, base, env, tools)
+    except BaseException:
+        stop_server(server)  # a failed setup must not leave the server process behind
+        raise
+    server.api_key = key
+    yield server, emu, tools
+    stop_server(server)
+    tools.__exit__(None, None, None)
+    emu.close()
+
+
+def _attach_tool(server, base, env, tools) -> str:
+    """The cloud and realtime agents get an HTTP tool through the API, the way users attach one."""
     key = create_key_with_cli(server_env(base, env), "default", "admin")
     with httpx.Client(base_url=server.url, headers={"x-api-key": key}) as c:
         agents = {a["name"]: a for a in c.get("/api/v1/agents").json()["data"]}
@@ -110,11 +123,7 @@ def cloud(tmp_path_factory, twilio_api):
         for name in ("cloud", "realtime"):
             attach = c.post(f"/api/v1/agents/{agents[name]['id']}/tools", json=[{"tool_id": tool.json()["id"]}])
             assert attach.status_code in (200, 201), attach.text
-    server.api_key = key
-    yield server, emu, tools
-    stop_server(server)
-    tools.__exit__(None, None, None)
-    emu.close()
+    return key
 
 
 async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(cloud, speech):
