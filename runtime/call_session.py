@@ -124,6 +124,7 @@ class CallSession(StreamEvents):
         self._carrier = TwilioCalls(rt.settings)
         self._call_sid: str | None = None
         self._transfer_to: str | None = None
+        self._carrier_told = False
         self._built = None
         self._recorder: CallRecorder | None = None
         self._tool_started: dict[str, float] = {}
@@ -219,6 +220,7 @@ class CallSession(StreamEvents):
             ),
         )
         self._serializer.bind(transport.output())
+        self._tell_carrier_before_closing(transport)
         if agent.call.record:
             self._recorder = CallRecorder(self.rt.settings.resolved_recordings_dir / f"{self.call_id}.wav")
             await asyncio.to_thread(self._recorder.open)
@@ -272,11 +274,29 @@ class CallSession(StreamEvents):
         else:
             self._turns.put_tool(event, self._tool_started.pop(event.call_id, self.elapsed()), self.elapsed())
 
+    def _tell_carrier_before_closing(self, transport: FastAPIWebsocketTransport) -> None:
+        """pipecat's transports close the socket as the pipeline ends, and Twilio then runs the rest of the TwiML
+        (`<Hangup/>`) at once, so a transfer would hang up instead of dialing. The carrier has to be told first."""
+        client = transport._client  # pipecat 1.14 (pinned): the one client both transports close
+        close = client.disconnect
+
+        async def tell_then_close() -> None:
+            await self._tell_carrier()
+            await close()
+
+        client.disconnect = tell_then_close
+
     async def _tell_carrier(self) -> None:
         """Hang up (or transfer) through Twilio's REST API before the socket closes: closing it alone would leave
         Twilio to run the rest of the TwiML, which only works for calls voxline answered itself."""
+        if self._reason is None or self._carrier_told:
+            return  # not decided yet (the session's end will tell), or already told
+        self._carrier_told = True
         if self._reason in (R.CALLER_HANGUP, R.SERVER_SHUTDOWN) or not self._call_sid:
             return
+        if self._serializer is not None:
+            # Let Twilio play the last words it has buffered: a hang-up now would cut them off.
+            await asyncio.sleep(min(1.0, self._serializer.unplayed_secs()))
         if not self._carrier.configured:
             logger.debug(f"call {self.call_id}: no Twilio credentials; hanging up by closing the stream")
             return

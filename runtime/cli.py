@@ -142,14 +142,15 @@ def emulate(
     port: int | None = typer.Option(None, help="TCP port (default: 8101 deepgram, 8102 openai, 8103 cartesia, "
                                                "8104 openai-realtime, 8105 twilio; 0 picks a free one)"),
     rules: Path | None = typer.Option(None, "--rules", exists=True, dir_okay=False,
-                                      help="YAML/JSON reply rules (openai, openai-realtime); default: echo"),
+                                      help="YAML/JSON rules: replies (openai, openai-realtime; default: echo) or "
+                                           "numbers' outcomes and callee scripts (twilio)"),
     latency_ms: int = typer.Option(0, "--latency-ms", min=0, help="Delay before each first response, in ms"),
 ) -> None:
     """Run a local emulator of a cloud provider's API (its real wire protocol; any non-empty key is accepted)."""
     from pipelines.providers import emulators
 
     if provider == "twilio":
-        return _emulate_twilio(host, 8105 if port is None else port)
+        return _emulate_twilio(host, 8105 if port is None else port, rules)
     spec = emulators.PROVIDERS.get(provider)
     if spec is None:
         typer.echo(f"error: unknown provider {provider!r}; choose from {', '.join(emulators.PROVIDERS)}", err=True)
@@ -176,20 +177,38 @@ def emulate(
         pass
 
 
-def _emulate_twilio(host: str, port: int) -> None:
-    """Twilio's REST API (calls: create, fetch, update), checking Basic auth against TWILIO_ACCOUNT_SID/AUTH_TOKEN."""
+def _emulate_twilio(host: str, port: int, rules: Path | None = None) -> None:
+    """Twilio as a carrier: the REST calls resource (Basic auth against TWILIO_ACCOUNT_SID/AUTH_TOKEN), created calls
+    that ring and end by the rules on their number, signed status callbacks, media streams with a scripted callee,
+    and inbound calls placed on a voxline server (`POST /_emulator/inbound`)."""
     import uvicorn
 
-    from telephony.twilio.emulator import create_emulator_app
+    from telephony.twilio.emulator import RuleSet, create_emulator_app
 
     settings = get_settings()
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         typer.echo("error: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: the emulator checks them like Twilio", err=True)
         raise typer.Exit(2)
+    try:
+        parsed = RuleSet.load(rules)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {rules}: {exc}", err=True)
+        raise typer.Exit(2) from exc
     _configure_logging(settings.log_level)
+    if port == 0:  # pick it now, so that the URL printed is the one to use
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
     url = f"http://{host}:{port}"
-    typer.echo(f"twilio REST emulator listening on {url}\n  TWILIO_API_BASE_URL={url}")
-    app_ = create_emulator_app(settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value())
+    typer.echo(f"twilio emulator listening on {url}\n"
+               f"  point voxline at it: TWILIO_API_BASE_URL={url} (same TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)\n"
+               f"  rules: {f'{len(parsed.rules)} from {rules}' if rules else 'none'}; "
+               f"other numbers: {parsed.default.outcome}\n"
+               f"  place an inbound call: curl -X POST {url}/_emulator/inbound -H 'content-type: application/json' "
+               "-d '{\"to\": \"+15550100000\", \"server\": \"http://127.0.0.1:8080\"}'")
+    app_ = create_emulator_app(settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), parsed)
     uvicorn.run(app_, host=host, port=port, log_level=settings.log_level.lower())
 
 

@@ -6,8 +6,10 @@ import asyncio
 import json
 import time
 
+import httpx
+
 from tests.calls import dial, hung_up_by_rest, media_payloads
-from tests.conftest import CALL_TOOLS_NUMBER, SHORT_CALL_NUMBER, SILENCE_NUMBER, TRANSFER_TARGET
+from tests.conftest import CALL_TOOLS_NUMBER, DEMO_NUMBER, SHORT_CALL_NUMBER, SILENCE_NUMBER, TRANSFER_TARGET
 
 
 async def test_max_duration_says_goodbye_and_hangs_up(server, twilio_api):
@@ -99,3 +101,26 @@ async def test_end_call_tool_hangs_up_through_twilio(server, speech, twilio_api)
     assert hung_up_by_rest(twilio_api, caller)
     tool = [t for t in server.turns(call_id) if t["role"] == "tool"]
     assert [(t["tool_name"], json.loads(t["tool_arguments"])) for t in tool] == [("end_call", {"reason": "booking"})]
+
+
+def _carrier_call(twilio_api, server, to: str, callee: list[dict]) -> dict:
+    """An inbound call placed by the emulated carrier itself, which runs the TwiML and the callee like Twilio."""
+    placed = httpx.post(f"{twilio_api.url}/_emulator/inbound", timeout=30,
+                        json={"to": to, "from": "+15550199999", "server": server.url, "callee": callee})
+    assert placed.status_code == 201, placed.text
+    return httpx.get(f"{twilio_api.url}/_emulator/calls/{placed.json()['sid']}", params={"wait": 60}, timeout=70).json()
+
+
+async def test_the_carrier_hears_of_a_transfer_before_the_stream_closes(server, twilio_api):
+    # Closing the stream first would make Twilio run the TwiML's <Hangup/>: the caller would be hung up on.
+    call = await asyncio.to_thread(_carrier_call, twilio_api, server, CALL_TOOLS_NUMBER,
+                                   [{"wait_agent": 20}, {"say": "Where are you located?"}, {"wait_agent": 20}])
+    assert call["transfer_to"] == TRANSFER_TARGET and call["hung_up_by"] == "transfer", call
+
+
+async def test_the_carrier_hears_of_an_agent_hang_up_before_the_stream_closes(server, twilio_api):
+    call = await asyncio.to_thread(_carrier_call, twilio_api, server, DEMO_NUMBER,
+                                   [{"wait_agent": 20}, {"say": "Goodbye."}, {"wait_agent": 20}])
+    assert call["hung_up_by"] == "rest" and call["status"] == "completed", call
+    row = server.query("SELECT * FROM calls WHERE twilio_call_sid = ?", call["sid"])[0]
+    assert row["disconnection_reason"] == "agent_hangup" and row["error_detail"] == "goodbye rule", dict(row)

@@ -220,6 +220,10 @@ class TwilioMediaSerializer(FrameSerializer):
         """The output transport that carries our own messages (`clear`, `mark`) to the socket."""
         self._output = output
 
+    def unplayed_secs(self) -> float:
+        """How much of the audio already sent Twilio has still to play."""
+        return max(0.0, self._playout_until - time.monotonic())
+
     @property
     def holding(self) -> bool:
         return not self._released.is_set()
