@@ -152,6 +152,8 @@ class CallConfig(_Strict):
     transfer: TransferConfig | None = None
     apology: str = "I'm sorry, we're having technical difficulties. Please call again later. Goodbye."
     record: bool = Field(default=False, description="Keep a stereo WAV of the call (caller left, agent right)")
+    answering_machine_detection: bool = Field(
+        default=False, description="Outbound calls: ask Twilio whether a machine answered, and hang up on one")
 
 
 class AgentConfig(_Strict):

@@ -51,9 +51,10 @@ async def _end_live_calls(rt: Runtime) -> None:
 
 
 def api_routers() -> list:
-    from runtime.api.routes import agents, chat, keys, phone, providers, tools
+    from runtime.api.routes import agents, batch_calls, calls, chat, keys, phone, providers, tools
 
-    return [keys.router, agents.router, providers.router, phone.router, tools.router, chat.router]
+    return [keys.router, agents.router, providers.router, phone.router, tools.router, chat.router, calls.router,
+            batch_calls.router]
 
 
 def openapi_schema(app: FastAPI) -> dict:
@@ -104,10 +105,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await load_agent_files(rt.db, settings.agents_dir)
         await guards.purge_expired_idempotency(rt.db, timedelta(hours=settings.idempotency_ttl_hours))
         await _preload_models(rt)
+        from runtime.batch.engine import BatchEngine
+
+        batches = BatchEngine(rt)
+        batches.start()
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
         try:
             yield
         finally:
+            await batches.stop()  # first: no campaign dials into a server that is going away
             await _end_live_calls(rt)
             await engine.dispose()
 
@@ -120,9 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    from telephony.twilio import stream, webhook
+    from telephony.twilio import status, stream, webhook
 
     app.include_router(webhook.router)
+    app.include_router(status.router)
     app.include_router(stream.router)
     for router in api_routers():
         app.include_router(router)

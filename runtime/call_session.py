@@ -19,6 +19,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
+from config import variables as call_variables
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.call_pipeline import LINE_SAMPLE_RATE
@@ -206,6 +207,10 @@ class CallSession(StreamEvents):
             self.end_with(R.ERROR_INTERNAL, "the call's agent no longer exists")
             return
         agent = AgentConfig.model_validate(agent_row.config)
+        if unfilled := call_variables.missing(agent, call.variables):
+            logger.info(f"call {self.call_id}: no value for {', '.join(unfilled)}: their {{{{placeholders}}}} are "
+                        "left as written")
+        agent = call_variables.render(agent, call.variables)
         for name in local_models_needed(agent):
             await local_models.load(name)  # normally preloaded at start-up; never loaded on the event loop
 
@@ -257,6 +262,8 @@ class CallSession(StreamEvents):
         self._controls.worker = worker
         self._controls.attach(built.user_aggregator)
         self._controls.start()
+        if self._reason is not None:  # stopped from outside (shutdown, voicemail) while the pipeline was being built
+            return
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         await runner.add_workers(worker)
         logger.info(f"call {self.call_id}: media stream started, agent {agent.name!r}")

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from runtime.store import db as store_db
@@ -315,7 +316,8 @@ def _columns(conn, table: str) -> set[str]:
 
 async def test_migration_0003_adds_tool_columns_and_chat_tables_and_downgrades(database):
     async with database.connect() as conn:
-        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0003"
+        head = ScriptDirectory.from_config(store_db.alembic_config()).get_current_head()
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == head
         cols = await conn.run_sync(lambda c: {t: _columns(c, t) for t in
                                               ("transcript_entries", "calls", "chat_sessions", "chat_messages")})
     assert {"tool_name", "tool_call_id", "tool_arguments", "tool_result", "tool_error"} <= cols["transcript_entries"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -116,6 +117,17 @@ class Call(Base):
     disconnection_reason: Mapped[str | None] = mapped_column(String(40))
     error_detail: Mapped[str | None] = mapped_column(Text)
     ended_by: Mapped[str | None] = mapped_column(String(16))
+    # Outbound calls (issue 5). `request_id` correlates logs with the API request that placed the call.
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    variables: Mapped[dict | None] = mapped_column(JSON)
+    call_metadata: Mapped[dict | None] = mapped_column(JSON)  # `metadata` is reserved by SQLAlchemy
+    duration_secs: Mapped[int | None] = mapped_column(Integer)  # Twilio's CallDuration, from its final callback
+    from_phone_number_id: Mapped[str | None] = mapped_column(String(32))
+    carrier_status: Mapped[str | None] = mapped_column(String(16))  # Twilio's furthest status so far
+    answered_by: Mapped[str | None] = mapped_column(String(32))  # with answering machine detection
+    # No foreign keys: the batch tables come in a later migration, and a call outlives its campaign.
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    batch_item_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class TranscriptEntry(Base):
@@ -163,3 +175,44 @@ class ChatMessage(Base):
     tool_result: Mapped[dict | None] = mapped_column(JSON)
     tool_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BatchCall(Base):
+    """An outbound campaign: one agent calls each of its items from one line, at most `batch_size` at a time."""
+
+    __tablename__ = "batch_calls"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    # SET NULL rather than cascade: a finished campaign's results outlive the agent or line that ran it.
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), index=True)
+    caller_phone_id: Mapped[str | None] = mapped_column(ForeignKey("phone_numbers.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    variable_names: Mapped[list] = mapped_column(JSON, default=list)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    # not_started → in_progress (started) → completed (no item left to dial or waiting on its call)
+    status: Mapped[str] = mapped_column(String(16), default="not_started", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class BatchItem(Base):
+    """One recipient of a campaign. A row is claimed (`calling`, `claimed_by`) by one server process before it is
+    dialed, so no two processes dial it; while `calling`, `updated_at` is that claim's lease (runtime/batch/claims.py).
+    `call_id` is the call placed for it."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (Index("ix_batch_items_batch_id_status", "batch_id", "status"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch_calls.id", ondelete="CASCADE"), index=True)
+    to_number: Mapped[str] = mapped_column(String(20))
+    variables: Mapped[dict] = mapped_column(JSON, default=dict)
+    # not_started → calling → completed | failed | no_answer
+    status: Mapped[str] = mapped_column(String(16), default="not_started")
+    call_id: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from config.agent import AgentConfig
@@ -193,15 +193,70 @@ async def transcript(db: async_sessionmaker, call_id: str) -> list[TranscriptEnt
 
 async def end_call(
     db: async_sessionmaker, call_id: str, *, status: str, reason: str, detail: str | None = None,
-    ended_at: datetime | None = None, ended_by: str | None = None,
+    ended_at: datetime | None = None, ended_by: str | None = None, unless_streamed: bool = False,
 ) -> bool:
-    """Close the call once; a second close (e.g. a late socket error) changes nothing."""
+    """Close the call once; a second close (e.g. a late socket error) changes nothing. `unless_streamed`: only a
+    call whose media stream never started (one that did is closed by its session, with the session's reason)."""
+    open_call = [Call.id == call_id, Call.ended_at.is_(None)]
+    if unless_streamed:
+        open_call.append(Call.stream_sid.is_(None))
     async with db() as s:
         result = await s.execute(
             update(Call)
-            .where(Call.id == call_id, Call.ended_at.is_(None))
+            .where(*open_call)
             .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow(),
                     ended_by=ended_by)
         )
         await s.commit()
         return result.rowcount == 1
+
+
+# Twilio's call statuses in the order a call goes through them; the final ones share the last rank. Callbacks may
+# arrive out of order or twice, so a status is only ever replaced by a later one.
+CARRIER_RANK = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3,
+                "completed": 4, "busy": 4, "no-answer": 4, "failed": 4, "canceled": 4}
+CARRIER_FINAL = frozenset(s for s, rank in CARRIER_RANK.items() if rank == 4)
+
+
+async def find_call_by_sid(db: async_sessionmaker, call_sid: str) -> Call | None:
+    async with db() as s:
+        return await s.scalar(select(Call).where(Call.twilio_call_sid == call_sid)
+                              .order_by(Call.created_at.desc()).limit(1))
+
+
+async def update_call_status(
+    db: async_sessionmaker, call_id: str, carrier_status: str, *, call_sid: str | None = None,
+    duration_secs: int | None = None, answered_by: str | None = None,
+) -> bool:
+    """Record a Twilio status for the call; True when it moved the call forward.
+
+    One conditional UPDATE, so that two processes handling callbacks for the same call cannot move it backwards.
+    Our own `status` follows the carrier's while the call is open (never backwards either: the media stream may
+    already have made it `in-progress`); closing it is `end_call`'s. After a final status only a missing duration
+    is filled in. A call already tied to another CallSid is left alone."""
+    rank = CARRIER_RANK[carrier_status]
+    earlier = [name for name, r in CARRIER_RANK.items() if r < rank]
+    values: dict[str, Any] = {"carrier_status": carrier_status}
+    if call_sid:
+        values["twilio_call_sid"] = func.coalesce(Call.twilio_call_sid, call_sid)
+    if answered_by:
+        values["answered_by"] = func.coalesce(Call.answered_by, answered_by)
+    if duration_secs is not None:
+        values["duration_secs"] = func.coalesce(Call.duration_secs, duration_secs)
+    if rank < 4:
+        values["status"] = case((Call.ended_at.is_(None) & Call.status.in_(earlier), carrier_status),
+                                else_=Call.status)
+    if carrier_status == "in-progress":
+        values["started_at"] = func.coalesce(Call.started_at, literal(utcnow(), Call.started_at.type))
+    same_call = or_(Call.twilio_call_sid.is_(None), Call.twilio_call_sid == call_sid) if call_sid else true()
+    async with db() as s:
+        moved = await s.execute(
+            update(Call).where(Call.id == call_id, same_call,
+                               or_(Call.carrier_status.is_(None), Call.carrier_status.in_(earlier)))
+            .values(**values))
+        if moved.rowcount == 0 and duration_secs is not None and carrier_status in CARRIER_FINAL:
+            await s.execute(update(Call).where(Call.id == call_id, same_call, Call.duration_secs.is_(None),
+                                               Call.carrier_status.in_(CARRIER_FINAL))
+                            .values(duration_secs=duration_secs))
+        await s.commit()
+        return moved.rowcount == 1

@@ -1,0 +1,126 @@
+"""POST /telephony/twilio/status: Twilio's status callbacks for the calls we place.
+
+Callbacks may come late, out of order or twice: each only moves the call forward (`repo.update_call_status`). A
+final one closes a call whose media stream never started, with the reason the carrier gives; a call that had a
+stream keeps its session's reason and only gains the duration. With answering machine detection, a call a machine
+answered is hung up and closed `voicemail`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from loguru import logger
+
+from runtime.api.lookup import ROW_ID
+from runtime.context import Runtime, runtime_of
+from runtime.reasons import DisconnectionReason as R
+from runtime.store import repo
+from runtime.store.models import Call
+from telephony.twilio import signature
+from telephony.twilio.rest import CarrierError, TwilioCalls
+
+router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+
+# Why a call that never reached its media stream ended, by Twilio's final status.
+_UNCONNECTED = {
+    "busy": (R.DIAL_BUSY, "the line was busy"),
+    "no-answer": (R.DIAL_NO_ANSWER, "nobody answered"),
+    "failed": (R.DIAL_FAILED, "the carrier could not connect the call"),
+    "canceled": (R.DIAL_FAILED, "the call was canceled before it was answered"),
+    "completed": (R.ERROR_CARRIER, "the call was answered, but its media stream never reached this server"),
+}
+
+_FORM = {"type": "object", "properties": {k: {"type": "string"} for k in (
+    "CallSid", "AccountSid", "CallStatus", "CallDuration", "AnsweredBy", "SequenceNumber")}}
+
+
+def _machine(answered_by: str | None) -> bool:
+    return bool(answered_by) and answered_by.startswith("machine")
+
+
+def _seconds(raw: str | None) -> int | None:
+    try:
+        return max(0, int(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+async def _find(rt: Runtime, call_id: str | None, call_sid: str) -> Call | None:
+    """The call the callback is about: by the id in its URL (the dialer puts it there), else by CallSid."""
+    if call_id and ROW_ID.match(call_id):
+        call = await repo.get_call(rt.db, call_id)
+        if call is not None and call.twilio_call_sid not in (None, call_sid):
+            logger.warning(f"status callback: call {call_id} is CallSid {call.twilio_call_sid}, not {call_sid}")
+            return None
+        return call
+    return await repo.find_call_by_sid(rt.db, call_sid)
+
+
+async def _close(rt: Runtime, call: Call, reason: R, detail: str, *, unless_streamed: bool) -> bool:
+    return await repo.end_call(rt.db, call.id, status="failed" if reason.is_error else "completed", reason=reason,
+                               detail=detail, ended_by=reason.ended_by, unless_streamed=unless_streamed)
+
+
+async def _hang_up_on_machine(rt: Runtime, call: Call, call_sid: str, answered_by: str) -> None:
+    detail = f"answered by a machine ({answered_by})"
+    if not await _close(rt, call, R.VOICEMAIL, detail, unless_streamed=False):
+        return  # already over, or a repeated callback
+    logger.info(f"call {call.id}: {detail}; hanging up")
+    session = rt.sessions.get(call.id)
+    if session is not None:
+        session.stop(R.VOICEMAIL, detail)  # the session tells Twilio to hang up as it ends
+        return
+    carrier = TwilioCalls(rt.settings)
+    if not carrier.configured:
+        logger.error(f"call {call.id}: no Twilio credentials to hang up with; the machine hears the agent")
+        return
+    try:
+        await carrier.hang_up(call_sid)
+    except CarrierError as exc:
+        logger.error(f"call {call.id}: {exc}")
+
+
+@router.post(
+    "/status",
+    status_code=204,
+    response_class=Response,
+    summary="Twilio call status callback (outbound calls)",
+    responses={
+        204: {"description": "Recorded (or ignored: stale, repeated, or for an unknown call)"},
+        403: {"description": "Missing or invalid X-Twilio-Signature",
+              "content": {"text/plain": {"schema": {"type": "string"}}}},
+    },
+    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": _FORM}}}},
+)
+async def call_status(request: Request) -> Response:
+    rt = runtime_of(request)
+    params = signature.form_params(await request.body())
+    url = signature.public_url(request, rt.settings)
+    if not signature.is_valid(rt.settings, url, params, request.headers.get("x-twilio-signature")):
+        logger.warning(f"status callback: invalid or missing X-Twilio-Signature for {url} "
+                       f"(CallSid={params.get('CallSid')!r})")
+        return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+
+    call_sid, status = params.get("CallSid", ""), params.get("CallStatus", "")
+    answered_by = params.get("AnsweredBy") or None
+    # Twilio does not retry a refused callback, so refusing teaches nobody anything: log it and answer 204.
+    if not call_sid or status not in repo.CARRIER_RANK:
+        logger.warning(f"status callback: ignored (CallSid={call_sid!r}, CallStatus={status!r})")
+        return Response(status_code=204)
+    call = await _find(rt, request.query_params.get("call_id"), call_sid)
+    if call is None:
+        logger.warning(f"status callback: no call for CallSid {call_sid} ({status})")
+        return Response(status_code=204)
+
+    moved = await repo.update_call_status(rt.db, call.id, status, call_sid=call_sid,
+                                          duration_secs=_seconds(params.get("CallDuration")), answered_by=answered_by)
+    logger.info(f"call {call.id}: carrier status {status}" + (f", answered by {answered_by}" if answered_by else "")
+                + ("" if moved else " (not newer than what we had: kept)"))
+    if status == "in-progress" and _machine(answered_by):
+        await _hang_up_on_machine(rt, call, call_sid, answered_by)
+    elif status in repo.CARRIER_FINAL:
+        reason, detail = (R.VOICEMAIL, f"answered by a machine ({answered_by})") if _machine(answered_by) \
+            else _UNCONNECTED[status]
+        if await _close(rt, call, reason, detail, unless_streamed=True):
+            logger.info(f"call {call.id}: ended before its media stream started: {reason} ({detail})")
+    return Response(status_code=204)
