@@ -111,3 +111,38 @@ def test_processes_sharing_redis_share_one_limit(tmp_path, redis_url):
     finally:
         stop_server(first.server)
         stop_server(second)
+
+
+async def test_a_key_claimed_by_another_process_is_not_run_twice(api):
+    """Another server process sharing the database has claimed the key and is still running the request: this one
+    answers 409 `idempotency_in_progress` and creates nothing; once that claim is abandoned the key works again."""
+    import hashlib
+    import json as _json
+    from datetime import timedelta
+
+    from runtime.api.auth import hash_key
+    from runtime.store import db as store_db
+    from runtime.store.models import IdempotencyRecord, utcnow
+
+    key, body, path = f"idem-{uuid.uuid4()}", {"name": "claimed"}, "/api/v1/api-keys"
+    owner = hashlib.sha256(("key:" + hash_key(api.admin_key)).encode()).hexdigest()
+    raw = _json.dumps(body, separators=(",", ":")).encode()
+    request_hash = hashlib.sha256(_json.dumps([path, "", raw.decode()]).encode()).hexdigest()
+    engine = store_db.create_engine(api.database_url)
+    sessions = store_db.sessionmaker(engine)
+    async with sessions() as s:
+        s.add(IdempotencyRecord(scope=owner, key=key, request_hash=request_hash, status_code=0, body=b"",
+                                content_type=""))
+        await s.commit()
+    async with httpx.AsyncClient(base_url=api.url, headers={"x-api-key": api.admin_key}) as c:
+        before = len((await c.get(path)).json()["data"])
+        running = await c.post(path, content=raw, headers={"Idempotency-Key": key, "content-type": "application/json"})
+        assert running.status_code == 409 and running.json()["error"]["code"] == "idempotency_in_progress"
+        assert len((await c.get(path)).json()["data"]) == before, "the request ran although the key was claimed"
+        async with sessions() as s:  # the claiming process died long ago
+            record = await s.get(IdempotencyRecord, (owner, key))
+            record.created_at = utcnow() - timedelta(minutes=10)
+            await s.commit()
+        retried = await c.post(path, content=raw, headers={"Idempotency-Key": key, "content-type": "application/json"})
+        assert retried.status_code == 201, retried.text
+    await engine.dispose()

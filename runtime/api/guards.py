@@ -175,7 +175,9 @@ class Idempotency:
     async def _handle(self, scope, receive, send, body, key, owner, request_hash, db) -> None:
         async with db() as s:
             record = await s.get(IdempotencyRecord, (owner, key))
-            if record is not None and _age(record.created_at) > self.ttl:
+            stale = record is not None and (_age(record.created_at) > self.ttl or (
+                record.status_code == _RUNNING and _age(record.created_at) > _ABANDONED_AFTER))
+            if stale:  # expired, or claimed by a process that died before answering
                 await s.delete(record)
                 await s.commit()
                 record = None
@@ -184,10 +186,22 @@ class Idempotency:
                 response = error_response(409, "idempotency_conflict",
                                           "this Idempotency-Key was used with a different request")
                 return await response(scope, _replay(b"", receive), send)
+            if record.status_code == _RUNNING:
+                return await _still_running(scope, receive, send)
             await send({"type": "http.response.start", "status": record.status_code, "headers": [
                 (b"content-type", record.content_type.encode()), (b"content-length", str(len(record.body)).encode()),
                 (b"idempotent-replayed", b"true")]})
             return await send({"type": "http.response.body", "body": record.body})
+
+        # Claim the key in the database before running the request: another server process given the same key at
+        # the same moment (a client retrying against a load balancer) must not run it a second time.
+        try:
+            async with db() as s:
+                s.add(IdempotencyRecord(scope=owner, key=key, request_hash=request_hash, status_code=_RUNNING,
+                                        body=b"", content_type=""))
+                await s.commit()
+        except IntegrityError:
+            return await _still_running(scope, receive, send)
 
         captured: dict = {"body": bytearray()}
 
@@ -199,19 +213,40 @@ class Idempotency:
                 captured["body"] += message.get("body", b"")
             await send(message)
 
-        await self.app(scope, _replay(body, receive), capture)
-        if 200 <= captured.get("status", 500) < 300:
-            try:
-                async with db() as s:
-                    s.add(IdempotencyRecord(scope=owner, key=key, request_hash=request_hash,
-                                            status_code=captured["status"],
-                                            body=_without_secrets(bytes(captured["body"]), captured["content_type"]),
-                                            content_type=captured["content_type"]))
-                    await s.commit()
-            except IntegrityError:
-                logger.info("idempotency: a concurrent request with the same key stored its response first")
-            except Exception:  # the response is already sent: a failed save must not break it
-                logger.exception("idempotency: could not store the response for replay")
+        succeeded = False
+        try:
+            await self.app(scope, _replay(body, receive), capture)
+            succeeded = 200 <= captured.get("status", 500) < 300
+        finally:
+            await self._settle(db, owner, key, captured if succeeded else None)
+
+    async def _settle(self, db, owner: str, key: str, captured: dict | None) -> None:
+        """Store a success for replays; forget a failure, so that a retry runs the request again."""
+        try:
+            async with db() as s:
+                record = await s.get(IdempotencyRecord, (owner, key))
+                if record is None:
+                    return
+                if captured is None:
+                    await s.delete(record)
+                else:
+                    record.status_code = captured["status"]
+                    record.body = _without_secrets(bytes(captured["body"]), captured["content_type"])
+                    record.content_type = captured["content_type"]
+                await s.commit()
+        except Exception:  # the response is already sent: a failed save must not break it
+            logger.exception("idempotency: could not store the response for replay")
+
+
+# status_code of a key whose first request is still running; one not answered this long is taken as abandoned.
+_RUNNING = 0
+_ABANDONED_AFTER = timedelta(minutes=5)
+
+
+async def _still_running(scope, receive, send) -> None:
+    response = error_response(409, "idempotency_in_progress",
+                              "a request with this Idempotency-Key is still running; retry once it has answered")
+    await response(scope, _replay(b"", receive), send)
 
 
 def _age(created) -> timedelta:
