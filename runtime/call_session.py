@@ -33,6 +33,7 @@ from runtime.call_tools import add_call_tools
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.recording import CallRecorder
+from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
 from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
@@ -83,10 +84,12 @@ class TurnWriter:
         self._queue: asyncio.Queue[tuple | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._drain(), name=f"turns-{call_id}")
 
-    def put(self, role: str, text: str, start: float, end: float, interrupted: bool) -> None:
-        self._queue.put_nowait((repo.add_transcript_entry, role,
-                                dict(role=role, text=text, start_secs=round(start, 3), end_secs=round(end, 3),
-                                     interrupted=interrupted)))
+    def put(self, role: str, text: str, start: float, end: float, interrupted: bool,
+            latency: TurnLatency | None = None) -> None:
+        fields = dict(role=role, text=text, start_secs=round(start, 3), end_secs=round(end, 3), interrupted=interrupted)
+        if latency is not None:
+            fields.update(latency.as_fields())
+        self._queue.put_nowait((repo.add_transcript_entry, role, fields))
 
     def put_tool(self, event: ToolEvent, start: float, end: float) -> None:
         self._queue.put_nowait((repo.add_tool_entry, "tool", dict(
@@ -128,6 +131,7 @@ class CallSession(StreamEvents):
         self._carrier_told = False
         self._built = None
         self._recorder: CallRecorder | None = None
+        self._latency = TurnLatencyTracker()
         self._tool_started: dict[str, float] = {}
 
     def elapsed(self) -> float:
@@ -255,6 +259,7 @@ class CallSession(StreamEvents):
                 enable_metrics=True,
             ),
             enable_rtvi=False,
+            observers=[self._latency.observer],
         )
         self._agent = agent
         self._observe(transport, built, worker)
@@ -396,4 +401,5 @@ class CallSession(StreamEvents):
             # agent did speak, and was cut off.
             text = (message.content or "").strip()
             if text or message.interrupted:
-                self._turns.put("assistant", text, self._turn_start["assistant"], self.elapsed(), message.interrupted)
+                self._turns.put("assistant", text, self._turn_start["assistant"], self.elapsed(), message.interrupted,
+                                self._latency.take())

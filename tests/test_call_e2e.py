@@ -42,6 +42,13 @@ async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
     assert turns[0]["end_secs"] <= turns[1]["start_secs"] <= turns[2]["start_secs"]
     assert not any(t["interrupted"] for t in turns)
     assert 0 < first_reply - spoke_at < 10
+    # The reply carries its latency (caller fell silent → first agent audio sent), close to what the caller saw,
+    # and the part each local service took; the welcome answered nobody, so it has none.
+    reply = turns[2]
+    assert turns[0]["latency_ms"] is None
+    # (The caller's clock starts after the utterance's trailing silence, the server's at the end of speech.)
+    assert abs(reply["latency_ms"] / 1000 - (first_reply - spoke_at)) < 0.8, (dict(reply), first_reply - spoke_at)
+    assert all(reply[k] is not None and 0 <= reply[k] < reply["latency_ms"] for k in ("stt_ms", "llm_ms", "tts_ms"))
 
 
 async def test_speaking_over_the_agent_clears_twilio_and_marks_the_turn_interrupted(server, speech):

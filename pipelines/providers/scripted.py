@@ -87,6 +87,9 @@ class ScriptedLLMService(LLMService):
         self._on_goodbye = on_goodbye
         self._calls: dict[str, ScriptRule] = {}  # tool call id → the rule that made it
 
+    def can_generate_metrics(self) -> bool:
+        return True
+
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if not isinstance(frame, LLMContextFrame):
@@ -130,7 +133,9 @@ class ScriptedLLMService(LLMService):
     async def _say(self, reply: str, *, ends_call: bool = False) -> None:
         await self.push_frame(LLMFullResponseStartFrame())
         await self.start_processing_metrics()
+        await self.start_ttfb_metrics()  # reported like a real model's, so a turn's latency breakdown is complete
         await self._push_llm_text(reply)
+        await self.stop_ttfb_metrics()
         await self.stop_processing_metrics()
         await self.push_frame(LLMFullResponseEndFrame())
         if ends_call:

@@ -140,6 +140,12 @@ class TranscriptEntry(Base):
     end_secs: Mapped[float] = mapped_column(Float)
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # An agent turn that answered the caller: caller stopped speaking → first agent audio sent, and within it the
+    # STT, LLM and TTS time to first byte (milliseconds).
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    stt_ms: Mapped[int | None] = mapped_column(Integer)
+    llm_ms: Mapped[int | None] = mapped_column(Integer)
+    tts_ms: Mapped[int | None] = mapped_column(Integer)
     # Role `tool`: one tool call, with what the LLM was given back (`tool_result`, also on errors).
     tool_name: Mapped[str | None] = mapped_column(String(64))
     tool_call_id: Mapped[str | None] = mapped_column(String(64))

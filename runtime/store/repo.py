@@ -112,12 +112,15 @@ async def claim_stream(db: async_sessionmaker, call_id: str, stream_sid: str, ca
 
 
 async def add_transcript_entry(
-    db: async_sessionmaker, call_id: str, role: str, text: str, start_secs: float, end_secs: float, interrupted: bool
+    db: async_sessionmaker, call_id: str, role: str, text: str, start_secs: float, end_secs: float, interrupted: bool,
+    **latency: int | None,
 ) -> None:
+    """One turn; an agent turn that answered the caller also carries its latencies (latency_ms, stt_ms, …)."""
     async with db() as s:
         s.add(
             TranscriptEntry(
-                call_id=call_id, role=role, text=text, start_secs=start_secs, end_secs=end_secs, interrupted=interrupted
+                call_id=call_id, role=role, text=text, start_secs=start_secs, end_secs=end_secs, interrupted=interrupted,
+                **latency,
             )
         )
         await s.commit()

@@ -1,0 +1,59 @@
+"""Per-turn latency of a call, from pipecat's UserBotLatencyObserver: caller stopped speaking (VAD stop minus its
+`stop_secs`) → the agent's first audio sent, and the STT, LLM and TTS time-to-first-byte inside it. Each measurement
+waits here for the agent turn it belongs to, and is stored with that turn's transcript entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, MeasuredFrom, UserBotLatencyObserver
+
+
+@dataclass
+class TurnLatency:
+    latency_ms: int
+    stt_ms: int | None = None
+    llm_ms: int | None = None
+    tts_ms: int | None = None
+
+    def as_fields(self) -> dict[str, int | None]:
+        return {"latency_ms": self.latency_ms, "stt_ms": self.stt_ms, "llm_ms": self.llm_ms, "tts_ms": self.tts_ms}
+
+
+def _kind(processor: str) -> str:
+    # Processor names are "<Class>#<n>": STT and TTS services say so in their class names; everything else that
+    # reports a TTFB in a call is the LLM (including a realtime model).
+    name = processor.split("#", 1)[0]
+    if "STT" in name:
+        return "stt"
+    if "TTS" in name:
+        return "tts"
+    return "llm"
+
+
+def from_breakdown(breakdown: LatencyBreakdown) -> TurnLatency | None:
+    if breakdown.measured_from is not MeasuredFrom.USER_SILENCE:
+        return None  # the greeting, timed from the connection: not a reply
+    latency = TurnLatency(latency_ms=round(breakdown.total_secs * 1000))
+    for ttfb in breakdown.ttfb:
+        field = f"{_kind(ttfb.processor)}_ms"
+        if getattr(latency, field) is None:  # the first TTFB of each kind in the cycle is the one that gated it
+            setattr(latency, field, round(ttfb.duration_secs * 1000))
+    return latency
+
+
+class TurnLatencyTracker:
+    def __init__(self):
+        self.observer = UserBotLatencyObserver()
+        self._pending: TurnLatency | None = None
+
+        @self.observer.event_handler("on_latency_breakdown")
+        async def _measured(_observer, breakdown: LatencyBreakdown):
+            measured = from_breakdown(breakdown)
+            if measured is not None:
+                self._pending = measured
+
+    def take(self) -> TurnLatency | None:
+        """The latency of the reply now being stored, once."""
+        pending, self._pending = self._pending, None
+        return pending
