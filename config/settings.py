@@ -31,7 +31,6 @@ class Settings(BaseSettings):
     start_timeout_secs: float = 10.0
     log_level: str = "INFO"
     recordings_dir: Path | None = Field(default=None, description="Where call recordings go; <data_dir>/recordings")
-    recording_retention_days: int = Field(default=30, ge=1, description="Recordings older than this are deleted")
 
     # REST API guards
     rate_limit_per_minute: int = 600
