@@ -122,5 +122,6 @@ async def test_the_carrier_hears_of_an_agent_hang_up_before_the_stream_closes(se
     call = await asyncio.to_thread(_carrier_call, twilio_api, server, DEMO_NUMBER,
                                    [{"wait_agent": 20}, {"say": "Goodbye."}, {"wait_agent": 20}])
     assert call["hung_up_by"] == "rest" and call["status"] == "completed", call
-    row = server.query("SELECT * FROM calls WHERE twilio_call_sid = ?", call["sid"])[0]
+    call_id = server.query("SELECT id FROM calls WHERE twilio_call_sid = ?", call["sid"])[0]["id"]
+    row = server.wait_ended(call_id)  # Twilio heard first; the record closes as the stream does, just after
     assert row["disconnection_reason"] == "agent_hangup" and row["error_detail"] == "goodbye rule", dict(row)
