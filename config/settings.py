@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1 << 20
     idempotency_ttl_hours: int = 24
 
+    # Batch campaigns
+    batch_poll_secs: float = Field(default=0.5, gt=0, le=60, description="How often each server's campaign engine "
+                                   "claims, dials and settles batch rows")
+
     # Agent tools (HTTP calls made on the LLM's behalf)
     tools_allow_private_networks: bool = Field(
         default=False, description="Let tools reach private, loopback and link-local addresses (off: SSRF guard)"

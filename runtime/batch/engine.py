@@ -23,8 +23,6 @@ from contextlib import suppress
 from datetime import datetime, timezone
 
 from loguru import logger
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.batch import carrier, claims
 from runtime.context import Runtime
@@ -32,6 +30,7 @@ from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
 from runtime.store.models import BatchItem, utcnow
 from telephony.twilio.dialer import DialerNotConfigured, MissingVariables, NotDialable, place_call
+from telephony.twilio.rest import CarrierError, TwilioCalls
 
 RENEW_EVERY_SECS = 10.0  # well inside claims.LEASE, so a live process never loses its rows
 CARRIER_CHECK_EVERY_SECS = 5.0
@@ -45,11 +44,6 @@ INTERRUPTED_DIALING = ("interrupted while dialing: the server stopped before the
                        "the call may or may not have been placed, so it is not redialed")
 
 
-class BatchSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOXLINE_BATCH_", env_file=".env", extra="ignore")
-    poll_secs: float = Field(default=0.5, gt=0, le=60, description="How often the engine looks at started batches")
-
-
 def _age_secs(at: datetime) -> float:
     return (utcnow() - (at if at.tzinfo else at.replace(tzinfo=timezone.utc))).total_seconds()
 
@@ -57,7 +51,7 @@ def _age_secs(at: datetime) -> float:
 class BatchEngine:
     def __init__(self, rt: Runtime, poll_secs: float | None = None):
         self.rt = rt
-        self.poll_secs = poll_secs or BatchSettings().poll_secs
+        self.poll_secs = poll_secs or rt.settings.batch_poll_secs
         self.worker = f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._dials: dict[str, asyncio.Task] = {}  # item id → its dial in flight
         self._adopted: dict[str, float] = {}  # call id of an adopted row → when the carrier was last asked
@@ -187,8 +181,8 @@ class BatchEngine:
                     await self._close(call_id, R.ERROR_INTERNAL, INTERRUPTED_DIALING)
                 continue
             try:
-                status = await carrier.call_status(self.rt.settings, call.twilio_call_sid)
-            except carrier.CarrierUnreachable as exc:
+                status = await TwilioCalls(self.rt.settings).fetch_status(call.twilio_call_sid)
+            except CarrierError as exc:
                 logger.warning(f"batch engine: call {call_id}: {exc}; asking again later")
                 continue
             if status is not None and status not in repo.CARRIER_FINAL:

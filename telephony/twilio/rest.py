@@ -72,6 +72,25 @@ class TwilioCalls:
         finally:
             await http.close()
 
+    async def fetch_status(self, call_sid: str) -> str | None:
+        """Twilio's status of the call (queued, ringing, in-progress, or a final one); None when Twilio does not
+        know the call."""
+        from twilio.base.exceptions import TwilioRestException
+
+        if not self.configured:
+            raise CarrierError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set")
+        async with self._client() as client:
+            try:
+                return (await client.calls(call_sid).fetch_async()).status
+            except TwilioRestException as exc:
+                if exc.status == 404:
+                    return None
+                raise CarrierError(f"Twilio refused to show call {call_sid}: {exc.status} {exc.code} {exc.msg}") \
+                    from None
+            except Exception as exc:
+                raise CarrierError(f"Twilio unreachable fetching call {call_sid}: {type(exc).__name__}: {exc}") \
+                    from None
+
     async def _update(self, call_sid: str, **fields) -> None:
         from twilio.base.exceptions import TwilioRestException
 

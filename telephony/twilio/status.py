@@ -22,7 +22,7 @@ from telephony.twilio.rest import CarrierError, TwilioCalls
 router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
 
 # Why a call that never reached its media stream ended, by Twilio's final status.
-_UNCONNECTED = {
+UNCONNECTED_ENDINGS = {
     "busy": (R.DIAL_BUSY, "the line was busy"),
     "no-answer": (R.DIAL_NO_ANSWER, "nobody answered"),
     "failed": (R.DIAL_FAILED, "the carrier could not connect the call"),
@@ -120,7 +120,7 @@ async def call_status(request: Request) -> Response:
         await _hang_up_on_machine(rt, call, call_sid, answered_by)
     elif status in repo.CARRIER_FINAL:
         reason, detail = (R.VOICEMAIL, f"answered by a machine ({answered_by})") if _machine(answered_by) \
-            else _UNCONNECTED[status]
+            else UNCONNECTED_ENDINGS[status]
         if await _close(rt, call, reason, detail, unless_streamed=True):
             logger.info(f"call {call.id}: ended before its media stream started: {reason} ({detail})")
     return Response(status_code=204)
