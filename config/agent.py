@@ -111,6 +111,9 @@ class InterruptionConfig(_Strict):
                                       description="Always interrupt, however short")
     resume_secs: float = Field(default=1.5, ge=0.2, le=10.0,
                                description="After the caller stops, how long to wait for words before resuming")
+    transcript_wait_secs: float = Field(default=2.0, ge=0.0, le=10.0,
+                                        description="Past resume_secs, how much longer to wait for a transcript "
+                                                    "the STT is still working on")
 
 
 class TurnConfig(_Strict):

@@ -40,7 +40,7 @@ PHRASES = {
     "goodbye": "Goodbye.",
     "table": "Hello, I would like to book a table for two people tonight.",
     "ack": "Uh huh.",  # → "Uh-huh."
-    "wait": "Wait, wait.",  # → "Wait. Wait." (a single "Wait." comes back as "way")
+    "wait": "Please wait.",  # one breath: "Wait, wait." is two VAD segments, each heard as "way"
 }
 
 TEST_AGENTS = {
@@ -100,6 +100,8 @@ llm:
     rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
     fallback: Sorry, could you say that again?
 tts: {{provider: piper}}
+# Three words interrupt, so a two-word "Please wait." interrupts only because "wait" always does.
+interruption: {{min_words: 3}}
 """,
     "steady_welcome.yaml": f"""
 name: steady-welcome

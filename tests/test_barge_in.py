@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 
 from config.agent import InterruptionConfig
-from pipelines.turns.barge_in import Policy, Verdict
+from pipelines.turns.barge_in import BargeInStrategy, Policy, Verdict
 from tests.calls import dial
 from tests.conftest import LONG_WELCOME_NUMBER, SMART_TURN_NUMBER
 
@@ -88,3 +94,55 @@ async def test_smart_turn_ends_the_callers_turn(server, speech):
     log = server.log()
     assert "End of Turn result" in log
     assert log.count("loading local model 'smart_turn'") == 1
+
+
+class _HeldLine:
+    """A carrier's audio output reduced to what the strategy asks of it: whether it is holding."""
+
+    def __init__(self):
+        self.holding = False
+        self.resumed = 0
+
+    async def hold(self) -> bool:
+        self.holding = True
+        return True
+
+    async def resume(self) -> None:
+        self.holding = False
+        self.resumed += 1
+
+
+async def _held_strategy(**cfg):
+    line = _HeldLine()
+    strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, **cfg), line)
+    started = []
+
+    async def on_started(_strategy, params):
+        started.append(params)
+
+    strategy.add_event_handler("on_user_turn_started", on_started)
+    await strategy.process_frame(BotStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    assert line.holding
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    return strategy, line, started
+
+
+async def test_a_transcript_still_on_its_way_decides_before_the_agent_resumes():
+    strategy, line, started = await _held_strategy(transcript_wait_secs=2.0)
+    await asyncio.sleep(0.6)  # past resume_secs: a slow STT has not answered yet
+    assert line.holding and not line.resumed and not started
+    await strategy.process_frame(TranscriptionFrame("Please wait.", "caller", "now"))
+    assert started and not line.resumed  # interrupted once, never resumed in between
+    await asyncio.sleep(0.3)
+    assert line.resumed == 0
+    await strategy.cleanup()
+
+
+async def test_noise_the_stt_makes_nothing_of_resumes_after_the_bounded_wait():
+    strategy, line, started = await _held_strategy(transcript_wait_secs=0.3)
+    await asyncio.sleep(0.35)
+    assert line.holding and not line.resumed
+    await asyncio.sleep(0.4)  # resume_secs + transcript_wait_secs have passed with no transcript
+    assert line.resumed == 1 and not line.holding and not started
+    await strategy.cleanup()

@@ -6,7 +6,9 @@ so the agent is silent within a chunk, but nothing is thrown away yet. The calle
     starts, pipecat drops the rest of the agent's reply;
   - acknowledgements only ("uh-huh", "okay") → the agent carries on from where it stopped, and the words are
     dropped from the caller's side of the context;
-  - no words within `resume_secs` after the caller goes quiet (a cough, a door) → the agent carries on.
+  - no words within `resume_secs` after the caller goes quiet (a cough, a door) → the agent carries on. If the
+    STT is still working on what the caller said by then (a busy machine), the verdict waits for its transcript,
+    up to `transcript_wait_secs` more: resuming first would let a late "wait" cut the agent off a second time.
 When the agent is not speaking, the caller's voice starts a turn at once, as pipecat's VAD strategy does, and a
 transcript with no voice before it (keypad digits) starts one too.
 """
@@ -91,6 +93,9 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._holding = False
         self._caller_speaking = False
         self._heard: list[str] = []  # final transcripts while holding
+        self._transcript_wait_secs = cfg.transcript_wait_secs
+        self._transcript_due = False  # the caller went quiet while holding; no final transcript since
+        self._transcript_seen = asyncio.Event()
         self._resume_task: asyncio.Task | None = None
 
     async def handle_user_turn_started(self):
@@ -115,6 +120,8 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._caller_speaking = False
             if self._holding:
+                self._transcript_due = True
+                self._transcript_seen.clear()
                 self._arm_resume()
         elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)):
             return await self._words(frame)
@@ -146,6 +153,8 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         text = " ".join([*self._heard, frame.text])
         if final:
             self._heard.append(frame.text)
+            self._transcript_due = False
+            self._transcript_seen.set()
         verdict = self._policy.verdict(text)
         if verdict is Verdict.INTERRUPT:
             logger.info(f"{self._label}: barge-in on {text.strip()!r}")
@@ -170,6 +179,13 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
 
     async def _resume_later(self) -> None:
         await asyncio.sleep(self._resume_secs)
+        if self._transcript_due:
+            try:
+                await asyncio.wait_for(self._transcript_seen.wait(), self._transcript_wait_secs)
+            except asyncio.TimeoutError:
+                pass  # noise the STT made nothing of
+            if not self._holding:
+                return  # the transcript decided: an interruption
         self._resume_task = None
         if self._holding and not self._caller_speaking:
             heard = " ".join(self._heard).strip()
@@ -179,6 +195,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
     async def _resume(self) -> None:
         self._holding = False
         self._heard = []
+        self._transcript_due = False
         self._cancel_resume()
         await self.trigger_reset_aggregation()  # what was said over the agent is not a turn
         await self._playout.resume()
