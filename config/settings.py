@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -30,6 +31,17 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = 64 * 1024
     start_timeout_secs: float = 10.0
     log_level: str = "INFO"
+    metrics_token: SecretStr | None = Field(default=None, description="When set, GET /metrics needs it as a Bearer "
+                                            "token")
+    log_json: bool = Field(default=False, description="One JSON object per log line (call id, stream SID, agent)")
+    instance_id: str | None = Field(
+        default=None, description="This server's stable name among those sharing a database (default: host:port); "
+        "at start-up it closes the calls a crashed process of the same name left open")
+    call_heartbeat_secs: float = Field(default=10.0, gt=0, le=300, description="How often live calls are marked alive")
+    call_stale_secs: float = Field(default=60.0, gt=0, le=3600, description="A live call not marked alive for this "
+                                   "long belongs to a dead server and is closed as error_internal")
+    recording_retention_days: int | None = Field(default=None, ge=1, description="Recordings older than this are "
+                                                 "deleted (daily job); unset keeps them")
     recordings_dir: Path | None = Field(default=None, description="Where call recordings go; <data_dir>/recordings")
 
     # REST API guards
@@ -42,11 +54,29 @@ class Settings(BaseSettings):
     batch_poll_secs: float = Field(default=0.5, gt=0, le=60, description="How often each server's campaign engine "
                                    "claims, dials and settles batch rows")
 
+    # Post-call analysis
+    analysis_poll_secs: float = Field(default=5.0, gt=0, le=300, description="How often each server looks for "
+                                      "calls waiting for analysis (besides being woken when one of its calls ends)")
+    analysis_timeout_secs: float = Field(default=60.0, gt=0, le=600, description="One LLM request of an analysis")
+
     # Agent tools (HTTP calls made on the LLM's behalf)
     tools_allow_private_networks: bool = Field(
         default=False, description="Let tools reach private, loopback and link-local addresses (off: SSRF guard)"
     )
     tool_response_max_bytes: int = Field(default=16384, gt=0, description="A tool's response body is cut here")
+
+    # Webhooks (signed deliveries of a workspace's events, from the outbox in the database)
+    webhooks_allow_private_networks: bool = Field(
+        default=False, description="Let webhooks target private, loopback and link-local addresses (off: SSRF guard)"
+    )
+    webhook_retry_secs: Annotated[list[float], NoDecode] = Field(
+        default=[10, 30, 60, 180, 360, 900, 1800], min_length=1, max_length=50,
+        description="Delays before each retry of a failed delivery (comma-separated seconds, each ±20% jitter); "
+                    "one attempt more than there are delays",
+    )
+    webhook_timeout_secs: float = Field(default=10.0, gt=0, le=120, description="One delivery attempt, all told")
+    webhook_poll_secs: float = Field(default=1.0, gt=0, le=60, description="How often each server looks for "
+                                     "deliveries that are due (a new event wakes it at once)")
 
     twilio_account_sid: str | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "VOXLINE_TWILIO_ACCOUNT_SID")
@@ -73,6 +103,20 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     cartesia_url: str = "wss://api.cartesia.ai/tts/websocket"
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+
+    @field_validator("webhook_retry_secs", mode="before")
+    @classmethod
+    def _secs_list(cls, value):
+        if isinstance(value, str):
+            value = [part for part in value.strip().strip("[]").replace(" ", "").split(",") if part]
+        return value
+
+    @field_validator("webhook_retry_secs")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(not (0 <= v <= 86400) for v in value):
+            raise ValueError("each delay must be between 0 and 86400 seconds")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

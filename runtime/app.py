@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
+import socket
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 
 from config.agent import AgentConfig
 from config.settings import Settings, get_settings
 from pipelines.factory import local_models_needed
 from pipelines.providers import local_models
-from runtime import __version__
+from runtime import __version__, retention
 from runtime.agent_files import load_agent_files
 from runtime.api import errors, guards
 from runtime.context import Runtime
+from runtime.metrics import ACTIVE_CALLS, REGISTRY
 from runtime.reasons import DisconnectionReason
 from runtime.store import db as store_db
 from runtime.store.models import Agent
@@ -51,10 +56,22 @@ async def _end_live_calls(rt: Runtime) -> None:
 
 
 def api_routers() -> list:
-    from runtime.api.routes import agents, batch_calls, calls, chat, keys, phone, providers, tools
+    from runtime.api.routes import (
+        agents,
+        analysis,
+        analytics,
+        batch_calls,
+        calls,
+        chat,
+        keys,
+        phone,
+        providers,
+        tools,
+        webhooks,
+    )
 
     return [keys.router, agents.router, providers.router, phone.router, tools.router, chat.router, calls.router,
-            batch_calls.router]
+            analytics.router, batch_calls.router, webhooks.router, analysis.router]
 
 
 def openapi_schema(app: FastAPI) -> dict:
@@ -92,8 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=engine,
             db=store_db.sessionmaker(engine),
             tokens=StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs),
+            instance_id=settings.instance_id or f"{socket.gethostname()}:{os.getpid()}",
         )
         app.state.runtime = rt
+        ACTIVE_CALLS.set_function(lambda: len(rt.sessions))
         if settings.twilio_auth_token is None:
             logger.warning(
                 "TWILIO_AUTH_TOKEN is not set: Twilio webhooks and media streams are UNAUTHENTICATED. "
@@ -105,16 +124,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await load_agent_files(rt.db, settings.agents_dir)
         await guards.purge_expired_idempotency(rt.db, timedelta(hours=settings.idempotency_ttl_hours))
         await _preload_models(rt)
+        from runtime.analysis.worker import AnalysisWorker
         from runtime.batch.engine import BatchEngine
+        from runtime.recovery import CallKeeper
+        from runtime.webhooks.dispatcher import Dispatcher
 
-        batches = BatchEngine(rt)
-        batches.start()
+        keeper = CallKeeper(rt)
+        await keeper.start()  # first: calls a crashed run of this server left open are closed before any new one
+        retention_job = asyncio.create_task(retention.run(rt), name="recording-retention")
+        batches, webhooks, analyses = BatchEngine(rt), Dispatcher(rt), AnalysisWorker(rt)
+        for worker in (batches, webhooks, analyses):
+            worker.start()
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
         try:
             yield
         finally:
             await batches.stop()  # first: no campaign dials into a server that is going away
+            await analyses.stop()  # an analysis cut short is redone by the next server (its lease lapses)
             await _end_live_calls(rt)
+            await webhooks.stop()  # after the calls: their call.ended events go out now if they can
+            await keeper.stop()
+            retention_job.cancel()
             await engine.dispose()
 
     app = FastAPI(
@@ -139,6 +169,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(guards.RateLimit, per_minute=settings.rate_limit_per_minute, redis_url=settings.redis_url)
     app.add_middleware(guards.BodyLimit, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: openapi_schema(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request):
+        """Prometheus text format. With VOXLINE_METRICS_TOKEN set, scrapers send `Authorization: Bearer TOKEN`."""
+        token = settings.metrics_token
+        if token is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+                return JSONResponse({"error": {"code": "unauthorized", "message": "metrics token required"}},
+                                    status_code=401)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health():

@@ -33,6 +33,8 @@ from runtime.call_tools import add_call_tools
 from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.recording import CallRecorder
+from runtime.call_usage import UsageMeter, estimate_cost, latency_summary
+from runtime.metrics import BARGE_IN, PROVIDER_ERRORS
 from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
 from telephony.twilio.rest import CarrierError, TwilioCalls
@@ -130,8 +132,10 @@ class CallSession(StreamEvents):
         self._transfer_to: str | None = None
         self._carrier_told = False
         self._built = None
+        self._agent: AgentConfig | None = None
         self._recorder: CallRecorder | None = None
         self._latency = TurnLatencyTracker()
+        self._usage = UsageMeter()
         self._tool_started: dict[str, float] = {}
 
     def elapsed(self) -> float:
@@ -193,7 +197,7 @@ class CallSession(StreamEvents):
         status = "failed" if self._reason.is_error else "completed"
         await self._tell_carrier()
         await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail,
-                            ended_by=self._reason.ended_by)
+                            ended_by=self._reason.ended_by, record=await self._record())
         if self.ws.application_state == WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=1000 if status == "completed" else 1011)
@@ -202,6 +206,25 @@ class CallSession(StreamEvents):
         media = f", media in/out {self._serializer.media_in}/{self._serializer.media_out}" if self._serializer else ""
         logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
                     f"{' (' + self._detail + ')' if self._detail else ''}{media}")
+
+    async def _record(self) -> dict:
+        """Usage, cost and latency percentiles for the call's record; a failure here never keeps it open."""
+        record: dict = {}
+        if self._recorder is not None:
+            record["recording_path"] = self._recorder.path.name
+        try:
+            turns = await repo.transcript(self.rt.db, self.call_id)
+            record["latency"] = latency_summary([{"latency_ms": t.latency_ms, "stt_ms": t.stt_ms, "llm_ms": t.llm_ms,
+                                                  "tts_ms": t.tts_ms} for t in turns if t.role == "assistant"])
+            if self._serializer is not None:
+                usage = self._usage.summary(self._serializer.bytes_in, self._serializer.bytes_out)
+                record["usage"] = usage
+                if self._agent is not None:
+                    record["cost"] = estimate_cost(self._agent, usage, self.elapsed(),
+                                                   carrier="twilio" if self._call_sid else None)
+        except Exception:
+            logger.exception(f"call {self.call_id}: could not sum up the call's usage")
+        return record
 
     async def _run(self) -> None:
         call = await repo.get_call(self.rt.db, self.call_id)
@@ -239,7 +262,8 @@ class CallSession(StreamEvents):
         tools = await load_toolset(self.rt.db, agent_row.id, self.rt.settings, listener=self._on_tool)
         add_call_tools(tools, agent, self._controls, self.transfer_to)
         ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye,
-                           playout=self._serializer, label=f"call {self.call_id}", tools=tools)
+                           playout=self._serializer, label=f"call {self.call_id}", tools=tools,
+                           on_barge_in=lambda verdict, secs: BARGE_IN.labels(verdict=verdict).observe(secs))
         try:
             built = build_call_pipeline(agent, transport, ctx)
         except ProviderError as exc:
@@ -257,9 +281,10 @@ class CallSession(StreamEvents):
                 audio_in_sample_rate=built.audio_in_sample_rate,
                 audio_out_sample_rate=built.audio_out_sample_rate,
                 enable_metrics=True,
+                enable_usage_metrics=True,
             ),
             enable_rtvi=False,
-            observers=[self._latency.observer],
+            observers=[self._latency.observer, self._usage.observer],
         )
         self._agent = agent
         self._observe(transport, built, worker)
@@ -368,6 +393,7 @@ class CallSession(StreamEvents):
         async def _error(_worker, frame: ErrorFrame):
             logger.error(f"call {self.call_id}: pipeline error from {frame.processor}: {frame.error}")
             reason, provider = _error_source(frame, agent)
+            PROVIDER_ERRORS.labels(reason=str(reason)).inc()
             if provider is not None:
                 # A provider that failed after its own retries leaves the caller in silence: apologise and end.
                 await self._apologize(reason, f"{provider}: {frame.error}")

@@ -18,11 +18,15 @@ keys_app = typer.Typer(help="API keys", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, json_lines: bool = False) -> None:
     logger.remove()
     # diagnose=False: loguru would otherwise print local variables' values in tracebacks (keys, tokens).
-    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
-               diagnose=False, backtrace=False)
+    if json_lines:
+        # One JSON object a line; a call's lines carry call_id, stream_sid and agent in record.extra.
+        logger.add(sys.stderr, level=level.upper(), serialize=True, diagnose=False, backtrace=False)
+    else:
+        logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
+                   diagnose=False, backtrace=False)
 
 
 @app.command()
@@ -36,7 +40,12 @@ def serve(
     from runtime.app import create_app
 
     settings = get_settings()
-    _configure_logging(settings.log_level)
+    if settings.instance_id is None:
+        import socket
+
+        # Stable across restarts, unique per listening server on a host: what finds a crashed run's calls.
+        settings.instance_id = f"{socket.gethostname()}:{port}"
+    _configure_logging(settings.log_level, settings.log_json)
     uvicorn.run(
         create_app(settings), host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
         log_level=settings.log_level.lower(), proxy_headers=True,

@@ -22,6 +22,7 @@ class Runtime:
     engine: AsyncEngine
     db: async_sessionmaker
     tokens: StreamTokens
+    instance_id: str = ""  # this server process's name in `calls.served_by` (runtime/recovery.py)
     sessions: dict[str, CallSession] = field(default_factory=dict)  # call id → live session
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, MeasuredFrom, UserBotLatencyObserver
 
+from runtime.metrics import SERVICE_TTFB, TURN_LATENCY
+
 
 @dataclass
 class TurnLatency:
@@ -52,6 +54,10 @@ class TurnLatencyTracker:
             measured = from_breakdown(breakdown)
             if measured is not None:
                 self._pending = measured
+                TURN_LATENCY.observe(measured.latency_ms / 1000)
+                for service in ("stt", "llm", "tts"):
+                    if (ms := getattr(measured, f"{service}_ms")) is not None:
+                        SERVICE_TTFB.labels(service=service).observe(ms / 1000)
 
     def take(self) -> TurnLatency | None:
         """The latency of the reply now being stored, once."""

@@ -22,6 +22,7 @@ from tests.conftest import (ACCOUNT_SID, AUTH_TOKEN, ROOT, free_port, server_env
                             stop_server)
 from tests.test_api_phone import register, unique_number
 from tests.test_store import database  # noqa: F401 (the fixture: a migrated SQLite file, a clean PostgreSQL schema)
+from tests.webhook_receiver import receiver  # noqa: F401 (a fixture)
 
 BATCH = "/api/v1/batch-call"
 NO_SUCH_ID = "0123456789abcdef0123456789abcdef"
@@ -425,21 +426,28 @@ def dials(carrier: str) -> Counter:
     return Counter(r["form"].get("To") for r in log if r["method"] == "POST" and r["path"].endswith("/Calls.json"))
 
 
-def test_a_campaign_keeps_to_its_batch_size_and_every_row_ends(tmp_path, carrier):
+def test_a_campaign_keeps_to_its_batch_size_and_every_row_ends(tmp_path, carrier, receiver):  # noqa: F811
     httpx.post(f"{carrier}/_emulator/reset")
     kinds = ANSWER * 10 + BUSY * 3 + NO_ANSWER * 3 + FAILED * 2 + ANSWER * 2
     numbers = recipients(kinds)
-    api = start_api_server(tmp_path, "sqlite", campaign_env(carrier))
+    api = start_api_server(tmp_path, "sqlite", campaign_env(carrier, VOXLINE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS="true"))
+    hook_path = receiver.path()
     try:
         with api.client() as c:
+            hook = c.post("/api/v1/webhooks", json={"url": receiver.url + hook_path, "events": ["batch.completed"]})
+            assert hook.status_code == 201, hook.text
             batch_id = launch(c, numbers, batch_size=5)
             status = wait_batch(c, batch_id, timeout=90)
             rows = {r["to_phonenumber"]: r for r in c.get(f"{BATCH}/{batch_id}/data").json()["data"]}
+            completed = receiver.wait(hook_path, 1)[0].json()
     finally:
         stop_server(api.server)
     assert status["status"] == "completed" and status["completed_at"], status
     assert status["status_counts"] == {"not_started": 0, "calling": 0, "completed": 12, "failed": 2,
                                        "no_answer": 6}, status
+    assert completed["type"] == "batch.completed" and completed["data"]["id"] == batch_id, completed
+    assert completed["data"]["status_counts"] == {"completed": 12, "failed": 2, "no_answer": 6}, completed
+    assert len(receiver.at(hook_path)) == 1  # once, though every server process settles batches
     stats = httpx.get(f"{carrier}/_emulator/stats").json()
     assert stats["max_concurrent"] == 5, stats  # the cap was reached, never passed
     assert dials(carrier) == Counter(numbers)

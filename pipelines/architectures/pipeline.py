@@ -44,7 +44,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         ),
     )
     if agent.interruption.enabled and ctx.playout is not None:
-        start = [BargeInStrategy(agent.interruption, ctx.playout, label=ctx.label)]
+        start = [BargeInStrategy(agent.interruption, ctx.playout, label=ctx.label, on_verdict=ctx.on_barge_in)]
     else:
         start = [
             VADUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),

@@ -35,6 +35,7 @@ class BuildContext:
     playout: Playout | None = None  # the carrier's audio output, for barge-in; None off the phone
     label: str = "call"
     tools: ToolSet | None = None  # offered to the LLM and registered on it by the architecture
+    on_barge_in: Callable[[str, float], None] | None = None  # each barge-in's verdict and how long it took
 
 
 Factory = Callable[[Any, BuildContext], FrameProcessor]

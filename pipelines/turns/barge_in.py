@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Callable
 from enum import Enum
 
 from loguru import logger
@@ -83,7 +85,10 @@ class Policy:
 
 
 class BargeInStrategy(BaseUserTurnStartStrategy):
-    def __init__(self, cfg: InterruptionConfig, playout: Playout, *, label: str = "call", **kwargs):
+    def __init__(self, cfg: InterruptionConfig, playout: Playout, *, label: str = "call",
+                 on_verdict: Callable[[str, float], None] | None = None, **kwargs):
+        """`on_verdict(verdict, secs)`: told how each hold ended (interrupt, acknowledge, resume) and how long the
+        agent was held first (for metrics)."""
         super().__init__(enable_interruptions=True, **kwargs)
         self._policy = Policy(cfg)
         self._resume_secs = cfg.resume_secs
@@ -97,6 +102,12 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._transcript_due = False  # the caller went quiet while holding; no final transcript since
         self._transcript_seen = asyncio.Event()
         self._resume_task: asyncio.Task | None = None
+        self._held_at = 0.0
+        self._on_verdict = on_verdict
+
+    def _decided(self, verdict: str) -> None:
+        if self._on_verdict is not None:
+            self._on_verdict(verdict, time.monotonic() - self._held_at)
 
     async def handle_user_turn_started(self):
         await self._end_hold()
@@ -133,6 +144,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
             return ProcessFrameResult.STOP
         if self._bot_speaking and await self._playout.hold():
             self._holding = True
+            self._held_at = time.monotonic()
             self._heard = []
             logger.debug(f"{self._label}: caller spoke over the agent; holding its audio")
             return ProcessFrameResult.STOP
@@ -158,12 +170,14 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         verdict = self._policy.verdict(text)
         if verdict is Verdict.INTERRUPT:
             logger.info(f"{self._label}: barge-in on {text.strip()!r}")
+            self._decided("interrupt")
             self._holding = False
             self._cancel_resume()
             await self.trigger_user_turn_started()  # its interruption drops the held audio
             return ProcessFrameResult.STOP
         if final and verdict is Verdict.ACKNOWLEDGE and not self._caller_speaking:
             logger.info(f"{self._label}: {text.strip()!r} is an acknowledgement; the agent carries on")
+            self._decided("acknowledge")
             await self._resume()
         return ProcessFrameResult.STOP
 
@@ -190,6 +204,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         if self._holding and not self._caller_speaking:
             heard = " ".join(self._heard).strip()
             logger.info(f"{self._label}: no interruption in {heard!r}; the agent carries on")
+            self._decided("resume")
             await self._resume()
 
     async def _resume(self) -> None:

@@ -128,7 +128,7 @@ class RateLimit:
 
 
 # Secrets a response shows once (a new API key, a webhook signing secret): never stored for replays.
-SECRET_FIELDS = ("api_key", "signing_secret")
+SECRET_FIELDS = ("api_key", "secret")
 
 
 def _without_secrets(body: bytes, content_type: str) -> bytes:

@@ -16,7 +16,9 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from runtime.batch.outcomes import outcome
+from runtime.records import iso
 from runtime.store.models import Agent, BatchCall, BatchItem, Call, PhoneNumber, utcnow
+from runtime.webhooks import outbox
 
 LEASE = timedelta(seconds=30)
 PENDING = ("not_started", "calling")
@@ -135,9 +137,19 @@ async def finish(db: async_sessionmaker, batch_id: str) -> None:
         result = await s.execute(update(BatchCall)
                                  .where(BatchCall.id == batch_id, BatchCall.status == "in_progress", ~pending)
                                  .values(status="completed", completed_at=now, updated_at=now))
+        if result.rowcount != 1:
+            return
+        batch = await s.get(BatchCall, batch_id)
+        counts = dict((await s.execute(select(BatchItem.status, func.count()).where(BatchItem.batch_id == batch_id)
+                                       .group_by(BatchItem.status))).all())
+        # In the transaction that completes it: the event cannot be lost between the two.
+        await outbox.enqueue(s, batch.workspace_id, "batch.completed", {
+            "id": batch.id, "batch_name": batch.name, "agent_id": batch.agent_id,
+            "caller_phone_id": batch.caller_phone_id, "status": "completed", "status_counts": counts,
+            "total": sum(counts.values()), "started_at": iso(batch.started_at), "completed_at": iso(now)})
         await s.commit()
-        if result.rowcount == 1:
-            logger.info(f"batch {batch_id}: completed")
+    outbox.wake()
+    logger.info(f"batch {batch_id}: completed")
 
 
 async def renew(db: async_sessionmaker, worker: str, dialing: list[str]) -> None:

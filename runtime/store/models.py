@@ -128,6 +128,22 @@ class Call(Base):
     # No foreign keys: the batch tables come in a later migration, and a call outlives its campaign.
     batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
     batch_item_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # Filled when the call ends (issue 6): audio seconds, STT seconds, LLM tokens, TTS characters; the cost estimate
+    # from config/prices.yaml; per-call latency percentiles of each measure over the call's turns.
+    # The server process running the call's stream, and its latest sign of life: a call whose server died is
+    # closed by the next one to start under that name, or by any server once the heartbeat is stale.
+    served_by: Mapped[str | None] = mapped_column(String(100), index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    usage: Mapped[dict | None] = mapped_column(JSON)
+    cost: Mapped[dict | None] = mapped_column(JSON)
+    latency: Mapped[dict | None] = mapped_column(JSON)
+    recording_path: Mapped[str | None] = mapped_column(String(500))
+    # Post-call analysis: pending → running → done | error (none when the agent has no rules attached).
+    # `analysis_claimed_at`: when a worker took it (`running`); a lease, so a crashed worker's row is taken again.
+    analysis_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    analysis: Mapped[dict | None] = mapped_column(JSON)
+    analysis_error: Mapped[str | None] = mapped_column(Text)
+    analysis_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TranscriptEntry(Base):
@@ -222,3 +238,74 @@ class BatchItem(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Webhook(Base):
+    """A receiver of a workspace's events. `secret` signs each delivery (HMAC-SHA256); it is shown once, at creation,
+    and kept here because signing needs it."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str | None] = mapped_column(String(500))
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one webhook, written in the same transaction as the change it reports, then
+    delivered (and retried) by whichever server process claims it. pending → delivered | failed."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(40), index=True)  # the same for every webhook told of one event
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One try at a delivery, as the receiver answered it (or why it could not)."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class AnalysisRule(Base):
+    """Post-call analysis: typed fields (and optionally a summary) the agent's LLM fills from the transcript."""
+
+    __tablename__ = "analysis_rules"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    definition: Mapped[dict] = mapped_column(JSON)  # {description, fields: [...], summary: bool}
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class AgentAnalysisRule(Base):
+    __tablename__ = "agent_analysis_rules"
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    rule_id: Mapped[str] = mapped_column(ForeignKey("analysis_rules.id", ondelete="CASCADE"), primary_key=True,
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -9,6 +9,7 @@ from sqlalchemy import case, func, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from config.agent import AgentConfig
+from runtime import call_events
 from runtime.store.models import (
     Agent,
     AgentTool,
@@ -98,17 +99,23 @@ async def get_call(db: async_sessionmaker, call_id: str) -> Call | None:
         return await s.get(Call, call_id)
 
 
-async def claim_stream(db: async_sessionmaker, call_id: str, stream_sid: str, call_sid: str | None) -> bool:
+async def claim_stream(db: async_sessionmaker, call_id: str, stream_sid: str, call_sid: str | None,
+                       served_by: str | None = None) -> bool:
     """Attach the media stream to a call that has none yet. False when the call already streamed or ended,
     so one token cannot open two sockets."""
     async with db() as s:
         result = await s.execute(
             update(Call)
             .where(Call.id == call_id, Call.stream_sid.is_(None), Call.ended_at.is_(None))
-            .values(stream_sid=stream_sid, twilio_call_sid=call_sid, status="in-progress", started_at=utcnow())
+            .values(stream_sid=stream_sid, twilio_call_sid=call_sid, status="in-progress", started_at=utcnow(),
+                    served_by=served_by, heartbeat_at=utcnow())
         )
+        if result.rowcount != 1:
+            return False
+        await call_events.call_started(s, await s.get(Call, call_id))
         await s.commit()
-        return result.rowcount == 1
+    call_events.after_commit()
+    return True
 
 
 async def add_transcript_entry(
@@ -197,9 +204,12 @@ async def transcript(db: async_sessionmaker, call_id: str) -> list[TranscriptEnt
 async def end_call(
     db: async_sessionmaker, call_id: str, *, status: str, reason: str, detail: str | None = None,
     ended_at: datetime | None = None, ended_by: str | None = None, unless_streamed: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> bool:
     """Close the call once; a second close (e.g. a late socket error) changes nothing. `unless_streamed`: only a
-    call whose media stream never started (one that did is closed by its session, with the session's reason)."""
+    call whose media stream never started (one that did is closed by its session, with the session's reason).
+    `record`: more columns to set with the close (usage, cost, latency, recording). Closing queues the call's
+    webhook events and its analysis in the same transaction."""
     open_call = [Call.id == call_id, Call.ended_at.is_(None)]
     if unless_streamed:
         open_call.append(Call.stream_sid.is_(None))
@@ -208,10 +218,15 @@ async def end_call(
             update(Call)
             .where(*open_call)
             .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow(),
-                    ended_by=ended_by)
+                    ended_by=ended_by, **(record or {}))
         )
+        if result.rowcount != 1:
+            return False
+        call = await s.get(Call, call_id)
+        await call_events.call_ended(s, call)
         await s.commit()
-        return result.rowcount == 1
+    call_events.after_commit(ended=call)
+    return True
 
 
 # Twilio's call statuses in the order a call goes through them; the final ones share the last rank. Callbacks may

@@ -92,6 +92,8 @@ class TwilioMediaSerializer(FrameSerializer):
         self._playout_until = 0.0
         self.media_in = 0
         self.media_out = 0
+        self.bytes_in = 0  # μ-law bytes: the call's audio seconds at 8,000 a second, for its usage record
+        self.bytes_out = 0
         # Playout state (see hold/resume): the audio task blocks in serialize() while held.
         self._output = None
         self._released = asyncio.Event()
@@ -165,6 +167,7 @@ class TwilioMediaSerializer(FrameSerializer):
             self._warn("invalid base64 payload", str(exc))
             return None
         self.media_in += 1
+        self.bytes_in += len(ulaw)
         frame = InputAudioRawFrame(audio=audioop.ulaw2lin(ulaw, 2), num_channels=1, sample_rate=TWILIO_RATE)
         frame.metadata[ULAW_METADATA_KEY] = ulaw
         if self.recorder is not None:
@@ -198,6 +201,7 @@ class TwilioMediaSerializer(FrameSerializer):
             now = time.monotonic()
             self._playout_until = max(now, self._playout_until) + len(ulaw) / _BYTES_PER_SEC
             self.media_out += 1
+            self.bytes_out += len(ulaw)
             return json.dumps(
                 {"event": "media", "streamSid": self._stream_sid, "media": {"payload": base64.b64encode(ulaw).decode()}}
             )

@@ -81,10 +81,14 @@ async def media_stream(ws: WebSocket) -> None:
     call = await repo.get_call(rt.db, call_id)
     if call is None:
         return await _refuse(ws, f"call {call_id}: unknown call")
-    if not await repo.claim_stream(rt.db, call_id, stream_sid, start.get("callSid") or call.twilio_call_sid):
+    if not await repo.claim_stream(rt.db, call_id, stream_sid, start.get("callSid") or call.twilio_call_sid,
+                                   served_by=rt.instance_id):
         return await _refuse(ws, f"call {call_id}: already has a media stream or has ended")
 
     session = CallSession(
         rt, call_id, ws, serializer_factory=lambda events: TwilioMediaSerializer(stream_sid, events, label=f"call {call_id}")
     )
-    await session.run()
+    agent = await repo.get_agent(rt.db, call.agent_id) if call.agent_id else None
+    # Every log line of the call, pipecat's included (its tasks inherit this context), carries these in JSON logs.
+    with logger.contextualize(call_id=call_id, stream_sid=stream_sid, agent=agent.name if agent else None):
+        await session.run()

@@ -1,5 +1,5 @@
 """Placing calls: Kupe's `POST /api/call/create_call` (query parameters) and `POST /api/v1/calls` (JSON, with
-variables and metadata), both answered in Kupe's shape; and `GET /api/v1/calls/{id}`, the call record.
+variables and metadata), both answered in Kupe's shape. Reading calls is runtime/api/routes/analytics.py's.
 
 A carrier that refuses the call is not an HTTP error (Kupe answers 200 `"status": "failed"` with the ids, so the
 caller can trace it); what we refuse before dialing is.
@@ -17,10 +17,9 @@ from sqlalchemy import case, select
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, ErrorResponse, bad_request
 from runtime.api.lookup import owned
-from runtime.api.schemas import UTCDatetime
 from runtime.context import runtime_of
 from runtime.phone import InvalidPhoneNumber, to_e164
-from runtime.store.models import Agent, Call, PhoneNumber
+from runtime.store.models import Agent, PhoneNumber
 from telephony.twilio.dialer import DialerNotConfigured, MissingVariables, NotDialable, PlacedCall, place_call
 
 router = APIRouter(tags=["calls"], responses=COMMON_ERRORS)
@@ -101,31 +100,6 @@ class CallPlacedOut(BaseModel):
     reason: str | None = Field(default=None, description="Why the call failed")
 
 
-class CallOut(BaseModel):
-    id: str
-    status: str = Field(description="queued, initiated, ringing, in-progress, completed or failed")
-    direction: Literal["inbound", "outbound"]
-    from_number: str | None
-    to_number: str | None
-    agent_id: str | None
-    from_phone_number_id: str | None
-    request_id: str | None
-    twilio_call_sid: str | None
-    carrier_status: str | None = Field(description="Twilio's latest status for the call")
-    answered_by: str | None = Field(description="With answering machine detection: human, machine_start, …")
-    created_at: UTCDatetime
-    started_at: UTCDatetime | None
-    ended_at: UTCDatetime | None
-    duration_secs: int | None = Field(description="Twilio's CallDuration, once the call has ended")
-    disconnection_reason: str | None
-    error_detail: str | None
-    ended_by: str | None = Field(description="caller, agent or system")
-    variables: dict[str, str]
-    metadata: dict[str, Any]
-    batch_id: str | None
-    batch_item_id: str | None
-
-
 # --- placing --------------------------------------------------------------------------------------------------------
 
 def _number(raw: str, field: str) -> str:
@@ -193,13 +167,3 @@ async def create_call_v1(body: CallIn, p: Caller, request: Request) -> CallPlace
     return await _place(request, p, to=body.to, agent_id=body.agent_id, line_id=body.from_phone_number_id,
                         variables=body.variables, metadata=body.metadata,
                         fields={"to": "to", "line": "from_phone_number_id", "variables": "variables"})
-
-
-# --- reading --------------------------------------------------------------------------------------------------------
-
-@router.get("/api/v1/calls/{call_id}", response_model=CallOut, summary="A call's record")
-async def get_call(call_id: str, p: Caller, request: Request) -> CallOut:
-    async with runtime_of(request).db() as s:
-        call = await owned(s, Call, call_id, p, "call")
-    stored = {k: getattr(call, k) for k in CallOut.model_fields if k not in ("variables", "metadata")}
-    return CallOut(**stored, variables=call.variables or {}, metadata=call.call_metadata or {})

@@ -1,0 +1,26 @@
+"""Prometheus metrics for `GET /metrics` (prometheus-client), one registry per process. Counters are this
+process's; with several servers, scrape each (their sum is the fleet's)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ACTIVE_CALLS = Gauge("voxline_active_calls", "Calls with a live media stream on this server", registry=REGISTRY)
+CALLS_ENDED = Counter("voxline_calls_ended", "Calls closed by this server, by outcome",
+                      ["status", "reason"], registry=REGISTRY)
+TURN_LATENCY = Histogram(
+    "voxline_turn_latency_seconds", "Caller stopped speaking → first agent audio sent, per answered turn",
+    registry=REGISTRY, buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0))
+SERVICE_TTFB = Histogram(
+    "voxline_service_ttfb_seconds", "Time to first byte of each service within an answered turn",
+    ["service"], registry=REGISTRY, buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0))
+BARGE_IN = Histogram(
+    "voxline_barge_in_decision_seconds", "Caller's voice over the agent (agent held at once) → the verdict on "
+    "their words: interrupt, acknowledge (agent resumes) or resume (no words)",
+    ["verdict"], registry=REGISTRY, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0))
+PROVIDER_ERRORS = Counter("voxline_provider_errors", "Provider failures during calls, by reason",
+                          ["reason"], registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter("voxline_webhook_delivery_attempts", "Webhook delivery attempts, by result "
+                             "(delivered, retrying, failed)", ["result"], registry=REGISTRY)
