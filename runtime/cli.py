@@ -127,21 +127,54 @@ def keys_create(
 
 @app.command()
 def call(
-    wav: Path = typer.Option(..., "--wav", exists=True, dir_okay=False, help="What the caller says (any WAV)"),
-    out: Path | None = typer.Option(None, "--out", help="Write what the agent said to this WAV"),
+    wav: Path | None = typer.Option(None, "--wav", exists=True, dir_okay=False,
+                                    help="What the caller says (any WAV): one turn, then hang up"),
+    script: Path | None = typer.Option(None, "--script", exists=True, dir_okay=False,
+                                       help="YAML steps: say, interrupt (spoken over the agent), play, wait_agent, "
+                                            "pause, dtmf, tone, hangup"),
+    mic: bool = typer.Option(False, "--mic", help="Live: your microphone and speaker (needs sounddevice)"),
+    agent: str | None = typer.Option(None, "--agent", help="Call this agent (name or id) directly, no number "
+                                                           "needed (uses the API: --api-key)"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="VOXLINE_API_KEY",
+                                       help="An API key of the agent's workspace: --agent, and the call's record "
+                                            "in the summary"),
+    out: Path | None = typer.Option(None, "--out", help="Write what the agent said to this WAV (--wav)"),
     to: str = typer.Option("+15550100000", "--to", help="The number dialed"),
     from_: str = typer.Option("+15550199999", "--from", help="The caller's number"),
     server: str = typer.Option("http://127.0.0.1:8080", "--server", help="The voxline server"),
-    reply_timeout: float = typer.Option(20.0, help="Seconds to wait for the agent's reply"),
+    reply_timeout: float = typer.Option(20.0, help="Seconds to wait for the agent's reply (--wav)"),
 ) -> None:
-    """Call the server as Twilio would: webhook, media stream, real-time audio; print what happened."""
-    from telephony.caller_report import run_call
+    """Call an agent the way Twilio does (webhook, media stream, real-time audio) and print what happened. The exit
+    status is non-zero when the call could not be placed or failed."""
+    from telephony import softphone_cli
 
+    if sum(x is not None and x is not False for x in (wav, script, mic or None)) != 1:
+        typer.echo("error: say what the caller does: one of --wav, --script or --mic", err=True)
+        raise typer.Exit(2)
     settings = get_settings()
     _configure_logging("WARNING")
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
-    code = asyncio.run(run_call(server, wav, out, to, from_, token, settings.public_url, reply_timeout))
-    raise typer.Exit(code)
+    if wav is not None:
+        if agent:
+            typer.echo("error: --wav calls a number; use --script with --agent", err=True)
+            raise typer.Exit(2)
+        from telephony.caller_report import run_call
+
+        raise typer.Exit(asyncio.run(run_call(server, wav, out, to, from_, token, settings.public_url,
+                                              reply_timeout)))
+    if mic:
+        if why := softphone_cli.mic_unavailable():
+            typer.echo(f"error: {why}", err=True)
+            raise typer.Exit(2)
+        raise typer.Exit(asyncio.run(softphone_cli.run_mic_call(
+            server, agent=agent, api_key=api_key, to=to, from_=from_, token=token, public_url=settings.public_url)))
+    try:
+        steps = softphone_cli.load_script(script)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(asyncio.run(softphone_cli.run_script_call(
+        server, steps, agent=agent, api_key=api_key, to=to, from_=from_, token=token, public_url=settings.public_url)))
 
 
 @app.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, MeasuredFrom, UserBotLatencyObserver
+from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 
 from runtime.metrics import SERVICE_TTFB, TURN_LATENCY
 
@@ -33,10 +33,8 @@ def _kind(processor: str) -> str:
     return "llm"
 
 
-def from_breakdown(breakdown: LatencyBreakdown) -> TurnLatency | None:
-    if breakdown.measured_from is not MeasuredFrom.USER_SILENCE:
-        return None  # the greeting, timed from the connection: not a reply
-    latency = TurnLatency(latency_ms=round(breakdown.total_secs * 1000))
+def from_breakdown(total_secs: float, breakdown: LatencyBreakdown) -> TurnLatency:
+    latency = TurnLatency(latency_ms=round(total_secs * 1000))
     for ttfb in breakdown.ttfb:
         field = f"{_kind(ttfb.processor)}_ms"
         if getattr(latency, field) is None:  # the first TTFB of each kind in the cycle is the one that gated it
@@ -45,19 +43,30 @@ def from_breakdown(breakdown: LatencyBreakdown) -> TurnLatency | None:
 
 
 class TurnLatencyTracker:
+    """The total comes from `on_latency_measured` (caller silent → agent speaking), not from the breakdown's
+    `measured_from`: after a barge-in voxline interrupts on the caller's words, which come after the VAD stop, and
+    the observer's interruption handling then forgets that the cycle started at the caller's silence (the STT's
+    TTFB, reported before the interruption, is lost with it). The greeting fires no `on_latency_measured`."""
+
     def __init__(self):
         self.observer = UserBotLatencyObserver()
         self._pending: TurnLatency | None = None
+        self._total: float | None = None
+
+        @self.observer.event_handler("on_latency_measured")
+        async def _total(_observer, latency_secs: float):
+            self._total = latency_secs
 
         @self.observer.event_handler("on_latency_breakdown")
         async def _measured(_observer, breakdown: LatencyBreakdown):
-            measured = from_breakdown(breakdown)
-            if measured is not None:
-                self._pending = measured
-                TURN_LATENCY.observe(measured.latency_ms / 1000)
-                for service in ("stt", "llm", "tts"):
-                    if (ms := getattr(measured, f"{service}_ms")) is not None:
-                        SERVICE_TTFB.labels(service=service).observe(ms / 1000)
+            total, self._total = self._total, None
+            if total is None:
+                return  # the greeting, timed from the connection: not a reply
+            measured = self._pending = from_breakdown(total, breakdown)
+            TURN_LATENCY.observe(measured.latency_ms / 1000)
+            for service in ("stt", "llm", "tts"):
+                if (ms := getattr(measured, f"{service}_ms")) is not None:
+                    SERVICE_TTFB.labels(service=service).observe(ms / 1000)
 
     def take(self) -> TurnLatency | None:
         """The latency of the reply now being stored, once."""

@@ -76,6 +76,9 @@ async def test_speaking_over_the_agent_clears_twilio_and_marks_the_turn_interrup
     assert any(t["role"] == "user" and "located" in t["text"].lower() for t in turns)
     assert turns[-1]["role"] == "assistant" and "Main Street" in turns[-1]["text"] and not turns[-1]["interrupted"]
     assert len(caller.events("clear")) == 1
+    # The answer to an interruption is timed like any other: from the caller's silence to the agent's audio.
+    assert 0 < turns[-1]["latency_ms"] / 1000 < reply_at - spoke_at + 0.8, dict(turns[-1])
+    assert turns[-1]["llm_ms"] is not None and turns[-1]["tts_ms"] is not None
 
 
 async def test_no_clear_when_the_agent_is_silent(server, speech):

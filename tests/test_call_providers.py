@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -20,6 +21,8 @@ from tests.tool_server import ToolServer
 
 CLOUD_NUMBER = "+15550100020"
 REALTIME_NUMBER = "+15550100021"
+STEADY_REALTIME_NUMBER = "+15550100022"
+STEADY_WELCOME = "Hello, this is Luigi's. Our kitchen is open from noon until eleven at night, every day of the week."
 
 OPENAI_RULES = {"rules": [
     {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
@@ -29,6 +32,7 @@ OPENAI_RULES = {"rules": [
 REALTIME_RULES = {"rules": [
     {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
      "after_tool": "We are at {result}."},
+    {"keywords": ["keypad"], "reply": "You chose option two."},
     {"keywords": ["table", "book"], "fault": "drop_stream"},
 ]}
 
@@ -50,6 +54,16 @@ phone_numbers: ["{REALTIME_NUMBER}"]
 system_prompt: A restaurant host.
 welcome_message: Hello, this is Luigi's.
 realtime: {{provider: openai, voice: alloy}}
+call: {{silence_timeout_secs: 0}}
+""",
+    "steady_realtime.yaml": f"""
+name: steady-realtime
+architecture: realtime
+phone_numbers: ["{STEADY_REALTIME_NUMBER}"]
+system_prompt: A restaurant host.
+welcome_message: {STEADY_WELCOME}
+realtime: {{provider: openai, voice: alloy}}
+interruption: {{welcome_interruptible: false}}
 call: {{silence_timeout_secs: 0}}
 """,
 }
@@ -233,3 +247,40 @@ def test_a_text_chat_through_openai_runs_the_tool_and_streams_the_answer(cloud):
         assert "twelve Main Street" in reply, events
         history = c.get(f"/api/v1/chat/sessions/{session['id']}").json()
         assert [m["role"] for m in history["messages"]] == ["user", "tool", "assistant"], history
+
+
+async def test_keypad_digits_reach_a_realtime_model(cloud):
+    server, emu, _ = cloud
+    caller = await dial(server, REALTIME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0), "no welcome"
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        pressed_at = time.monotonic()
+        for digit in "2#":
+            await caller.send_json({"event": "dtmf", "streamSid": caller.stream_sid, "dtmf": {"digit": digit}})
+        assert await caller.wait_agent_audio(pressed_at, 20.0), "the model did not answer the keys"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    server.wait_ended(call_id)
+    turns = [(t["role"], t["text"]) for t in server.turns(call_id)]
+    assert ("user", "DTMF: 2#") in turns, turns
+    assert turns[-1] == ("assistant", "You chose option two."), turns
+
+
+async def test_an_uninterruptible_welcome_on_a_realtime_model_is_said_in_full(cloud, speech):
+    server, _, _ = cloud
+    caller = await dial(server, STEADY_REALTIME_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        await asyncio.sleep(1.0)
+        await caller.say(speech["located"])  # over the welcome: the model never hears it
+        assert await caller.wait_agent_quiet(1.0, 30.0)
+        spoke_at = await caller.say(speech["located"])  # once it is over, the caller is heard again
+        assert await caller.wait_agent_audio(spoke_at, 20.0), "the caller was not heard after the welcome"
+        await caller.wait_agent_quiet(0.8, 30.0)
+    assert caller.events("clear") == []
+    server.wait_ended(call_id)
+    turns = server.turns(call_id)
+    assert turns[0]["role"] == "assistant" and turns[0]["text"] == STEADY_WELCOME and not turns[0]["interrupted"]
+    assert [t["role"] for t in turns].count("user") == 1, [dict(t) for t in turns]

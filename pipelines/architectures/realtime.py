@@ -1,7 +1,9 @@
 """The `realtime` architecture: the caller's audio straight to a speech-to-speech model and its audio straight back.
 
 Turn-taking is the model's own (server VAD): its `speech_started` interrupts the agent and Twilio's buffer is
-cleared. The carrier's audio stays μ-law at 8 kHz end to end (see providers/openai_realtime.py). Call controls, the
+cleared, so the acknowledgement and minimum-words policy (turns/barge_in.py) is the `pipeline` architecture's; an
+uninterruptible welcome keeps the caller's audio from the model until it has been said. Keypad digits reach the
+model as a conversation item (turns/keypad.py). The carrier's audio stays μ-law at 8 kHz end to end (see providers/openai_realtime.py). Call controls, the
 call's tools and the heard-text accounting are the same as the `pipeline` architecture's.
 """
 
@@ -23,7 +25,8 @@ from pipelines.call_pipeline import CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.turns.heard import HeardTextGate
-from pipelines.turns.mute import ClosingMuteStrategy
+from pipelines.turns.keypad import DTMF_PREFIX, KeypadToRealtime
+from pipelines.turns.mute import ClosingMuteStrategy, RealtimeWelcomeMute
 
 
 def welcome_instruction(welcome: str) -> str:
@@ -42,10 +45,13 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             user_idle_timeout=agent.call.silence_timeout_secs, user_mute_strategies=[closing_mute],
         ),
     )
-    dtmf = [DTMFAggregator()] if agent.call.dtmf else []
+    dtmf = [DTMFAggregator(prefix=DTMF_PREFIX), KeypadToRealtime(llm)] if agent.call.dtmf else []
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
-    pipeline = Pipeline([transport.input(), *dtmf, aggregators.user(), llm, transport.output(), *heard,
-                         aggregators.assistant()])
+    welcome_mute = []
+    if agent.welcome_message and not agent.interruption.welcome_interruptible:
+        welcome_mute = [RealtimeWelcomeMute(llm)]
+    pipeline = Pipeline([transport.input(), *dtmf, aggregators.user(), llm, transport.output(), *welcome_mute,
+                         *heard, aggregators.assistant()])
     greeting = []
     if agent.welcome_message:
         greeting = [LLMMessagesAppendFrame(

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -110,6 +111,8 @@ class MediaStreamCaller:
         self._pending_marks: list[tuple[float, str]] = []
         self._ws = None
         self._tasks: list[asyncio.Task] = []
+        self.on_media: Callable[[bytes], None] | None = None  # each agent audio payload (a live softphone plays it)
+        self.on_clear: Callable[[], None] | None = None
         self.first_speech_frame_at = 0.0  # of the latest utterance
         self.last_speech_frame_at = 0.0
         self.speech_frames_sent = 0
@@ -178,6 +181,10 @@ class MediaStreamCaller:
         await done.wait()
         return self.last_speech_frame_at
 
+    def feed(self, frame: bytes) -> None:
+        """One 20 ms μ-law frame of live audio, sent in its turn (a microphone)."""
+        self._outbox.put_nowait(frame)
+
     async def _send_media(self) -> None:
         chunk = 0
         next_at = time.monotonic()
@@ -224,12 +231,16 @@ class MediaStreamCaller:
                 if event == "media":
                     audio = base64.b64decode(message["media"]["payload"])
                     self.agent_audio += audio
+                    if self.on_media is not None:
+                        self.on_media(audio)
                     self.media_times.append(now)
                     self._playout_until = max(now, self._playout_until) + len(audio) / LINE_RATE
                 elif event == "mark":
                     self._pending_marks.append((self._playout_until, message["mark"]["name"]))
                 elif event == "clear":
                     self._playout_until = now
+                    if self.on_clear is not None:
+                        self.on_clear()
                     for _, name in self._pending_marks:
                         await self._echo_mark(name)
                     self._pending_marks.clear()

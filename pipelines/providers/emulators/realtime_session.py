@@ -112,7 +112,10 @@ def item_messages(session: dict, items: Iterable[dict]) -> list[dict]:
     for item in items:
         kind = item.get("type")
         if kind == "message":
-            out.append({"role": item.get("role"), "content": message_text(item)})
+            # A system item in the conversation is input the model acts on (the session's instructions are not an
+            # item); the rules read it as the latest thing said to the model.
+            role = "user" if item.get("role") == "system" else item.get("role")
+            out.append({"role": role, "content": message_text(item)})
         elif kind == "function_call":
             out.append({"role": "assistant", "content": None, "tool_calls": [{
                 "id": item.get("call_id"), "type": "function",

@@ -53,35 +53,65 @@ async def send_dtmf(caller: MediaStreamCaller, digits: str) -> None:
         await asyncio.sleep(DTMF_GAP_SECS)
 
 
+class StepResult:
+    """What one step did: when the callee last did something the agent may answer, and what to note."""
+
+    def __init__(self, since: float, said: str | None = None, note: str | None = None, hangup: bool = False):
+        self.since, self.said, self.note, self.hangup = since, said, note, hangup
+
+
+async def perform(caller: MediaStreamCaller, step: Step, since: float, pending: dict[str, asyncio.Task],
+                  quiet_timeout: float = 300.0) -> StepResult:
+    """Run one script step on the Twilio side of a stream (shared by the emulator's callee and `voxline call`)."""
+    if step.kind == "say":
+        return StepResult(await caller.say(await pending[step.value]), said=step.value)
+    if step.kind == "interrupt":
+        started = await caller.wait_agent_audio(since, 30.0)
+        if started is None:
+            return StepResult(since, note="interrupt: the agent never started talking")
+        await asyncio.sleep(max(0.0, started + step.after - time.monotonic()))
+        return StepResult(await caller.say(await pending[step.value]), said=step.value)
+    if step.kind == "play":
+        return StepResult(await caller.say(await asyncio.to_thread(wav_to_ulaw, step.value)),
+                          said=f"<{step.value.name}>")
+    if step.kind == "tone":
+        return StepResult(await caller.say(tone(step.value)))
+    if step.kind == "dtmf":
+        await send_dtmf(caller, step.value)
+        return StepResult(time.monotonic(), said=f"DTMF {step.value}")
+    if step.kind == "pause":
+        await asyncio.sleep(step.value)
+        return StepResult(since)
+    if step.kind == "wait_agent":
+        if await caller.wait_agent_audio(since, step.value) is None:
+            return StepResult(time.monotonic(), note=f"wait_agent: the agent said nothing within {step.value:g}s")
+        await caller.wait_agent_quiet(AGENT_QUIET_SECS, timeout=quiet_timeout)
+        return StepResult(time.monotonic())
+    return StepResult(since, hangup=True)
+
+
+def synthesize_ahead(steps: tuple[Step, ...]) -> dict[str, asyncio.Task]:
+    """Every sentence of the script, synthesized while the call runs (each one once)."""
+    return {s.value: asyncio.create_task(speech(s.value)) for s in steps if s.kind in ("say", "interrupt")}
+
+
 async def run_script(caller: MediaStreamCaller, steps: tuple[Step, ...], call) -> bool:
     """Play the script; True when it ends by hanging up. The caller of this races it against the socket closing,
     since `say` never returns on a closed socket."""
-    pending = {s.value: asyncio.create_task(speech(s.value)) for s in steps if s.kind == "say"}
+    pending = synthesize_ahead(steps)
     since = 0.0  # when the callee last did something the agent may answer
     try:
         for step in steps:
-            if step.kind == "say":
-                since = await caller.say(await pending[step.value])
-                call.callee_said.append(step.value)
-            elif step.kind == "play":
-                since = await caller.say(await asyncio.to_thread(wav_to_ulaw, step.value))
-                call.callee_said.append(f"<{step.value.name}>")
-            elif step.kind == "tone":
-                since = await caller.say(tone(step.value))
-            elif step.kind == "dtmf":
-                await send_dtmf(caller, step.value)
+            done = await perform(caller, step, since, pending,
+                                 quiet_timeout=call.rule.max_call_secs if call.rule else 300.0)
+            since = done.since
+            if step.kind == "dtmf":
                 call.dtmf_sent += step.value
-                since = time.monotonic()
-            elif step.kind == "pause":
-                await asyncio.sleep(step.value)
-            elif step.kind == "wait_agent":
-                if await caller.wait_agent_audio(since, step.value) is None:
-                    call.notes.append(f"wait_agent: the agent said nothing within {step.value:g}s")
-                else:
-                    await caller.wait_agent_quiet(AGENT_QUIET_SECS, timeout=call.rule.max_call_secs if call.rule
-                                                  else 300.0)
-                since = time.monotonic()
-            elif step.kind == "hangup":
+            elif done.said:
+                call.callee_said.append(done.said)
+            if done.note:
+                call.notes.append(done.note)
+            if done.hangup:
                 return True
         return False
     except Exception as exc:  # noqa: BLE001 - a broken script step (a bad WAV, synthesis) ends the call, visibly

@@ -12,6 +12,8 @@
         callee:                                      # default: wait for the greeting, one sentence, wait, hang up
           - wait_agent: true                         # until the agent has spoken and gone quiet (or a timeout: 20)
           - say: "What are your opening hours?"      # bundled Piper voice, 8 kHz μ-law
+          - interrupt: "Sorry, one more thing."      # said over the agent once it has talked for a second;
+          - interrupt: {say: "Wait.", after: 3}      #   or for `after` seconds
           - play: answer.wav                         # any WAV, relative to the rules file
           - dtmf: "12#"
           - tone: 0.5                                # a 1 kHz beep (voicemail), seconds
@@ -32,7 +34,7 @@ from typing import Any
 import yaml
 
 OUTCOMES = ("answer", "busy", "no-answer", "failed", "machine")
-STEP_KINDS = ("say", "play", "wait_agent", "pause", "dtmf", "tone", "hangup")
+STEP_KINDS = ("say", "interrupt", "play", "wait_agent", "pause", "dtmf", "tone", "hangup")
 DEFAULT_RING_SECS = 0.3
 DEFAULT_WAIT_AGENT_SECS = 20.0
 DEFAULT_MAX_CALL_SECS = 300.0
@@ -43,8 +45,11 @@ _DTMF = re.compile(r"^[0-9*#A-Da-d]+$")
 class Step:
     kind: str
     value: Any
+    after: float = 1.0  # `interrupt`: how long the agent talks before the callee speaks over it
 
     def describe(self) -> dict:
+        if self.kind == "interrupt":
+            return {self.kind: {"say": self.value, "after": self.after}}
         return {self.kind: str(self.value) if isinstance(self.value, Path) else self.value}
 
 
@@ -94,9 +99,14 @@ def parse_step(where: str, raw: Any, base_dir: Path) -> Step:
     if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in STEP_KINDS:
         raise ValueError(f"{where}: a step is one of {', '.join(f'{{{k}: …}}' for k in STEP_KINDS)}")
     kind, value = next(iter(raw.items()))
-    if kind == "say":
+    if kind == "interrupt" and isinstance(value, dict):
+        if set(value) - {"say", "after"} or "say" not in value:
+            raise ValueError(f"{where}: interrupt is a sentence, or {{say: sentence, after: seconds}}")
+        after = _number(f"{where} interrupt after", value.get("after", 1.0))
+        return Step(kind, parse_step(where, {"say": value["say"]}, base_dir).value, after)
+    if kind in ("say", "interrupt"):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: say needs some text")
+            raise ValueError(f"{where}: {kind} needs some text")
     elif kind == "play":
         path = Path(str(value)) if value else None
         if path is None:
