@@ -6,9 +6,10 @@ import re
 from typing import TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from runtime.api.auth import Principal
-from runtime.api.errors import not_found
+from runtime.api.errors import ApiError, not_found
 
 M = TypeVar("M")
 ROW_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -31,3 +32,13 @@ async def name_taken(s, model, workspace_id: str, name: str, except_id: str | No
     if except_id:
         q = q.where(model.id != except_id)
     return await s.scalar(q.limit(1)) is not None
+
+
+async def commit_or_conflict(s, conflict: ApiError) -> None:
+    """Commit a row whose name must be unique; a concurrent request that took the name between the check and the
+    write makes this one the 409 it would have been."""
+    try:
+        await s.commit()
+    except IntegrityError:
+        await s.rollback()
+        raise conflict from None

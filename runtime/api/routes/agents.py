@@ -13,7 +13,6 @@ from fastapi import APIRouter, Body, Query, Request
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from config import catalog
 from config.agent import FORBIDDEN_SECTIONS, REQUIRED_SECTIONS, AgentConfig, Architecture, explain
@@ -21,7 +20,7 @@ from pipelines.factory import local_models_needed
 from pipelines.providers import local_models
 from runtime.api.auth import Caller
 from runtime.api.errors import COMMON_ERRORS, ApiError
-from runtime.api.lookup import name_taken, owned
+from runtime.api.lookup import commit_or_conflict, name_taken, owned
 from runtime.api.schemas import Page, Pagination, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, Call, PhoneNumber, utcnow
@@ -217,11 +216,7 @@ def _conflict(name: str) -> ApiError:
 
 
 async def _commit(s, name: str) -> None:
-    try:
-        await s.commit()
-    except IntegrityError:  # a concurrent request took the name between our check and the write
-        await s.rollback()
-        raise _conflict(name) from None
+    await commit_or_conflict(s, _conflict(name))
 
 
 async def _preload(cfg: AgentConfig) -> None:

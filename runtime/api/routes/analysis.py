@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from runtime.analysis.rules import RuleDefinition
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request
-from runtime.api.lookup import name_taken, owned
+from runtime.api.lookup import commit_or_conflict, name_taken, owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, AgentAnalysisRule, AnalysisRule, utcnow
@@ -78,11 +78,7 @@ async def _own_rule(s, p: Principal, rule_id: str, *, lock: bool = False) -> Ana
 
 
 async def _save(s, name: str) -> None:
-    try:
-        await s.commit()
-    except IntegrityError:  # a concurrent request took the name between our check and the write
-        await s.rollback()
-        raise _conflict(name) from None
+    await commit_or_conflict(s, _conflict(name))
 
 
 async def _attached(s, agent_id: str) -> list[AnalysisRule]:

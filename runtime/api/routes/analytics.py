@@ -54,7 +54,7 @@ class CallRecordOut(BaseModel):
     id: str
     request_id: str | None
     status: str = Field(description="queued, initiated, ringing, in-progress, completed or failed")
-    direction: str = Field(description="inbound or outbound")
+    direction: str = Field(description="inbound, outbound or softphone")
     from_number: str | None
     to_number: str | None
     agent_id: str | None

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
-from runtime.api.lookup import ROW_ID, name_taken, owned
+from runtime.api.lookup import ROW_ID, commit_or_conflict, name_taken, owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, AgentTool, ToolDef, utcnow
@@ -146,11 +146,7 @@ async def _own_agent(s, p: Principal, agent_id: str) -> Agent:
 
 
 async def _save(s, name: str) -> None:
-    try:
-        await s.commit()
-    except IntegrityError:  # a concurrent request took the name between our check and the write
-        await s.rollback()
-        raise _conflict(name) from None
+    await commit_or_conflict(s, _conflict(name))
 
 
 async def _attached(s, agent_id: str) -> DataList[AgentToolOut]:
