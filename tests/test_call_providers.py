@@ -162,6 +162,16 @@ async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(
     assert tool["tool_error"] is None and "twelve Main Street" in tool["tool_result"]
     assert any(r["query"] == {"say": "twelve Main Street"} for r in tools.requests)
     assert turns[-1]["role"] == "assistant" and "twelve Main Street" in turns[-1]["text"]
+    # What it used and cost, priced from config/prices.yaml: Deepgram minutes of the whole stream, OpenAI tokens
+    # (two requests: the tool call and the answer), Cartesia characters, Twilio minutes.
+    record = httpx.get(f"{server.url}/api/v1/calls/{call_id}", headers={"x-api-key": server.api_key}).json()
+    usage, cost = record["usage"], record["cost"]
+    assert usage["stt_secs"] > 0.8 * usage["caller_audio_secs"] > 2, usage  # a streaming STT hears it all
+    assert usage["llm_tokens_in"] > 0 and usage["llm_tokens_out"] > 0, usage
+    said = "".join(t["text"] for t in turns if t["role"] == "assistant")
+    assert usage["tts_characters"] >= len(said.replace(" ", "")), usage
+    assert cost["unpriced"] == [] and all(cost["components"][k] > 0 for k in ("stt", "llm", "tts", "carrier")), cost
+    assert abs(cost["total"] - sum(cost["components"].values())) < 1e-5
 
 
 async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provider(cloud, speech, twilio_api):
