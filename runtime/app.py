@@ -66,12 +66,13 @@ def api_routers() -> list:
         keys,
         phone,
         providers,
+        softphone,
         tools,
         webhooks,
     )
 
     return [keys.router, agents.router, providers.router, phone.router, tools.router, chat.router, calls.router,
-            analytics.router, batch_calls.router, webhooks.router, analysis.router]
+            analytics.router, batch_calls.router, webhooks.router, analysis.router, softphone.router]
 
 
 def openapi_schema(app: FastAPI) -> dict:

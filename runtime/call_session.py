@@ -20,6 +20,7 @@ from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
 from config import variables as call_variables
+from runtime import call_feed
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.call_pipeline import LINE_SAMPLE_RATE
@@ -92,11 +93,14 @@ class TurnWriter:
         if latency is not None:
             fields.update(latency.as_fields())
         self._queue.put_nowait((repo.add_transcript_entry, role, fields))
+        call_feed.publish(self._call_id, {"type": "transcript", **fields})
 
     def put_tool(self, event: ToolEvent, start: float, end: float) -> None:
         self._queue.put_nowait((repo.add_tool_entry, "tool", dict(
             name=event.name, tool_call_id=event.call_id, arguments=event.arguments, result=event.result,
             error=event.error, start_secs=round(start, 3), end_secs=round(end, 3))))
+        call_feed.publish(self._call_id, {"type": "transcript", "role": "tool", "text": event.name, "interrupted": False,
+                                          "error": event.error, "start_secs": round(start, 3), "end_secs": round(end, 3)})
 
     async def _drain(self) -> None:
         while (item := await self._queue.get()) is not None:
@@ -198,6 +202,7 @@ class CallSession(StreamEvents):
         await self._tell_carrier()
         await repo.end_call(self.rt.db, self.call_id, status=status, reason=self._reason, detail=self._detail,
                             ended_by=self._reason.ended_by, record=await self._record())
+        call_feed.publish(self.call_id, {"type": "ended", "reason": str(self._reason), "detail": self._detail})
         if self.ws.application_state == WebSocketState.CONNECTED:
             try:
                 await self.ws.close(code=1000 if status == "completed" else 1011)
@@ -409,6 +414,11 @@ class CallSession(StreamEvents):
         @user.event_handler("on_user_turn_started")
         async def _user_started(_agg, _strategy):
             self._turn_start["user"] = self.elapsed()
+            call_feed.publish(self.call_id, {"type": "speaking", "who": "caller", "speaking": True})
+
+        @user.event_handler("on_user_turn_stopped")
+        async def _user_stopped(_agg, _strategy, _message):
+            call_feed.publish(self.call_id, {"type": "speaking", "who": "caller", "speaking": False})
 
         # Not on_user_turn_stopped: with a realtime model the caller's words are only final when its reply starts.
         @user.event_handler("on_user_turn_message_added")
@@ -419,6 +429,7 @@ class CallSession(StreamEvents):
         @assistant.event_handler("on_assistant_turn_started")
         async def _assistant_started(_agg):
             self._turn_start["assistant"] = self.elapsed()
+            call_feed.publish(self.call_id, {"type": "speaking", "who": "agent", "speaking": True})
 
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _assistant_stopped(_agg, message):
@@ -426,6 +437,7 @@ class CallSession(StreamEvents):
             # sentence. An interruption before the first sentence finished still leaves an (empty) entry: the
             # agent did speak, and was cut off.
             text = (message.content or "").strip()
+            call_feed.publish(self.call_id, {"type": "speaking", "who": "agent", "speaking": False})
             if text or message.interrupted:
                 self._turns.put("assistant", text, self._turn_start["assistant"], self.elapsed(), message.interrupted,
                                 self._latency.take())

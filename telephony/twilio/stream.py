@@ -1,5 +1,10 @@
 """The Media Streams socket: reads `connected`/`start`, admits the stream with its signed per-call token, then
-hands the socket to a call session. Anything before `start` other than `connected` is logged and dropped."""
+hands the socket to a call session. Anything before `start` other than `connected` is logged and dropped.
+
+With TWILIO_AUTH_TOKEN set, the upgrade must carry a valid X-Twilio-Signature, except for softphone calls
+(direction `softphone`, opened by `POST /api/v1/softphone/calls`): a browser cannot set headers on a WebSocket, so an
+unsigned upgrade is let through to `start` and then admitted only for such a call, on its signed, short-lived
+per-call token. A signature that is present but wrong is refused at once, as before."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from telephony.twilio.serializer import ProtocolWarnings, TwilioMediaSerializer,
 router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
 
 POLICY_VIOLATION = 1008
+SOFTPHONE = "softphone"  # calls.direction of calls placed from a softphone
 
 
 async def _read_start(ws: WebSocket, warn: ProtocolWarnings) -> dict | None:
@@ -52,9 +58,11 @@ async def _refuse(ws: WebSocket, why: str) -> None:
 async def media_stream(ws: WebSocket) -> None:
     rt = runtime_of(ws)
     url = signature.public_url(ws, rt.settings, websocket=True)
-    if not signature.is_valid(rt.settings, url, {}, ws.headers.get("x-twilio-signature")):
+    presented = ws.headers.get("x-twilio-signature")
+    signed = signature.is_valid(rt.settings, url, {}, presented)
+    if not signed and presented:
         await ws.close(code=POLICY_VIOLATION, reason="invalid Twilio signature")
-        logger.warning(f"media stream refused: invalid or missing X-Twilio-Signature for {url}")
+        logger.warning(f"media stream refused: invalid X-Twilio-Signature for {url}")
         return
     await ws.accept()
     warn = ProtocolWarnings("media stream (before start)")
@@ -81,6 +89,8 @@ async def media_stream(ws: WebSocket) -> None:
     call = await repo.get_call(rt.db, call_id)
     if call is None:
         return await _refuse(ws, f"call {call_id}: unknown call")
+    if not signed and call.direction != SOFTPHONE:
+        return await _refuse(ws, f"call {call_id}: missing X-Twilio-Signature (only softphone calls stream unsigned)")
     if not await repo.claim_stream(rt.db, call_id, stream_sid, start.get("callSid") or call.twilio_call_sid,
                                    served_by=rt.instance_id):
         return await _refuse(ws, f"call {call_id}: already has a media stream or has ended")
