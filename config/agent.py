@@ -85,12 +85,14 @@ class RealtimeConfig(_Strict):
 
 
 class VADConfig(_Strict):
-    """Silero VAD thresholds (pipecat's defaults)."""
+    """Silero VAD thresholds. `start_secs` and `min_volume` are lower than pipecat's (0.2, 0.6): the caller's voice
+    over the agent only *holds* the agent's audio, and a hold with no words after it resumes (`interruption`), so a
+    fast trigger costs little when it is wrong, and barge-in drops from ~340 ms to ~140 ms (bench/)."""
 
     confidence: float = Field(default=0.7, ge=0.0, le=1.0)
-    start_secs: float = Field(default=0.2, ge=0.0, le=2.0)
+    start_secs: float = Field(default=0.1, ge=0.0, le=2.0)
     stop_secs: float = Field(default=0.2, ge=0.0, le=5.0)
-    min_volume: float = Field(default=0.6, ge=0.0, le=1.0)
+    min_volume: float = Field(default=0.3, ge=0.0, le=1.0)
 
 
 ACK_PHRASES = ["okay", "ok", "yeah", "yes", "uh-huh", "uh huh", "right", "mm-hmm", "mhm", "sure", "got it"]
