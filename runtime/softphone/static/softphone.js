@@ -7,6 +7,7 @@
 (() => {
   const KEY_STORAGE = "voxline.softphone.apiKey";
   const JITTER_MS = 60;
+  const RESUME_TIMEOUT_MS = 5000;
   const REASONS = {
     caller_hangup: "you hung up",
     agent_hangup: "the agent hung up",
@@ -207,7 +208,12 @@
     try {
       c.ctx = new AudioContext({ latencyHint: "interactive" });
       await c.ctx.audioWorklet.addModule("/softphone/worklet.js");
-      if (c.ctx.state === "suspended") await c.ctx.resume();
+      // A browser with no audio output (Firefox without a sound device) never resumes: say so, do not hang.
+      if (c.ctx.state === "suspended") {
+        const stalled = new Promise((_, reject) => setTimeout(() => reject(new Error(
+          "no audio output device answered (is a speaker or headset connected?)")), RESUME_TIMEOUT_MS));
+        await Promise.race([c.ctx.resume(), stalled]);
+      }
       const source = c.ctx.createMediaStreamSource(mic);
       // Below 4 kHz before taking every n-th sample: two low-passes (the worklet interpolates to 8 kHz).
       let node = source;
