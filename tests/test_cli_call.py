@@ -94,12 +94,14 @@ def test_voxline_call_script_reports_the_barge_in_and_the_record(server, tmp_pat
 
 def test_voxline_call_agent_needs_no_number_mapping(server, tmp_path):
     script = tmp_path / "ask.yaml"
-    script.write_text('- wait_agent: true\n- say: "Where are you located?"\n- wait_agent: true\n- hangup: true\n')
+    script.write_text('- interrupt: "Where are you located?"\n- wait_agent: true\n- hangup: true\n')
     key = create_key_with_cli(server_env(server.data_dir.parent), "default", "developer", "cli agent")
     result = _voxline_call(server, "--script", str(script), "--agent", "demo", api_key=key)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^call [0-9a-f]{32} \(softphone\): completed, caller_hangup$", result.stdout, re.M), result.stdout
-    assert "Main Street" in result.stdout
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert re.search(r"^call [0-9a-f]{32} \(softphone\): completed, caller_hangup$", out, re.M), out
+    assert re.search(r"agent: .*\[interrupted\]", out) and "Main Street" in out, out  # the demo agent, talked over
+    assert re.search(r"barge-in \(caller speech onset → clear\): \d+ ms", out), out
     unknown = _voxline_call(server, "--script", str(script), "--agent", "nobody-by-that-name", api_key=key)
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr, unknown.stderr
     keyless = _voxline_call(server, "--script", str(script), "--agent", "demo")
