@@ -13,6 +13,14 @@ CALLS_ENDED = Counter("voxline_calls_ended", "Calls closed by this server, by ou
 TURN_LATENCY = Histogram(
     "voxline_turn_latency_seconds", "Caller stopped speaking → first agent audio sent, per answered turn",
     registry=REGISTRY, buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0))
+# Fine buckets: the load benchmark (bench/load.py) reads its percentiles from this histogram.
+OVERHEAD_BUCKETS = (0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05,
+                    0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
+                    3.0, 5.0)
+TURN_OVERHEAD = Histogram(
+    "voxline_turn_overhead_seconds", "End-of-turn decision (the user turn released to the LLM) → first agent audio "
+    "sent, per answered turn: part=total, and part=runtime with the LLM's and TTS's time to first byte taken out",
+    ["part"], registry=REGISTRY, buckets=OVERHEAD_BUCKETS)
 SERVICE_TTFB = Histogram(
     "voxline_service_ttfb_seconds", "Time to first byte of each service within an answered turn",
     ["service"], registry=REGISTRY, buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0))

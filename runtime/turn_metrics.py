@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loguru import logger
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 
-from runtime.metrics import SERVICE_TTFB, TURN_LATENCY
+from runtime.metrics import SERVICE_TTFB, TURN_LATENCY, TURN_OVERHEAD
 
 
 @dataclass
@@ -17,6 +18,8 @@ class TurnLatency:
     stt_ms: int | None = None
     llm_ms: int | None = None
     tts_ms: int | None = None
+    # End-of-turn decision → first agent audio: the runtime's own share of the reply (not stored per entry).
+    overhead_ms: float | None = None
 
     def as_fields(self) -> dict[str, int | None]:
         return {"latency_ms": self.latency_ms, "stt_ms": self.stt_ms, "llm_ms": self.llm_ms, "tts_ms": self.tts_ms}
@@ -39,6 +42,8 @@ def from_breakdown(total_secs: float, breakdown: LatencyBreakdown) -> TurnLatenc
         field = f"{_kind(ttfb.processor)}_ms"
         if getattr(latency, field) is None:  # the first TTFB of each kind in the cycle is the one that gated it
             setattr(latency, field, round(ttfb.duration_secs * 1000))
+    if breakdown.user_turn_secs is not None and total_secs >= breakdown.user_turn_secs:
+        latency.overhead_ms = (total_secs - breakdown.user_turn_secs) * 1000
     return latency
 
 
@@ -67,6 +72,13 @@ class TurnLatencyTracker:
             for service in ("stt", "llm", "tts"):
                 if (ms := getattr(measured, f"{service}_ms")) is not None:
                     SERVICE_TTFB.labels(service=service).observe(ms / 1000)
+            if measured.overhead_ms is not None:
+                # The LLM's and the TTS's first byte gate the reply inside this window (the STT's came before it).
+                runtime_ms = max(0.0, measured.overhead_ms - (measured.llm_ms or 0) - (measured.tts_ms or 0))
+                TURN_OVERHEAD.labels(part="total").observe(measured.overhead_ms / 1000)
+                TURN_OVERHEAD.labels(part="runtime").observe(runtime_ms / 1000)
+                logger.debug(f"turn overhead: {measured.overhead_ms:.1f} ms from the end of turn to the first audio, "
+                             f"{runtime_ms:.1f} ms without the LLM/TTS time to first byte")
 
     def take(self) -> TurnLatency | None:
         """The latency of the reply now being stored, once."""

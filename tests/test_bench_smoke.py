@@ -1,0 +1,71 @@
+"""The load benchmark's smoke mode (bench/load.py --smoke): emulators, voxline and the stock pipecat baseline started
+by the harness, 2 calls against voxline and 1 against the baseline, and every output produced with sane structure.
+The figures themselves are never asserted: they are measurements, not pass/fail thresholds."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(240)
+
+LATENCIES = ("turn_ms", "barge_in_ms", "overhead_ms", "overhead_runtime_ms")
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--smoke", "--target", "both", "--no-plots", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("target,calls", [("voxline", 2), ("baseline", 1)])
+def test_each_target_has_every_metric_measured(smoke, target, calls):
+    _, report, _ = smoke
+    (level,) = report["results"][target]["levels"]
+    assert level["calls"] == calls and level["connected"] == calls and level["errors"] == [], level["errors"]
+    for key in LATENCIES:
+        stats = level[key]
+        assert stats["n"] > 0, (key, stats)
+        assert all(finite(stats[q]) and stats[q] >= 0 for q in ("p50", "p95", "p99")), (key, stats)
+    for key in ("turn_ms", "barge_in_ms", "overhead_ms"):
+        assert level[key]["p50"] > 0, (key, level[key])
+    assert len(level["raw"]["turn_ms"]) == level["turn_ms"]["n"]
+    pacing = level["pacing"]
+    assert pacing["interarrival_ms"]["n"] > 0 and pacing["interarrival_ms"]["p50"] > 0, pacing
+    assert pacing["agent_audio_secs"] > 0
+    assert all(isinstance(pacing[k], int) and pacing[k] >= 0 for k in ("gaps_over_60ms", "underruns", "bursts"))
+    server = level["server"]
+    for window in ("idle", "hold", "talk"):
+        assert finite(server[window]["cpu_pct"]) and server[window]["cpu_pct"] >= 0, server
+        assert finite(server[window]["rss_mb_max"]) and server[window]["rss_mb_max"] > 10, server
+    for key in ("cpu_pct_per_call_connected", "cpu_pct_per_call_talking", "rss_mb_per_call", "rss_mb_before"):
+        assert finite(server[key]), (key, server)
+    assert len(level["per_call"]) == calls
+
+
+def test_the_comparison_and_the_markdown_table(smoke):
+    _, report, md = smoke
+    assert report["machine"]["cpus"] >= 1 and report["config"]["targets"] == ["voxline", "baseline"]
+    rows = report["comparison"]
+    assert rows and {r["metric"] for r in rows} >= {"barge-in p95", "runtime overhead, less LLM/TTS TTFB p95"}
+    barge = next(r for r in rows if r["metric"] == "barge-in p95")
+    assert finite(barge["voxline"]) and finite(barge["baseline"]) and finite(barge["baseline_over_voxline"])
+    assert "| N calls | metric | goal | voxline | baseline | ratio |" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == len(rows) + 1  # the header, then one line a row
+    assert "barge-in" in md and "ms" in md
