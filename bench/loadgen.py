@@ -1,0 +1,341 @@
+"""The load benchmark's call generator: the Twilio-side caller (a cheap-to-poll MediaStreamCaller), the caller's
+speech, one call's script (greeting, then question and barge-in cycles), the pacing of the agent's audio as the
+caller received it, and the runs built of calls: a level of N concurrent calls, the warm-up call, the soak.
+Used by bench/load.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from processes import Sampler, Target  # noqa: E402
+from report import bucket_delta, level_figures, overhead_buckets, summary  # noqa: E402
+
+from telephony.audio import LINE_RATE, speech_bounds, wav_to_ulaw  # noqa: E402
+from telephony.twilio.caller import MediaStreamCaller, sid  # noqa: E402
+
+QUESTION = "Where are you located?"
+INTERRUPTION = "Wait, where is that exactly?"
+GAP_MS = 60.0  # an inter-arrival gap of agent audio this long is audible as a stall
+
+
+# --- the caller -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Utterance:
+    ulaw: bytes
+    lead: float  # leading silence, s
+    trail: float  # trailing silence, s
+
+
+def synthesize(text: str) -> Utterance:
+    if shutil.which("espeak-ng") is None:
+        sys.exit("espeak-ng is needed to make the caller's speech (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "u.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
+        ulaw = wav_to_ulaw(wav)
+    return Utterance(ulaw, *speech_bounds(ulaw))
+
+
+class BenchCaller(MediaStreamCaller):
+    """The Twilio-side caller, with waits that stay cheap with hundreds of calls in one process: the stock ones scan
+    every message received so far at every 10 ms poll, which alone took more than a core at 10 calls. Arrival
+    times are recorded as messages arrive, so the poll interval does not change what is measured."""
+
+    POLL = 0.02
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clear_times: list[float] = []
+        self.on_clear = lambda: self.clear_times.append(time.monotonic())
+
+    async def __aenter__(self) -> BenchCaller:
+        # As MediaStreamCaller's, without permessage-deflate: Twilio does not compress its media stream, and
+        # zlib on every 20 ms message would cost the server (and this generator) CPU that no real call costs.
+        self._ws = await websockets.connect(self.answer.stream_url, max_size=2**20, compression=None)
+        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self.send_json(self.start_message())
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send_media())]
+        return self
+
+    async def wait_for(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.closed.is_set() or time.monotonic() >= deadline:
+                return predicate()
+            await asyncio.sleep(self.POLL)
+        return True
+
+    def first_media_after(self, after: float) -> float | None:
+        i = bisect.bisect_right(self.media_times, after)
+        return self.media_times[i] if i < len(self.media_times) else None
+
+    async def wait_agent_audio(self, after: float, timeout: float) -> float | None:
+        await self.wait_for(lambda: self.first_media_after(after) is not None, timeout)
+        return self.first_media_after(after)
+
+
+class LoopLag:
+    """How late this generator's event loop wakes up: past ~20 ms its own timestamps (and its 20 ms pacing) blur,
+    and the level's figures say more about the generator than the server."""
+
+    def __init__(self, every: float = 0.01):
+        self.every, self.lags_ms = every, []
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.lags_ms.append((time.monotonic() - t - self.every) * 1000)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return summary(self.lags_ms)
+
+
+# --- one call ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CallResult:
+    index: int
+    connected: bool = False
+    greeted: bool = False
+    error: str | None = None
+    turn_ms: list[float] = field(default_factory=list)
+    barge_in_ms: list[float] = field(default_factory=list)
+    missed_replies: int = 0
+    missed_clears: int = 0
+    interarrival_ms: list[float] = field(default_factory=list)
+    gaps_over_60ms: int = 0
+    underruns: int = 0  # agent audio arrived after the client had played everything before it (audible silence)
+    max_gap_ms: float = 0.0
+    max_lead_ms: float = 0.0  # the most agent audio ever received ahead of real time within a talk spurt (bursts)
+    bursts: int = 0  # talk spurts whose lead exceeded 200 ms
+    agent_audio_secs: float = 0.0
+    # the first gaps of the call: (agent audio seconds into the talk spurt where it fell, gap ms), to find the cause
+    gap_positions: list[tuple[float, float]] = field(default_factory=list)
+
+
+def pacing(caller: MediaStreamCaller, res: CallResult) -> None:
+    """Agent audio as the client received it, per talk spurt (split at `clear` and at silences over 1 s)."""
+    spurt_start = last = None
+    audio = 0.0
+    playout = 0.0
+    lead_max = 0.0
+    for r in caller.received:
+        ev = r.message.get("event")
+        if ev == "clear":
+            spurt_start = last = None
+            continue
+        if ev != "media":
+            continue
+        secs = len(base64.b64decode(r.message["media"]["payload"])) / LINE_RATE
+        res.agent_audio_secs += secs
+        if last is None or r.at - last > 1.0:
+            if spurt_start is not None and lead_max > 0.2:
+                res.bursts += 1
+            spurt_start, audio, playout, lead_max = r.at, 0.0, r.at, 0.0
+        else:
+            gap = (r.at - last) * 1000
+            res.interarrival_ms.append(gap)
+            res.max_gap_ms = max(res.max_gap_ms, gap)
+            if gap > GAP_MS:
+                res.gaps_over_60ms += 1
+                if len(res.gap_positions) < 20:
+                    res.gap_positions.append((round(audio, 2), round(gap, 1)))
+            if r.at > playout + 0.02:
+                res.underruns += 1
+        audio += secs
+        playout = max(playout, r.at) + secs
+        lead_max = max(lead_max, audio - (r.at - spurt_start) - secs)
+        res.max_lead_ms = max(res.max_lead_ms, lead_max * 1000)
+        last = r.at
+    if spurt_start is not None and lead_max > 0.2:
+        res.bursts += 1
+
+
+@dataclass
+class Plan:
+    turns: int
+    spread: float
+    hold: float
+    question: Utterance
+    interruption: Utterance
+    barge_in: bool = True
+
+
+async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: Plan, ready: asyncio.Queue,
+                   go: asyncio.Event, connect_at: float) -> CallResult:
+    res = CallResult(index)
+    await asyncio.sleep(max(0.0, connect_at - time.monotonic()))
+    caller = None
+    try:
+        caller = BenchCaller(await target.answer(client), call_sid=sid("CA"))
+        await caller.__aenter__()
+        res.connected = True
+        res.greeted = await caller.wait_agent_audio(0.0, 30.0) is not None
+        await caller.wait_agent_quiet(0.8, 30.0)
+    except Exception as exc:  # noqa: BLE001 - a failed call is a result, not a crash of the benchmark
+        res.error = f"connect: {type(exc).__name__}: {exc}"
+    finally:
+        ready.put_nowait(index)
+    if caller is None or res.error:
+        if caller is not None:
+            await caller.hang_up()
+        return res
+    try:
+        await go.wait()
+        await asyncio.sleep(random.uniform(0.0, plan.spread))
+        for _ in range(plan.turns):
+            sent_at = await caller.say(plan.question.ulaw)
+            speech_end = sent_at - plan.question.trail
+            first = await caller.wait_agent_audio(sent_at, 20.0)
+            if first is None:
+                res.missed_replies += 1
+                continue
+            res.turn_ms.append((first - speech_end) * 1000)
+            if plan.barge_in:
+                await asyncio.sleep(0.3)  # the agent is mid-sentence
+                clears_before = len(caller.clear_times)
+                await caller.say(plan.interruption.ulaw)
+                onset = caller.first_speech_frame_at + plan.interruption.lead
+                await caller.wait_for(lambda: len(caller.clear_times) > clears_before, 2.0)
+                clears = [t for t in caller.clear_times[clears_before:] if t >= onset - 0.1]
+                if clears:
+                    res.barge_in_ms.append((clears[0] - onset) * 1000)
+                else:
+                    res.missed_clears += 1
+            await caller.wait_agent_quiet(1.0, 30.0)
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"talk: {type(exc).__name__}: {exc}"
+    finally:
+        await caller.hang_up()
+        pacing(caller, res)
+    return res
+
+
+# --- runs of calls ----------------------------------------------------------------------------------------------------
+
+async def run_level(target: Target, n: int, plan: Plan, connect_secs: float, sample_every: float = 0.5,
+                    others: dict[str, psutil.Process] | None = None) -> dict:
+    """N concurrent calls against a running target; the level's metrics. `others` (the emulators, this generator)
+    are sampled too, only to show how much of the machine they took from the server."""
+    sampler = Sampler(target.proc.ps, sample_every)
+    side = {name: Sampler(ps, 1.0, tree=False) for name, ps in (others or {}).items()}
+    metrics_before = overhead_buckets(target.metrics_text())
+    sampler.start()
+    for s_ in side.values():
+        s_.start()
+    lag = LoopLag()
+    lag.start()
+    await asyncio.sleep(2.0)  # the server's own idle cost, subtracted from the calls'
+    t_idle = time.monotonic()
+    ready: asyncio.Queue = asyncio.Queue()
+    go = asyncio.Event()
+    limits = httpx.Limits(max_connections=max(10, n), max_keepalive_connections=max(10, n))
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(run_call(target, client, i, plan, ready, go, t0 + connect_secs * i / max(1, n)))
+                 for i in range(n)]
+        for _ in range(n):
+            await asyncio.wait_for(ready.get(), timeout=connect_secs + 150)
+        t_hold0 = time.monotonic()
+        await asyncio.sleep(plan.hold)
+        t_hold1 = time.monotonic()
+        go.set()
+        results: list[CallResult] = await asyncio.gather(*tasks)
+        t_end = time.monotonic()
+    await asyncio.sleep(1.0)
+    await sampler.stop()
+    for s_ in side.values():
+        await s_.stop()
+    loop_lag = await lag.stop()
+    delta = bucket_delta(metrics_before, overhead_buckets(target.metrics_text()))
+    others_cpu = {name: s_.window(t_hold1, t_end + 1.0)["cpu_pct"] for name, s_ in side.items()}
+    return level_figures(n, results, delta, idle=sampler.window(sampler.samples[0][0], t_idle),
+                         hold=sampler.window(t_hold0, t_hold1), talk=sampler.window(t_hold1, t_end),
+                         others_cpu=others_cpu, loop_lag=loop_lag)
+
+
+async def warm_up(target: Target, plan: Plan) -> None:
+    """One call first, not counted: lazy imports and first-use allocations are not per-call costs."""
+    short = Plan(turns=1, spread=0.0, hold=0.0, question=plan.question, interruption=plan.interruption,
+                 barge_in=False)
+    async with httpx.AsyncClient(timeout=30) as client:
+        ready: asyncio.Queue = asyncio.Queue()
+        go = asyncio.Event()
+        go.set()
+        res = await run_call(target, client, -1, short, ready, go, time.monotonic())
+    if res.error or not res.greeted:
+        raise RuntimeError(f"{target.name}: the warm-up call failed ({res.error or 'no greeting'}):\n"
+                           f"{target.proc.tail()}")
+
+
+async def soak(target: Target, calls: int, lanes: int, question: Utterance, log=print) -> dict:
+    """`calls` short calls (greeting, one question, its first reply audio, hang-up), `lanes` at a time; RSS after each."""
+    rss: list[tuple[int, float]] = []
+    errors: list[str] = []
+    done = 0
+    t0 = time.monotonic()
+    rss0 = target.proc.ps.memory_info().rss / 2**20
+    counter = iter(range(calls))
+
+    async def lane(client: httpx.AsyncClient) -> None:
+        nonlocal done
+        for _ in counter:
+            try:
+                async with BenchCaller(await target.answer(client), call_sid=sid("CA")) as caller:
+                    if await caller.wait_agent_audio(0.0, 30.0) is None:
+                        raise RuntimeError("no greeting")
+                    await caller.wait_agent_quiet(0.6, 30.0)
+                    sent = await caller.say(question.ulaw)
+                    if await caller.wait_agent_audio(sent, 20.0) is None:
+                        raise RuntimeError("no reply")
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{type(exc).__name__}: {exc}")
+            done += 1
+            await asyncio.sleep(0.2)
+            rss.append((done, target.proc.ps.memory_info().rss / 2**20))
+            if done % 50 == 0:
+                log(f"  soak {target.name}: {done}/{calls} calls, RSS {rss[-1][1]:.0f} MB, "
+                    f"{time.monotonic() - t0:.0f}s")
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        await asyncio.gather(*(lane(client) for _ in range(lanes)))
+    await asyncio.sleep(2.0)
+    rss_end = target.proc.ps.memory_info().rss / 2**20
+    values = [v for _, v in rss]
+    k = max(1, min(50, len(values) // 10))
+    early = sorted(values[k:2 * k] or values[:k])[len(values[k:2 * k] or values[:k]) // 2]
+    late = sorted(values[-k:])[len(values[-k:]) // 2]
+    return {"calls": calls, "lanes": lanes, "errors": len(errors), "error_samples": errors[:5],
+            "rss_mb_start": round(rss0, 1), "rss_mb_early_median": round(early, 1),
+            "rss_mb_late_median": round(late, 1), "rss_mb_end": round(rss_end, 1),
+            "rss_growth_pct": round((late - early) / early * 100, 2), "wall_s": round(time.monotonic() - t0, 1),
+            "rss_by_call": [(i, round(v, 1)) for i, v in rss]}

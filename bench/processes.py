@@ -1,0 +1,248 @@
+"""The load benchmark's processes: the provider emulators and the servers under test (voxline, the stock pipecat
+baseline), each a child process on a free loopback port with its log in the work dir, and the CPU/RSS sampler of a
+process (psutil). Used by bench/load.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from telephony.twilio.caller import Answer, post_incoming_call  # noqa: E402
+
+REPLY = ("We are at twelve Main Street, next to the old cinema, and we are open every day from noon until ten "
+         "in the evening.")
+GREETING = "Hello, thanks for calling Luigi's."
+CLOUD_NUMBER = "+15550100800"
+LOCAL_NUMBER = "+15550100801"
+
+AGENT_FILES = {
+    "bench_cloud.yaml": f"""
+name: bench-cloud
+phone_numbers: ["{CLOUD_NUMBER}"]
+system_prompt: You are the front desk of Luigi's, a small restaurant. Answer briefly and politely.
+welcome_message: {GREETING}
+transcriber: {{provider: deepgram, model: nova-3}}
+llm: {{provider: openai, model: gpt-4o-mini}}
+tts: {{provider: cartesia}}
+call: {{silence_timeout_secs: 0}}
+""",
+    "bench_local.yaml": f"""
+name: bench-local
+phone_numbers: ["{LOCAL_NUMBER}"]
+system_prompt: You are the front desk of Luigi's, a small restaurant. Answer briefly and politely.
+welcome_message: {GREETING}
+transcriber: {{provider: whisper, model: tiny.en, language: en}}
+llm:
+  provider: scripted
+  script:
+    rules: []
+    fallback: {REPLY}
+tts: {{provider: piper, voice: en_US-joe-medium}}
+call: {{silence_timeout_secs: 0}}
+""",
+}
+# The baseline asks its LLM for the greeting, as pipecat's examples do ("Say hello and briefly introduce yourself").
+OPENAI_RULES = {"greeting": GREETING, "fallback": REPLY, "rules": [{"keywords": ["introduce"], "reply": GREETING}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- processes ---------------------------------------------------------------------------------------------------
+
+class Proc:
+    """A child process with its log in the work dir; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path, cwd: Path = ROOT):
+        self.name, self.log = name, log
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        self.ps = psutil.Process(self.popen.pid)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def base_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOXLINE_"))}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", DEEPGRAM_API_KEY="bench", OPENAI_API_KEY="bench",
+               CARTESIA_API_KEY="bench")
+    env.update(extra or {})
+    return env
+
+
+def wait_until(check, timeout: float, proc: Proc, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name}: {what} not within {timeout:.0f}s:\n{proc.tail()}")
+
+
+class Emulators:
+    """deepgram, openai and cartesia emulators, each in its own process (their CPU is not the server's); `fast`:
+    the same emulators with their models swapped for cheap ones (bench/fast_providers.py)."""
+
+    def __init__(self, work: Path, latency_ms: int, fast: bool = True):
+        self.procs: dict[str, Proc] = {}
+        self.urls: dict[str, str] = {}
+        rules = work / "openai_rules.json"
+        rules.write_text(json.dumps(OPENAI_RULES))
+        for name in ("deepgram", "openai", "cartesia"):
+            port = free_port()
+            launcher = ([str(ROOT / "bench" / "fast_providers.py")] if fast else ["-m", "runtime.cli", "emulate"])
+            argv = [sys.executable, *launcher, name, "--port", str(port),
+                    "--latency-ms", str(latency_ms)] + (["--rules", str(rules)] if name == "openai" else [])
+            self.procs[name] = Proc(f"{name} emulator", argv, base_env({"VOXLINE_LOG_LEVEL": "WARNING"}),
+                                    work / f"emulator-{name}.log")
+            self.urls[name] = {"deepgram": f"ws://127.0.0.1:{port}", "openai": f"http://127.0.0.1:{port}/v1",
+                               "cartesia": f"ws://127.0.0.1:{port}/tts/websocket"}[name]
+        for proc in self.procs.values():
+            wait_until(lambda p=proc: "listening on" in p.log.read_text(errors="replace"), 120, proc, "ready")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+
+class Target:
+    """A server under test: its process, and how a call reaches it."""
+
+    name: str
+    proc: Proc
+    url: str
+
+    async def answer(self, client: httpx.AsyncClient) -> Answer:
+        raise NotImplementedError
+
+    def metrics_text(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=10).text
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class Voxline(Target):
+    def __init__(self, work: Path, emulators: Emulators, agent: str):
+        self.name = "voxline"
+        base = work / "voxline"
+        (base / "agents").mkdir(parents=True, exist_ok=True)
+        for fname, text in AGENT_FILES.items():
+            (base / "agents" / fname).write_text(text)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.number = CLOUD_NUMBER if agent == "cloud" else LOCAL_NUMBER
+        env = base_env({
+            "VOXLINE_DATA_DIR": str(base / "data"), "VOXLINE_AGENTS_DIR": str(base / "agents"),
+            "VOXLINE_PUBLIC_URL": self.url, "VOXLINE_LOG_LEVEL": "WARNING",
+            "VOXLINE_DEEPGRAM_BASE_URL": emulators.urls["deepgram"],
+            "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
+            "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],
+        })
+        self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)], env,
+                         work / "voxline.log", cwd=base)
+        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
+
+    async def answer(self, client: httpx.AsyncClient) -> Answer:
+        answer = await post_incoming_call(self.url, self.number, client=client)
+        if answer.status_code != 200 or not answer.stream_url:
+            raise RuntimeError(f"webhook answered {answer.status_code}: {answer.twiml[:300]}")
+        return answer
+
+
+class Baseline(Target):
+    def __init__(self, work: Path, emulators: Emulators, sample_rate: int, turn: str, stack: str = "cloud"):
+        self.name = "baseline"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, str(ROOT / "bench" / "baseline_bot.py"), "--port", str(port),
+                "--deepgram-url", emulators.urls["deepgram"], "--openai-url", emulators.urls["openai"],
+                "--cartesia-url", emulators.urls["cartesia"], "--sample-rate", str(sample_rate), "--turn", turn,
+                "--stack", stack]
+        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log")
+        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
+
+    async def answer(self, client: httpx.AsyncClient) -> Answer:
+        return Answer(status_code=200, twiml="", stream_url=self.url.replace("http://", "ws://") + "/ws",
+                      parameters={})
+
+
+# --- sampling the server process ---------------------------------------------------------------------------------
+
+class Sampler:
+    """CPU (% of one core) and RSS (MB) of one process, every `every` seconds, with labelled windows."""
+
+    def __init__(self, ps: psutil.Process, every: float = 0.5, tree: bool = True):
+        self.ps, self.every, self.tree = ps, every, tree
+        self.samples: list[tuple[float, float, float]] = []  # (t, cpu seconds so far, rss MB)
+        self._task: asyncio.Task | None = None
+
+    def sample(self) -> tuple[float, float, float]:
+        cpu, rss = 0.0, 0.0
+        # a server with worker processes counts them all (the generator's own children are the servers: not it)
+        for p in [self.ps, *(self.ps.children(recursive=True) if self.tree else ())]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                cpu, rss = cpu + t.user + t.system, rss + p.memory_info().rss / 2**20
+        s = (time.monotonic(), cpu, rss)
+        self.samples.append(s)
+        return s
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                self.sample()
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def window(self, t0: float, t1: float) -> dict:
+        """CPU % of one core over [t0, t1] (from the samples bracketing it) and RSS max/mean inside it."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return {"cpu_pct": None, "rss_mb_max": None, "rss_mb_mean": None, "secs": round(t1 - t0, 2)}
+        cpu = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) * 100
+        rss = [s[2] for s in inside]
+        return {"cpu_pct": round(cpu, 2), "rss_mb_max": round(max(rss), 1), "rss_mb_mean": round(sum(rss) / len(rss), 1),
+                "secs": round(inside[-1][0] - inside[0][0], 2)}
