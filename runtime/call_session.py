@@ -138,8 +138,8 @@ class CallSession(StreamEvents):
         self._built = None
         self._agent: AgentConfig | None = None
         self._recorder: CallRecorder | None = None
-        self._latency = TurnLatencyTracker()
         self._usage = UsageMeter()
+        self._latency = TurnLatencyTracker(on_metrics=self._usage.add)
         self._tool_started: dict[str, float] = {}
 
     def elapsed(self) -> float:
@@ -289,7 +289,8 @@ class CallSession(StreamEvents):
                 enable_usage_metrics=True,
             ),
             enable_rtvi=False,
-            observers=[self._latency.observer, self._usage.observer],
+            enable_turn_tracking=False,  # nothing here reads its turns, and every observer costs a hop per frame
+            observers=[self._latency.observer],
         )
         self._agent = agent
         self._observe(transport, built, worker)

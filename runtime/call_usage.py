@@ -1,4 +1,4 @@
-"""What a call consumed and what it cost: summed from the usage pipecat's services report (ServiceMetricsObserver),
+"""What a call consumed and what it cost: summed from the usage metrics pipecat's services report,
 the audio the carrier carried, the price table in config/prices.yaml, and per-call latency percentiles."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pipecat.observers.service_metrics_observer import ServiceMetricsObserver, ServiceUsageKind, ServiceUsageRecord
+from pipecat.metrics.metrics import LLMUsageMetricsData, MetricsData, STTUsageMetricsData, TTSUsageMetricsData
 
 from config.agent import AgentConfig
 from config.settings import CONFIG_DIR
@@ -28,29 +28,27 @@ class Usage:
     llm_audio_tokens_out: int = 0
     tts_characters: int = 0
 
-    def add(self, r: ServiceUsageRecord) -> None:
-        if r.kind is ServiceUsageKind.STT:
-            self.stt_secs += r.audio_seconds or 0.0
-        elif r.kind is ServiceUsageKind.TTS:
-            self.tts_characters += r.characters or 0
-        elif r.kind is ServiceUsageKind.LLM:
-            audio_in, audio_out = r.input_audio_tokens or 0, r.output_audio_tokens or 0
-            self.llm_tokens_in += (r.prompt_tokens or 0) - audio_in
-            self.llm_tokens_out += (r.completion_tokens or 0) - audio_out
-            self.llm_audio_tokens_in += audio_in
-            self.llm_audio_tokens_out += audio_out
-
 
 class UsageMeter:
-    """Sums a call's service usage as it is reported; nothing per audio frame."""
+    """Sums a call's service usage from the usage metrics pipecat's services report (fed by the call's observer,
+    runtime/turn_metrics.py); nothing per audio frame."""
 
     def __init__(self):
         self.usage = Usage()
-        self.observer = ServiceMetricsObserver()
 
-        @self.observer.event_handler("on_service_usage")
-        async def _used(_observer, record: ServiceUsageRecord):
-            self.usage.add(record)
+    def add(self, metrics: MetricsData) -> None:
+        u = self.usage
+        if isinstance(metrics, STTUsageMetricsData):
+            u.stt_secs += metrics.value.audio_seconds
+        elif isinstance(metrics, TTSUsageMetricsData):
+            u.tts_characters += metrics.value
+        elif isinstance(metrics, LLMUsageMetricsData):
+            tokens = metrics.value
+            audio_in, audio_out = tokens.input_audio_tokens or 0, tokens.output_audio_tokens or 0
+            u.llm_tokens_in += tokens.prompt_tokens - audio_in
+            u.llm_tokens_out += tokens.completion_tokens - audio_out
+            u.llm_audio_tokens_in += audio_in
+            u.llm_audio_tokens_out += audio_out
 
     def summary(self, caller_audio_bytes: int, agent_audio_bytes: int) -> dict[str, Any]:
         u = self.usage

@@ -4,9 +4,13 @@ waits here for the agent turn it belongs to, and is stored with that turn's tran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
+from pipecat.frames.frames import MetricsFrame
+from pipecat.metrics.metrics import MetricsData
+from pipecat.observers.base_observer import FramePushed
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 
 from runtime.metrics import SERVICE_TTFB, TURN_LATENCY, TURN_OVERHEAD
@@ -47,14 +51,29 @@ def from_breakdown(total_secs: float, breakdown: LatencyBreakdown) -> TurnLatenc
     return latency
 
 
+class _CallObserver(UserBotLatencyObserver):
+    """pipecat's latency observer, also handing on every metric a service reports (usage, for the call's record):
+    one observer, not two, because each observer costs a queue hop for every frame of the call."""
+
+    def __init__(self, on_metrics: Callable[[MetricsData], None] | None):
+        super().__init__()
+        self._on_metrics = on_metrics
+
+    async def on_push_frame(self, data: FramePushed):
+        if self._on_metrics is not None and isinstance(data.frame, MetricsFrame):
+            for metrics in data.frame.data:
+                self._on_metrics(metrics)
+        await super().on_push_frame(data)
+
+
 class TurnLatencyTracker:
     """The total comes from `on_latency_measured` (caller silent → agent speaking), not from the breakdown's
     `measured_from`: after a barge-in voxline interrupts on the caller's words, which come after the VAD stop, and
     the observer's interruption handling then forgets that the cycle started at the caller's silence (the STT's
     TTFB, reported before the interruption, is lost with it). The greeting fires no `on_latency_measured`."""
 
-    def __init__(self):
-        self.observer = UserBotLatencyObserver()
+    def __init__(self, on_metrics: Callable[[MetricsData], None] | None = None):
+        self.observer = _CallObserver(on_metrics)
         self._pending: TurnLatency | None = None
         self._total: float | None = None
 
