@@ -45,7 +45,7 @@ def test_create_then_get_returns_the_config_and_the_kupe_block(api):
     body = got.json()
     assert body["name"] == name and body["architecture"] == "pipeline" and body["tts"]["voice"] == "en_US-joe-medium"
     assert body["llm"]["script"]["rules"][0]["reply"] == "Nine to five."
-    assert body["vad"] == {"confidence": 0.7, "start_secs": 0.2, "stop_secs": 0.2, "min_volume": 0.6}
+    assert body["vad"] == {"confidence": 0.7, "start_secs": 0.1, "stop_secs": 0.2, "min_volume": 0.3}
     assert body["created_at"].endswith(("Z", "+00:00")) and body["updated_at"]
     assert body["agent"] == {"id": body["id"], "name": name, "first_response_message": "Hello!", "description": None}
 

@@ -28,7 +28,7 @@ def refused(**fields) -> str:
 def test_pipeline_defaults_are_the_local_providers():
     cfg = AgentConfig(**PIPELINE)
     assert (cfg.transcriber.provider, cfg.llm.provider, cfg.tts.provider) == ("whisper", "scripted", "piper")
-    assert cfg.vad.confidence == 0.7 and cfg.vad.start_secs == 0.2 and cfg.vad.min_volume == 0.6
+    assert cfg.vad.confidence == 0.7 and cfg.vad.start_secs == 0.1 and cfg.vad.min_volume == 0.3
     assert cfg.interruption.enabled and cfg.turn.silence_secs == 0.5
 
 
