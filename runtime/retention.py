@@ -37,8 +37,7 @@ async def delete_expired(rt: Runtime) -> int:
         await s.commit()
     for path in expired:
         await asyncio.to_thread(path.unlink, missing_ok=True)
-    if expired:
-        logger.info(f"deleted {len(expired)} recording(s) older than {days} days")
+    logger.info(f"deleted {len(expired)} recording(s) older than {days} days")
     return len(expired)
 
 
