@@ -40,7 +40,9 @@ PHRASES = {
     "goodbye": "Goodbye.",
     "table": "Hello, I would like to book a table for two people tonight.",
     "ack": "Uh huh.",  # → "Uh-huh."
-    "wait": "Please wait.",  # one breath: "Wait, wait." is two VAD segments, each heard as "way"
+    # One breath with an always-interrupt word. Tiny.en hears "Please stop." right from any segment start (75 of 75
+    # offsets tried); "Please wait." came back as "please wave" for some, and "Wait, wait." is two VAD segments.
+    "stop": "Please stop.",
 }
 
 TEST_AGENTS = {
@@ -81,7 +83,7 @@ llm:
   script:
     rules:
       - {{keywords: [where, located], tool: transfer_call, reply: Transferring.}}
-      - {{keywords: [table, book], tool: end_call, arguments: {{reason: booking}}, reply: Bye.}}
+      - {{keywords: [table, book, tonight], tool: end_call, arguments: {{reason: booking}}, reply: Bye.}}
 tts: {{provider: piper}}
 call: {{transfer: {{number: "{TRANSFER_TARGET}", message: Please hold while I transfer you.}}}}
 """,
@@ -100,7 +102,7 @@ llm:
     rules: [{{keywords: [where, located, address], reply: We are at twelve Main Street.}}]
     fallback: Sorry, could you say that again?
 tts: {{provider: piper}}
-# Three words interrupt, so a two-word "Please wait." interrupts only because "wait" always does.
+# Three words interrupt, so a two-word "Please stop." interrupts only because "stop" always does.
 interruption: {{min_words: 3}}
 """,
     "steady_welcome.yaml": f"""

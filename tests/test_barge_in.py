@@ -68,12 +68,12 @@ async def test_an_acknowledgement_over_the_agent_does_not_interrupt_it(server, s
     assert caller.events("mark") and set(caller.marks_echoed) >= {e.message["mark"]["name"] for e in caller.events("mark")}
 
 
-async def test_wait_over_the_agent_interrupts_it(server, speech):
-    caller, spoke_at, turns = await _talk_over_welcome(server, speech["wait"])
+async def test_stop_over_the_agent_interrupts_it(server, speech):
+    caller, spoke_at, turns = await _talk_over_welcome(server, speech["stop"])
     assert len(caller.events("clear")) == 1
     assert turns[0]["role"] == "assistant" and turns[0]["interrupted"], [dict(t) for t in turns]
     assert not turns[0]["text"].endswith(WELCOME_END)
-    assert any(t["role"] == "user" and "wait" in t["text"].lower() for t in turns)
+    assert any(t["role"] == "user" and "stop" in t["text"].lower() for t in turns)
     # The caller's words got an answer (the agent's fallback), which was not interrupted.
     assert turns[-1]["role"] == "assistant" and not turns[-1]["interrupted"] and "again" in turns[-1]["text"]
 
