@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # the modules next to this one (the script's directory is on sys.path when run as `python bench/load.py`)
-from loadgen import INTERRUPTION, QUESTION, Plan, run_level, soak, synthesize, warm_up  # noqa: E402
+from loadgen import INTERRUPTION, QUESTION, Plan, line_noise, run_level, soak, synthesize, warm_up  # noqa: E402
 from processes import Baseline, Emulators, Target, Voxline  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
 
@@ -80,7 +80,8 @@ async def bench_target(target: Target, args, plan: Plan, levels: list[int], log,
         res["levels"].append(level)
         log(f"  turn p50 {level['turn_ms'].get('p50')} ms, barge-in p95 {level['barge_in_ms'].get('p95')} ms, "
             f"overhead p95 {level['overhead_runtime_ms'].get('p95')} ms (total {level['overhead_ms'].get('p95')}), "
-            f"gaps {level['pacing']['gaps_over_60ms']}, CPU/call {level['server']['cpu_pct_per_call_connected']} %, "
+            f"gaps {level['pacing']['gaps_over_60ms']}, underruns {level['pacing']['underruns']}, "
+            f"CPU/call {level['server']['cpu_pct_per_call_connected']} %, "
             f"RSS/call {level['server']['rss_mb_per_call']} MB, errors {len(level['errors'])}; "
             f"others' CPU % {level['others_cpu_pct_talking']}, generator loop lag p99 "
             f"{level['generator_loop_lag_ms'].get('p99')} ms")
@@ -105,7 +106,8 @@ async def amain(args) -> dict:
     levels = [int(x) for x in args.ramp_levels.split(",")] if args.ramp else ([] if args.soak and not args.calls
                                                                               else [args.calls or 5])
     plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, question=synthesize(QUESTION),
-                interruption=synthesize(INTERRUPTION))
+                interruption=synthesize(INTERRUPTION),
+                idle_frames=line_noise(args.line_noise) if args.line_noise is not None else None)
     report: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if not args.command else args.command,
         "machine": machine(), "goals": GOALS, "config": {
@@ -113,7 +115,8 @@ async def amain(args) -> dict:
             "baseline_rate": 16000 if args.agent == "local" else args.baseline_rate,
             "baseline_turn": args.baseline_turn, "providers": args.providers, "latency_ms":
             args.latency_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread, "hold_s": args.hold,
-            "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes},
+            "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
+            "line_noise_dbfs": args.line_noise},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
     emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast")
@@ -161,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--providers", choices=("fast", "full"), default="fast",
                     help="emulators with cheap models (loudness VAD, fixed transcript, cached Piper), or as shipped "
                          "(Silero + Whisper + Piper on every request: they compete with the server for the CPUs)")
+    ap.add_argument("--line-noise", type=float, default=None, metavar="DBFS",
+                    help="white noise at this RMS level (e.g. -60) on the callers' lines between utterances, "
+                         "instead of digital silence: the VAD then scores every window")
     ap.add_argument("--turns", type=int, default=2, help="question + barge-in cycles per call")
     ap.add_argument("--spread", type=float, default=5.0, help="calls start talking within this many seconds")
     ap.add_argument("--hold", type=float, default=10.0, help="seconds all calls stay connected and silent (CPU, RSS)")

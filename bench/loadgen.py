@@ -6,6 +6,7 @@ Used by bench/load.py."""
 from __future__ import annotations
 
 import asyncio
+import audioop
 import base64
 import bisect
 import contextlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import websockets
 
@@ -188,6 +190,15 @@ class Plan:
     question: Utterance
     interruption: Utterance
     barge_in: bool = True
+    idle_frames: list[bytes] | None = None  # the caller's line between utterances (None: digital silence)
+
+
+def line_noise(dbfs: float, secs: float = 1.0) -> list[bytes]:
+    """20 ms μ-law frames of white noise at `dbfs` (RMS): a real line's floor, for the VAD to chew on."""
+    rng = np.random.default_rng(7)
+    pcm = rng.standard_normal(int(secs * 8000)) * (32768 * 10 ** (dbfs / 20))
+    ulaw = audioop.lin2ulaw(np.clip(pcm, -32768, 32767).astype(np.int16).tobytes(), 2)
+    return [ulaw[i:i + 160] for i in range(0, len(ulaw), 160)]
 
 
 async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: Plan, ready: asyncio.Queue,
@@ -197,6 +208,8 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
     caller = None
     try:
         caller = BenchCaller(await target.answer(client), call_sid=sid("CA"))
+        if plan.idle_frames:
+            caller.idle_frames = plan.idle_frames
         await caller.__aenter__()
         res.connected = True
         res.greeted = await caller.wait_agent_audio(0.0, 30.0) is not None

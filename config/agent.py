@@ -119,12 +119,13 @@ class InterruptionConfig(_Strict):
 
 
 class TurnConfig(_Strict):
-    """End of the caller's turn. `silence`: VAD silence, then `silence_secs` more in which the caller may go on.
+    """End of the caller's turn. `silence`: the turn ends once the caller has been silent `silence_secs` since their
+    last word (the VAD's `stop_secs` counts towards it, and the transcript must be in).
     `smart_turn`: the bundled smart-turn v3 model decides from the audio, and a turn it keeps calling incomplete
     ends anyway after `smart_turn_max_secs` of silence."""
 
     strategy: Literal["silence", "smart_turn"] = "silence"
-    silence_secs: float = Field(default=0.5, ge=0.0, le=5.0)
+    silence_secs: float = Field(default=0.7, ge=0.0, le=5.0)
     smart_turn_max_secs: float = Field(default=1.5, ge=0.3, le=5.0)
 
 

@@ -38,6 +38,7 @@ from runtime.call_usage import UsageMeter, estimate_cost, latency_summary
 from runtime.metrics import BARGE_IN, PROVIDER_ERRORS
 from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
+from telephony.pacing import LeadPacer
 from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
 
@@ -257,6 +258,7 @@ class CallSession(StreamEvents):
             ),
         )
         self._serializer.bind(transport.output())
+        LeadPacer(transport.output())
         self._tell_carrier_before_closing(transport)
         if agent.call.record:
             self._recorder = CallRecorder(self.rt.settings.resolved_recordings_dir / f"{self.call_id}.wav")
@@ -322,9 +324,15 @@ class CallSession(StreamEvents):
         (`<Hangup/>`) at once, so a transfer would hang up instead of dialing. The carrier has to be told first."""
         client = transport._client  # pipecat 1.14 (pinned): the one client both transports close
         close = client.disconnect
+        telling: asyncio.Future | None = None
 
         async def tell_then_close() -> None:
-            await self._tell_carrier()
+            # Both transports (and the session's end) disconnect; each waits for the one telling, or the first to
+            # close would end the call while the carrier is still being told (when audio is left to play).
+            nonlocal telling
+            if telling is None:
+                telling = asyncio.ensure_future(self._tell_carrier())
+            await asyncio.shield(telling)
             await close()
 
         client.disconnect = tell_then_close

@@ -29,7 +29,7 @@ def test_pipeline_defaults_are_the_local_providers():
     cfg = AgentConfig(**PIPELINE)
     assert (cfg.transcriber.provider, cfg.llm.provider, cfg.tts.provider) == ("whisper", "scripted", "piper")
     assert cfg.vad.confidence == 0.7 and cfg.vad.start_secs == 0.1 and cfg.vad.min_volume == 0.3
-    assert cfg.interruption.enabled and cfg.turn.silence_secs == 0.5
+    assert cfg.interruption.enabled and cfg.turn.silence_secs == 0.7
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,7 @@ from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartF
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
@@ -24,15 +21,18 @@ from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.turns.barge_in import BargeInStrategy
+from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
 from pipelines.turns.mute import ClosingMuteStrategy
 from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
+from pipelines.turns.user_aggregator import aggregator_pair
 
 
 def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
     stt = registry.build("stt", agent.transcriber, ctx)
     llm = registry.build("llm", agent.llm, ctx)
     tts = registry.build("tts", agent.tts, ctx)
+    speak_first_clause_early(tts)
 
     vad = SharedSileroVADAnalyzer(
         sample_rate=LINE_SAMPLE_RATE,
@@ -57,9 +57,9 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
                          tools=ctx.tools.tools_schema() if ctx.tools else NOT_GIVEN)
     if ctx.tools:
         ctx.tools.register(llm)
-    aggregators = LLMContextAggregatorPair(
+    user_aggregator, assistant_aggregator = aggregator_pair(
         context,
-        user_params=LLMUserAggregatorParams(
+        LLMUserAggregatorParams(
             vad_analyzer=vad,
             user_turn_strategies=strategies,
             user_idle_timeout=agent.call.silence_timeout_secs,
@@ -75,8 +75,8 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
     pipeline = Pipeline(
-        [transport.input(), *dtmf, stt, aggregators.user(), llm, tts, transport.output(), *heard,
-         aggregators.assistant()]
+        [transport.input(), *dtmf, stt, user_aggregator, llm, tts, transport.output(), *heard,
+         assistant_aggregator]
     )
     greeting = []
     if agent.welcome_message:
@@ -87,8 +87,8 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             frame.interruptible = agent.interruption.welcome_interruptible
     return CallPipeline(
         pipeline=pipeline,
-        user_aggregator=aggregators.user(),
-        assistant_aggregator=aggregators.assistant(),
+        user_aggregator=user_aggregator,
+        assistant_aggregator=assistant_aggregator,
         greeting=greeting,
         closing_mute=closing_mute,
         llm=llm,
@@ -99,4 +99,5 @@ def _stop_strategy(agent: AgentConfig):
     if agent.turn.strategy == "smart_turn":
         analyzer = SharedSmartTurnAnalyzer(max_silence_secs=agent.turn.smart_turn_max_secs)
         return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
-    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=agent.turn.silence_secs)
+    # pipecat's timeout starts at the VAD's stop, which itself comes `stop_secs` into the silence.
+    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, agent.turn.silence_secs - agent.vad.stop_secs))

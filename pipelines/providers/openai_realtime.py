@@ -29,7 +29,7 @@ def session_properties(agent: AgentConfig, section: RealtimeConfig) -> events.Se
                 format=events.PCMUAudioFormat(),
                 transcription=events.InputAudioTranscription(language=(agent.transcriber.language
                                                                        if agent.transcriber else "en")),
-                turn_detection=events.TurnDetection(silence_duration_ms=int(agent.turn.silence_secs * 1000) + 200),
+                turn_detection=events.TurnDetection(silence_duration_ms=int(agent.turn.silence_secs * 1000)),
             ),
             output=events.AudioOutput(format=events.PCMUAudioFormat(), voice=section.voice),
         ),

@@ -116,6 +116,7 @@ class MediaStreamCaller:
         self.first_speech_frame_at = 0.0  # of the latest utterance
         self.last_speech_frame_at = 0.0
         self.speech_frames_sent = 0
+        self.idle_frames: list[bytes] = [SILENCE_ULAW]  # sent in turn when there is nothing to say (line noise)
 
     async def __aenter__(self) -> MediaStreamCaller:
         headers = {}
@@ -192,7 +193,7 @@ class MediaStreamCaller:
             try:
                 frame = self._outbox.get_nowait()
             except asyncio.QueueEmpty:
-                frame = SILENCE_ULAW
+                frame = self.idle_frames[chunk % len(self.idle_frames)]
                 speaking = False
             else:
                 speaking = True

@@ -1,0 +1,144 @@
+"""The per-frame shortcuts keep pipecat's answers: the volume-gated VAD decides as pipecat's Silero VAD does, the
+first clause of a reply goes to the TTS alone, and the caller's audio stops at the user aggregator."""
+
+from __future__ import annotations
+
+import audioop
+
+import numpy as np
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from pipecat.frames.frames import InputAudioRawFrame, TextFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator, LLMUserAggregatorParams
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.utils.text.base_text_aggregator import TextType
+
+from pipelines.providers import vad as shared_vad
+from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.turns.first_clause import FirstClauseTextAggregator
+from pipelines.turns.user_aggregator import aggregator_pair
+from telephony.pacing import LeadPacer
+
+PARAMS = VADParams(confidence=0.7, start_secs=0.1, stop_secs=0.2, min_volume=0.3)
+
+
+def _line(speech: dict[str, bytes]) -> bytes:
+    """Digital silence, speech, line noise around speech, speech: 8 kHz 16-bit PCM."""
+    silence = bytes(16000)
+    noise = (np.random.default_rng(1).standard_normal(8000) * 20).astype(np.int16).tobytes()
+    located, stop = audioop.ulaw2lin(speech["located"], 2), audioop.ulaw2lin(speech["stop"], 2)
+    return silence + located + silence + noise + stop + noise + silence
+
+
+async def _states(analyzer, audio: bytes) -> list[VADState]:
+    analyzer.set_sample_rate(8000)
+    return [await analyzer.analyze_audio(audio[i:i + 640]) for i in range(0, len(audio), 640)]
+
+
+async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
+    scored = []
+    real_score = SharedSileroVADAnalyzer._score
+    monkeypatch.setattr(SharedSileroVADAnalyzer, "_score", lambda self, w: scored.append(len(w)) or real_score(self, w))
+    audio = _line(speech)
+    ours = await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
+    stock = await _states(SileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
+    assert ours == stock
+    assert ours.count(VADState.SPEAKING) > 20 and ours[-1] == VADState.QUIET
+    windows = len(audio) // 512
+    # The model ran on the speech and the noise, not on the digital silence (about 40 % of this line).
+    assert 0.3 * windows < sum(scored) < 0.75 * windows, (sum(scored), windows)
+
+
+def test_the_vad_pool_is_shared_not_per_call():
+    a, b = SharedSileroVADAnalyzer(sample_rate=8000), SharedSileroVADAnalyzer(sample_rate=8000)
+    assert a._model.session is b._model.session
+    assert shared_vad._VAD_POOL._max_workers == 2
+
+
+async def _aggregate(pieces: list[str]) -> list[str]:
+    aggregator = FirstClauseTextAggregator(aggregation_type=TextType.SENTENCE)
+    out = []
+    for reply in pieces:
+        for token in reply.split(" "):
+            async for aggregation in aggregator.aggregate(token + " "):
+                out.append(aggregation.text)
+        if (rest := await aggregator.flush()) is not None and rest.text:
+            out.append(rest.text)
+    return out
+
+
+async def test_the_first_clause_of_each_reply_goes_alone():
+    said = await _aggregate([
+        "We are at twelve Main Street, next to the old cinema, and open daily. It costs 1,000 dollars, really.",
+        "Well, sure. Yes, we are open.",
+    ])
+    assert said == [
+        "We are at twelve Main Street,",  # the first clause of the first reply
+        "next to the old cinema, and open daily.",
+        "It costs 1,000 dollars, really.",  # not the first sentence: whole, and "1,000" is no clause anyway
+        "Well, sure.",  # "Well," is too short to go alone; the next reply starts afresh
+        "Yes, we are open.",
+    ]
+
+
+async def test_an_interruption_starts_the_next_reply_afresh():
+    aggregator = FirstClauseTextAggregator(aggregation_type=TextType.SENTENCE)
+    out = [a.text async for a in aggregator.aggregate("Let me see, hmm, the menu has ")]
+    assert out == ["Let me see,"]
+    await aggregator.handle_interruption()
+    out = [a.text async for a in aggregator.aggregate("Our pasta is fresh, made today. ")]
+    assert out == ["Our pasta is fresh,"]
+
+
+async def test_callers_audio_stops_at_the_user_aggregator(monkeypatch):
+    user, _assistant = aggregator_pair(LLMContext(), LLMUserAggregatorParams())
+    sent = []
+
+    async def downstream(self, frame, direction=FrameDirection.DOWNSTREAM):
+        sent.append((type(frame).__name__, direction))
+
+    monkeypatch.setattr(LLMUserAggregator, "push_frame", downstream)
+    await user.push_frame(InputAudioRawFrame(audio=bytes(320), sample_rate=8000, num_channels=1))
+    await user.push_frame(TextFrame("hello"))
+    await user.push_frame(InputAudioRawFrame(audio=bytes(320), sample_rate=8000, num_channels=1),
+                          FrameDirection.UPSTREAM)
+    assert sent == [("TextFrame", FrameDirection.DOWNSTREAM), ("InputAudioRawFrame", FrameDirection.UPSTREAM)]
+
+
+class _Output:
+    """What LeadPacer reads of pipecat's websocket output: chunk size, rate, and the clock it zeroes."""
+    audio_chunk_size = 320  # 20 ms at 8 kHz, 16-bit
+    sample_rate = 8000
+    _next_send_time = 0.0
+
+    async def _write_audio_sleep(self):
+        raise AssertionError("replaced by the pacer")
+
+
+async def test_the_pacer_keeps_a_small_lead_and_catches_up_after_a_stall(monkeypatch):
+    clock = [100.0]
+    slept = []
+
+    async def fake_sleep(secs):
+        slept.append(round(secs, 3))
+        clock[0] += secs
+
+    monkeypatch.setattr("telephony.pacing.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("telephony.pacing.asyncio.sleep", fake_sleep)
+    output = _Output()
+    LeadPacer(output, lead_secs=0.06)
+    for _ in range(5):
+        await output._write_audio_sleep()
+    # Three chunks go at once (the lead), then one per 20 ms of playout.
+    assert slept == [0.02, 0.02]
+    clock[0] += 0.05  # the event loop stalls for 50 ms: the carrier still had 60 ms queued
+    slept.clear()
+    for _ in range(4):
+        await output._write_audio_sleep()
+    assert slept == [0.01, 0.02], slept  # two chunks catch up at once, then the pace resumes
+    output._next_send_time = 0  # pipecat's reset on an interruption: the carrier's buffer was cleared
+    slept.clear()
+    for _ in range(4):
+        await output._write_audio_sleep()
+    assert slept == [0.02], slept
