@@ -157,11 +157,13 @@ class Target:
 
 
 class Voxline(Target):
-    def __init__(self, work: Path, emulators: Emulators, agent: str):
+    def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None):
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
         for fname, text in AGENT_FILES.items():
+            if turn_silence is not None:
+                text += f"turn: {{silence_secs: {turn_silence}}}\n"
             (base / "agents" / fname).write_text(text)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import os
 import socket
@@ -136,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batches, webhooks, analyses = BatchEngine(rt), Dispatcher(rt), AnalysisWorker(rt)
         for worker in (batches, webhooks, analyses):
             worker.start()
+        # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
+        # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
+        gc.freeze()
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
         try:
             yield
