@@ -174,6 +174,9 @@ class Voxline(Target):
             "VOXLINE_DEEPGRAM_BASE_URL": emulators.urls["deepgram"],
             "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
             "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],
+            # Forwarded: names in the server log whatever blocks its event loop (runtime/stall_watch.py).
+            **({"VOXLINE_STALL_WARN_MS": os.environ["VOXLINE_STALL_WARN_MS"]}
+               if os.environ.get("VOXLINE_STALL_WARN_MS") else {}),
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)], env,
                          work / "voxline.log", cwd=base)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(default=None, description="When set, GET /metrics needs it as a Bearer "
                                             "token")
     log_json: bool = Field(default=False, description="One JSON object per log line (call id, stream SID, agent)")
+    stall_warn_ms: float | None = Field(default=None, gt=0, description="Log the stack of whatever blocks the "
+                                        "event loop longer than this (every call's audio waits meanwhile)")
     instance_id: str | None = Field(
         default=None, description="This server's stable name among those sharing a database (default: host:port); "
         "at start-up it closes the calls a crashed process of the same name left open")

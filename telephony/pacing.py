@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-LEAD_SECS = 0.06
+LEAD_SECS = 0.1
 
 
 class LeadPacer:

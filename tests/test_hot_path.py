@@ -142,3 +142,13 @@ async def test_the_pacer_keeps_a_small_lead_and_catches_up_after_a_stall(monkeyp
     for _ in range(4):
         await output._write_audio_sleep()
     assert slept == [0.02], slept
+
+
+def test_openai_clients_share_one_tls_context():
+    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, tls_context
+
+    a = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")
+    b = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")
+    assert a._client is not b._client  # each call keeps its own client and pool
+    pools = [c._client._client._transport._pool for c in (a, b)]  # AsyncOpenAI → httpx client → transport
+    assert all(p._ssl_context is tls_context() for p in pools)

@@ -6,6 +6,8 @@ factory here and one catalog row there.
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +83,25 @@ def _default(kind: str, provider: str, attr: str) -> Any:
     return getattr(entry, attr) if entry else None
 
 
+# What the builders below import on first use. The server imports them all at start-up instead, so the first call
+# does not wait for them and what they create (the OpenAI SDK alone defines thousands of classes) is in place before
+# the server's gc.freeze(): left for later, every full collection would walk it again, stalling all calls' audio.
+PROVIDER_MODULES = (
+    "pipelines.providers.whisper", "pipelines.providers.piper", "pipelines.providers.scripted",
+    "pipecat.services.deepgram.stt", "pipelines.providers.openai_llm", "pipecat.services.cartesia.tts",
+    "pipelines.providers.openai_realtime",
+)
+
+
+def import_all() -> None:
+    """Import every provider's module, and make the shared TLS context (blocking: run it in a thread)."""
+    for name in PROVIDER_MODULES:
+        importlib.import_module(name)
+    from pipelines.providers.openai_llm import tls_context
+
+    tls_context()
+
+
 # --- local providers: bundled weights, no account ---------------------------------------------------------------
 
 
@@ -123,7 +144,7 @@ def _deepgram(section, ctx: BuildContext) -> FrameProcessor:
 
 @register("llm", "openai")
 def _openai(section, ctx: BuildContext) -> FrameProcessor:
-    from pipecat.services.openai.llm import OpenAILLMService
+    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService as OpenAILLMService
 
     return OpenAILLMService(
         api_key=_key(ctx, "llm", "openai"),
