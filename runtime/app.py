@@ -99,9 +99,6 @@ def openapi_schema(app: FastAPI) -> dict:
     return schema
 
 
-GC_THRESHOLDS = (10_000, 20, 20)  # CPython's default: (700, 10, 10)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -144,12 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.start()
         await asyncio.to_thread(registry.import_all)
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
-        # sight, a full collection no longer walks ~300,000 objects, which stalled every call's audio ~150 ms.
+        # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
         gc.collect()
         gc.freeze()
-        # What is left to collect is the calls' own objects, and a full collection walks all of them (~90 ms with 40
-        # live calls: a gap in every call's audio). Collect the young often and the old rarely.
-        gc.set_threshold(*GC_THRESHOLDS)
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
         try:
             yield
