@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every figure of the README's Performance table, one run after another (~35 min on 2 cores; the soak is ~22 of
+# them). Usage: bench/reproduce.sh [OUT_DIR] [--no-soak]. Each run writes results.json, results.md and its plots
+# into a subfolder of OUT_DIR (default bench-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench-out}
+py=.venv/bin/python
+$py -c "import psutil, matplotlib" 2>/dev/null || .venv/bin/pip install -q -e ".[bench]"
+run() { local name=$1; shift; echo "== $name: bench/load.py $*"; $py bench/load.py "$@" --out "$out/$name" --quiet; }
+run cloud-10 --target both --calls 10
+run noisy-20 --target both --calls 20 --line-noise -60 --hold 20
+run local-3 --target both --agent local --calls 3
+run local-1 --target voxline --agent local --calls 1 --turns 3 --turn-silence 0.5
+run local-1-baseline --target baseline --agent local --calls 1 --turns 3
+run ramp --target voxline --ramp --ramp-levels 10,20,30,40,60,80,100 --turns 1 --hold 8
+[[ "${2:-}" == "--no-soak" ]] || run soak --target voxline --soak 1000 --soak-lanes 4
+for f in "$out"/*/results.md; do echo; cat "$f"; done
