@@ -157,7 +157,8 @@ class Target:
 
 
 class Voxline(Target):
-    def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None):
+    def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
+                 workers: int = 1):
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
@@ -178,9 +179,16 @@ class Voxline(Target):
             **({"VOXLINE_STALL_WARN_MS": os.environ["VOXLINE_STALL_WARN_MS"]}
                if os.environ.get("VOXLINE_STALL_WARN_MS") else {}),
         })
-        self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)], env,
-                         work / "voxline.log", cwd=base)
+        self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
+                                     "--workers", str(workers)], env, work / "voxline.log", cwd=base)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
+        seen: set[str] = set()  # every worker answering, not just the first one up
+
+        def all_workers() -> bool:
+            seen.add(httpx.get(self.url + "/health", timeout=1).json()["instance"])
+            return len(seen) >= workers
+
+        wait_until(all_workers, 120, self.proc, f"{workers} workers answering")
 
     async def answer(self, client: httpx.AsyncClient) -> Answer:
         answer = await post_incoming_call(self.url, self.number, client=client)

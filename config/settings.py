@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=False, description="One JSON object per log line (call id, stream SID, agent)")
     stall_warn_ms: float | None = Field(default=None, gt=0, description="Log the stack of whatever blocks the "
                                         "event loop longer than this (every call's audio waits meanwhile)")
+    workers: int = Field(default=1, ge=1, le=64, description="Server processes sharing the port (`serve --workers`)")
     instance_id: str | None = Field(
         default=None, description="This server's stable name among those sharing a database (default: host:port); "
         "at start-up it closes the calls a crashed process of the same name left open")

@@ -13,18 +13,18 @@ from datetime import timedelta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
 from config.agent import AgentConfig
 from config.settings import Settings, get_settings
 from pipelines.factory import local_models_needed
 from pipelines.providers import local_models, registry
-from runtime import stall_watch, __version__, retention
+from runtime import __version__, call_feed, retention, stall_watch, workers
 from runtime.agent_files import load_agent_files
 from runtime.api import errors, guards
 from runtime.context import Runtime
-from runtime.metrics import ACTIVE_CALLS, REGISTRY
+from runtime.metrics import exposition
 from runtime.reasons import DisconnectionReason
 from runtime.store import db as store_db
 from runtime.store.models import Agent
@@ -54,6 +54,12 @@ async def _end_live_calls(rt: Runtime) -> None:
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECS
     while rt.sessions and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
+
+
+async def prepare(rt: Runtime) -> None:
+    """Once per start, before any call: agent files into the store, expired idempotency keys out."""
+    await load_agent_files(rt.db, rt.settings.agents_dir)
+    await guards.purge_expired_idempotency(rt.db, timedelta(hours=rt.settings.idempotency_ttl_hours))
 
 
 def api_routers() -> list:
@@ -99,7 +105,8 @@ def openapi_schema(app: FastAPI) -> dict:
     return schema
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, prepared: bool = False) -> FastAPI:
+    """`prepared`: migrations and agent files were done by the parent of `voxline serve --workers N`."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -107,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.stall_warn_ms:
             stall_watch.start(asyncio.get_running_loop(), settings.stall_warn_ms)
         engine = store_db.create_engine(settings.resolved_database_url)
-        await store_db.migrate(engine)
+        if not prepared:
+            await store_db.migrate(engine)
         rt = Runtime(
             settings=settings,
             engine=engine,
@@ -116,7 +124,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             instance_id=settings.instance_id or f"{socket.gethostname()}:{os.getpid()}",
         )
         app.state.runtime = rt
-        ACTIVE_CALLS.set_function(lambda: len(rt.sessions))
         if settings.twilio_auth_token is None:
             logger.warning(
                 "TWILIO_AUTH_TOKEN is not set: Twilio webhooks and media streams are UNAUTHENTICATED. "
@@ -125,8 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif not settings.public_url:
             logger.warning("VOXLINE_PUBLIC_URL is not set: signatures are checked against the URL this server sees, "
                            "which is wrong behind a proxy or tunnel")
-        await load_agent_files(rt.db, settings.agents_dir)
-        await guards.purge_expired_idempotency(rt.db, timedelta(hours=settings.idempotency_ttl_hours))
+        if not prepared:
+            await prepare(rt)
+        feed_hub = None
+        if hub := os.environ.get(workers.ENV_FEED_HUB):
+            feed_hub = await call_feed.link_to_hub(workers.hub_address(hub))
         await _preload_models(rt)
         from runtime.analysis.worker import AnalysisWorker
         from runtime.batch.engine import BatchEngine
@@ -154,6 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await webhooks.stop()  # after the calls: their call.ended events go out now if they can
             await keeper.stop()
             retention_job.cancel()
+            if feed_hub is not None:
+                feed_hub.cancel()
             await engine.dispose()
 
     app = FastAPI(
@@ -188,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
                 return JSONResponse({"error": {"code": "unauthorized", "message": "metrics token required"}},
                                     status_code=401)
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health():
@@ -199,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "version": __version__,
             "database": {"status": "ok" if ok else "unreachable", "dialect": rt.engine.dialect.name},
             "live_calls": len(rt.sessions),
+            "instance": rt.instance_id,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 

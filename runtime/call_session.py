@@ -35,7 +35,7 @@ from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.recording import CallRecorder
 from runtime.call_usage import UsageMeter, estimate_cost, latency_summary
-from runtime.metrics import BARGE_IN, PROVIDER_ERRORS
+from runtime.metrics import ACTIVE_CALLS, BARGE_IN, PROVIDER_ERRORS
 from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
 from telephony.pacing import LeadPacer
@@ -171,6 +171,7 @@ class CallSession(StreamEvents):
 
     async def run(self) -> None:
         self.rt.sessions[self.call_id] = self
+        ACTIVE_CALLS.inc()
         self._turns = TurnWriter(self.rt, self.call_id)
         try:
             await self._run()
@@ -184,7 +185,8 @@ class CallSession(StreamEvents):
             await asyncio.shield(self._finish())
 
     async def _finish(self) -> None:
-        self.rt.sessions.pop(self.call_id, None)
+        if self.rt.sessions.pop(self.call_id, None) is not None:
+            ACTIVE_CALLS.dec()
         if self._controls:
             self._controls.stop()
         if self._turns:

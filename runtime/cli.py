@@ -18,7 +18,7 @@ keys_app = typer.Typer(help="API keys", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
-def _configure_logging(level: str, json_lines: bool = False) -> None:
+def configure_logging(level: str, json_lines: bool = False) -> None:
     logger.remove()
     # diagnose=False: loguru would otherwise print local variables' values in tracebacks (keys, tokens).
     if json_lines:
@@ -33,26 +33,64 @@ def _configure_logging(level: str, json_lines: bool = False) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
     port: int = typer.Option(8080, help="TCP port"),
+    workers: int = typer.Option(None, min=1, max=64, help="Server processes sharing the port, one event loop each "
+                                "(default: VOXLINE_WORKERS, 1). About one per core; see runtime/workers.py"),
 ) -> None:
     """Run the server (API, Twilio webhook and media streams)."""
+    import os
+
     import uvicorn
 
-    from runtime.app import create_app
+    from runtime import metrics
+    from runtime import workers as worker_procs
     from runtime.ws_protocol import protocol as ws_protocol
 
     settings = get_settings()
+    workers = workers or settings.workers
     if settings.instance_id is None:
         import socket
 
         # Stable across restarts, unique per listening server on a host: what finds a crashed run's calls.
         settings.instance_id = f"{socket.gethostname()}:{port}"
-    _configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        create_app(settings), host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
+    configure_logging(settings.log_level, settings.log_json)
+    options = dict(
+        host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
         # Compressing 20 ms of μ-law saves little and costs a zlib pass per message each way; browsers offer it.
         ws_per_message_deflate=False, ws=ws_protocol(),
         log_level=settings.log_level.lower(), proxy_headers=True,
     )
+    if workers == 1:
+        from runtime.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return
+    if settings.redis_url is None:
+        logger.warning(f"rate limits are counted per worker ({workers} × {settings.rate_limit_per_minute}/min in all); "
+                       "set VOXLINE_REDIS_URL to share them")
+    asyncio.run(_prepare(settings))
+    hub = worker_procs.FeedHub()
+    # Spawned workers get only the environment: what they need from this command goes there.
+    os.environ.update({"VOXLINE_INSTANCE_ID": settings.instance_id, worker_procs.ENV_WORKERS: str(workers),
+                       worker_procs.ENV_PORT: str(port), worker_procs.ENV_FEED_HUB: hub.name,
+                       metrics.MULTIPROC_ENV: str(worker_procs.fresh_metrics_dir(settings.data_dir, port))})
+    logger.info(f"starting {workers} workers on {host}:{port} as {settings.instance_id}/<slot>")
+    uvicorn.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
+
+
+async def _prepare(settings) -> None:
+    """What every server does first, done once before the workers start: migrations and the agent files."""
+    from runtime.app import prepare
+    from runtime.context import Runtime
+    from runtime.store import db as store_db
+    from runtime.tokens import StreamTokens
+
+    engine = store_db.create_engine(settings.resolved_database_url)
+    try:
+        await store_db.migrate(engine)
+        tokens = StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs)
+        await prepare(Runtime(settings=settings, engine=engine, db=store_db.sessionmaker(engine), tokens=tokens))
+    finally:
+        await engine.dispose()
 
 
 @numbers_app.command("add")
@@ -67,7 +105,7 @@ def numbers_add(
     from runtime.store import repo
 
     settings = get_settings()
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     try:
         e164 = to_e164(number)
     except InvalidPhoneNumber as exc:
@@ -112,7 +150,7 @@ def keys_create(
         typer.echo("error: --role must be admin or developer", err=True)
         raise typer.Exit(2)
     settings = get_settings()
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
 
     async def run() -> str:
         engine = store_db.create_engine(settings.resolved_database_url)
@@ -155,7 +193,7 @@ def call(
         typer.echo("error: say what the caller does: one of --wav, --script or --mic", err=True)
         raise typer.Exit(2)
     settings = get_settings()
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     if wav is not None:
         if agent:
@@ -208,7 +246,7 @@ def emulate(
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {rules}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _configure_logging(get_settings().log_level)
+    configure_logging(get_settings().log_level)
 
     def ready(running) -> None:
         typer.echo(f"{provider} emulator listening on {running.url}")
@@ -239,7 +277,7 @@ def _emulate_twilio(host: str, port: int, rules: Path | None = None) -> None:
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {rules}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     if port == 0:  # pick it now, so that the URL printed is the one to use
         import socket
 

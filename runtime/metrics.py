@@ -1,13 +1,20 @@
-"""Prometheus metrics for `GET /metrics` (prometheus-client), one registry per process. Counters are this
-process's; with several servers, scrape each (their sum is the fleet's)."""
+"""Prometheus metrics for `GET /metrics` (prometheus-client). Counters are this server's; with several servers,
+scrape each (their sum is the fleet's). The workers of one `voxline serve --workers N` are one server: the parent
+sets PROMETHEUS_MULTIPROC_DIR, every worker's values go to files there, and any worker's `/metrics` sums them all
+(prometheus-client's multiprocess mode)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-ACTIVE_CALLS = Gauge("voxline_active_calls", "Calls with a live media stream on this server", registry=REGISTRY)
+ACTIVE_CALLS = Gauge("voxline_active_calls", "Calls with a live media stream on this server", registry=REGISTRY,
+                     multiprocess_mode="livesum")
 CALLS_ENDED = Counter("voxline_calls_ended", "Calls closed by this server, by outcome",
                       ["status", "reason"], registry=REGISTRY)
 TURN_LATENCY = Histogram(
@@ -32,3 +39,32 @@ PROVIDER_ERRORS = Counter("voxline_provider_errors", "Provider failures during c
                           ["reason"], registry=REGISTRY)
 WEBHOOK_DELIVERIES = Counter("voxline_webhook_delivery_attempts", "Webhook delivery attempts, by result "
                              "(delivered, retrying, failed)", ["result"], registry=REGISTRY)
+
+
+def exposition() -> bytes:
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def forget_dead_workers() -> None:
+    """A worker that died leaves its live gauge behind (calls it no longer has): drop those of dead processes."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return
+    import glob
+
+    from prometheus_client import multiprocess
+
+    for f in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = int(f.rsplit("_", 1)[1].split(".")[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)
+        except PermissionError:
+            pass  # alive, someone else's

@@ -13,14 +13,13 @@ from __future__ import annotations
 HIGH_WATER = 50
 
 
-def protocol() -> type | str:
-    try:
-        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    except ImportError:  # pragma: no cover - uvicorn without the sans-I/O implementation
-        return "auto"
-    if not hasattr(WebSocketsSansIOProtocol, "send_receive_event_to_app"):  # pragma: no cover
-        return "auto"
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # pragma: no cover - uvicorn without the sans-I/O implementation
+    WebSocketsSansIOProtocol = None
 
+if WebSocketsSansIOProtocol is not None and hasattr(WebSocketsSansIOProtocol, "send_receive_event_to_app"):
+    # At module level: `serve --workers` pickles uvicorn's config, this class with it, into each worker.
     class MediaStreamProtocol(WebSocketsSansIOProtocol):
         def send_receive_event_to_app(self) -> None:
             paused = self.read_paused
@@ -30,5 +29,9 @@ def protocol() -> type | str:
             if not paused and self.queue.qsize() >= HIGH_WATER:
                 self.read_paused = True
                 self.transport.pause_reading()
+else:  # pragma: no cover
+    MediaStreamProtocol = None
 
-    return MediaStreamProtocol
+
+def protocol() -> type | str:
+    return MediaStreamProtocol or "auto"

@@ -216,7 +216,8 @@ class Server:
         raise AssertionError(f"call {call_id} not closed within {timeout}s: {dict(self.call_row(call_id) or {})}")
 
 
-def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None = None) -> Server:
+def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None = None,
+                 args: tuple[str, ...] = ()) -> Server:
     agents = base / "agents"
     agents.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "config" / "agents" / "demo.yaml", agents / "demo.yaml")
@@ -230,7 +231,7 @@ def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None =
     env.update(extra_env or {})
     log_path = base / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port), *args],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=base,
     )
     server = Server(url, port, base / "data", log_path, proc, auth_token)

@@ -145,9 +145,9 @@ def test_logged_tracebacks_carry_no_variable_values(capsys):
     # loguru's default "diagnose" tracebacks print each frame's local variables: keys and tokens included.
     from loguru import logger
 
-    from runtime.cli import _configure_logging
+    from runtime.cli import configure_logging
 
-    _configure_logging("INFO")
+    configure_logging("INFO")
 
     def authenticate(secret: str) -> None:
         raise ValueError("bad key")

@@ -105,6 +105,10 @@ def test_a_call_from_firefox_plays_the_agent_shows_the_welcome_sends_the_microph
     wait_js(ff, "window.softphone.state === 'live'", 15)
     assert ff.js("return document.getElementById('status').textContent") == "In call"
     call_id = ff.js("return window.softphone.callId")
+    # The page is live once its `start` is sent; the server marks the call when it has read it.
+    deadline = time.monotonic() + 5
+    while server.call_row(call_id)["status"] != "in-progress" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert server.call_row(call_id)["status"] == "in-progress"
 
     # The welcome, heard through the page's jitter buffer and worklet, and shown in the panel once its mark came back.

@@ -1,0 +1,181 @@
+"""`voxline serve --workers 2`: two processes on one port, each call served whole by one of them, under stable
+names; metrics summed across them; softphone events relayed between them; a crashed worker replaced, and the calls
+it left open closed by its replacement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+import websockets
+
+from runtime import call_feed
+from runtime.workers import FeedHub, hub_address
+from telephony.twilio.caller import Answer, MediaStreamCaller
+from tests.calls import converse, dial
+from tests.conftest import AUTH_TOKEN, Server, create_key_with_cli, server_env, start_server, stop_server
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, twilio_api) -> Server:
+    base = tmp_path_factory.mktemp("workers")
+    srv = start_server(base, auth_token=AUTH_TOKEN, extra_env={"TWILIO_API_BASE_URL": twilio_api.url},
+                       args=("--workers", str(WORKERS)))
+    names(srv)  # every worker up, not only the first
+    yield srv
+    stop_server(srv)
+
+
+def names(server: Server, timeout: float = 60.0) -> set[str]:
+    """The instance names answering /health, polled until all the workers have answered."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < WORKERS and time.monotonic() < deadline:
+        try:
+            seen.add(httpx.get(server.url + "/health", timeout=2).json()["instance"])
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return seen
+
+
+def slot_pid(server: Server, slot: int) -> int:
+    return int((server.data_dir / "workers" / f"{server.port}.{slot}.lock").read_text())
+
+
+def metric(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def test_the_workers_share_one_port_under_stable_names(pool):
+    base = f"{socket.gethostname()}:{pool.port}"
+    assert names(pool) == {f"{base}/0", f"{base}/1"}
+    children = {int(p) for p in os.popen(f"pgrep -P {pool.proc.pid}").read().split()}
+    assert {slot_pid(pool, 0), slot_pid(pool, 1)} <= children, children
+    assert "starting 2 workers" in pool.log()
+
+
+async def test_calls_are_served_by_both_workers_and_stored_once(pool, speech):
+    served: set[str] = set()
+    call_ids: list[str] = []
+    for _ in range(4):  # which worker takes a connection is the kernel's choice: a few rounds see both
+        results = await asyncio.gather(*(converse(pool, speech["located"]) for _ in range(3)))
+        for caller, _, _ in results:
+            call_id = caller.answer.parameters["call_id"]
+            call_ids.append(call_id)
+            row = pool.wait_ended(call_id, timeout=10)
+            assert row["status"] == "completed" and row["disconnection_reason"] == "caller_hangup"
+            served.add(row["served_by"])
+            assert [t["role"] for t in pool.turns(call_id)] == ["assistant", "user", "assistant"]
+            assert "Main Street" in pool.turns(call_id)[2]["text"]
+        if len(served) == WORKERS:
+            break
+    assert served == names(pool)
+    # Each worker's /metrics sums every worker's counters: whichever answers, all the calls are there.
+    ended = pool.query("SELECT COUNT(*) AS n FROM calls WHERE ended_at IS NOT NULL")[0]["n"]
+    assert ended >= len(call_ids)
+    for _ in range(4):
+        assert metric(pool, "voxline_calls_ended_total") == ended
+        assert metric(pool, "voxline_active_calls") == 0
+
+
+async def test_softphone_events_reach_listeners_on_any_worker(pool, speech):
+    env = server_env(pool.data_dir.parent)
+    key = create_key_with_cli(env, "default", "admin", "workers")
+    with httpx.Client(base_url=pool.url, headers={"x-api-key": key}, timeout=30) as c:
+        agents = c.get("/api/v1/agents", params={"name_search": "demo"}).json()["data"]
+        placed = c.post("/api/v1/softphone/calls", json={"agent_id": agents[0]["id"]}).json()
+
+    async def listen() -> list[dict]:
+        events = []
+        async with websockets.connect(placed["events_url"]) as ws:
+            async for message in ws:
+                events.append(json.loads(message))
+        return events
+
+    # Several listeners: each event socket lands on either worker, the media stream on either.
+    listeners = [asyncio.create_task(listen()) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    caller = MediaStreamCaller(Answer(status_code=200, twiml="", stream_url=placed["stream_url"],
+                                      parameters=placed["parameters"]))
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+        spoke_at = await caller.say(speech["located"])
+        assert await caller.wait_agent_audio(spoke_at, 20.0)
+        assert await caller.wait_agent_quiet(0.8, 30.0)
+    for events in await asyncio.wait_for(asyncio.gather(*listeners), 20):
+        said = [e["text"] for e in events if e["type"] == "transcript"]
+        assert any("Luigi" in t for t in said) and any("Main Street" in t for t in said), events
+        assert {"type": "speaking", "who": "caller", "speaking": True} in events
+        assert events[-1]["type"] == "ended" and events[-1]["reason"] == "caller_hangup"
+
+
+async def test_a_crashed_worker_is_replaced_and_its_open_call_closed(pool):
+    caller = await dial(pool)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        assert await caller.wait_agent_audio(0.0, 20.0)
+        row = pool.call_row(call_id)
+        slot = int(row["served_by"].rsplit("/", 1)[1])
+        victim = slot_pid(pool, slot)
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.wait_for(caller.closed.wait(), 10)  # its socket died with it
+    # uvicorn's supervisor starts a replacement; it takes the free slot, so it is the dead worker's namesake and
+    # closes the call at once (no waiting for the stale-heartbeat sweep).
+    row = pool.wait_ended(call_id, timeout=60)
+    assert row["status"] == "failed" and row["disconnection_reason"] == "error_internal"
+    assert f"found when {row['served_by']} restarted" in row["error_detail"]
+    assert slot_pid(pool, slot) != victim
+    assert len(names(pool)) == WORKERS
+    for _ in range(4):  # the dead worker's live-calls gauge is gone with it
+        assert metric(pool, "voxline_active_calls") == 0
+
+
+def test_the_hub_passes_each_line_to_every_other_worker():
+    hub = FeedHub()
+    peers = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(hub_address(hub.name))
+        s.settimeout(5)
+        peers.append(s)
+    time.sleep(0.2)  # accepted
+    peers[0].sendall(b'["c1",{"type":"speaking"}]\n')
+    for p in peers[1:]:
+        assert p.makefile("rb").readline() == b'["c1",{"type":"speaking"}]\n'
+    peers[0].settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        peers[0].recv(1)  # not echoed to the sender
+    for p in peers:
+        p.close()
+
+
+async def test_a_linked_process_publishes_to_the_hub_and_delivers_what_comes_back():
+    hub = FeedHub()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.connect(hub_address(hub.name))
+    other.setblocking(False)
+    reading = await call_feed.link_to_hub(hub_address(hub.name))
+    try:
+        await asyncio.sleep(0.2)
+        with call_feed.subscribe("call-a") as events:
+            call_feed.publish("call-a", {"type": "ended", "reason": "caller_hangup"})
+            assert events.get_nowait() == {"type": "ended", "reason": "caller_hangup"}  # local listeners at once
+            line = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(other, 4096), 5)
+            assert json.loads(line) == ["call-a", {"type": "ended", "reason": "caller_hangup"}]
+            await asyncio.get_running_loop().sock_sendall(other, b'["call-a",{"type":"speaking","who":"agent"}]\n')
+            assert await asyncio.wait_for(events.get(), 5) == {"type": "speaking", "who": "agent"}
+            assert events.empty()  # its own event did not come back
+    finally:
+        reading.cancel()
+        other.close()
