@@ -3,6 +3,7 @@ first clause of a reply goes to the TTS alone, and the caller's audio stops at t
 
 from __future__ import annotations
 
+import asyncio
 import audioop
 
 import numpy as np
@@ -38,8 +39,8 @@ async def _states(analyzer, audio: bytes) -> list[VADState]:
 
 async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
     scored = []
-    real_score = SharedSileroVADAnalyzer._score
-    monkeypatch.setattr(SharedSileroVADAnalyzer, "_score", lambda self, w: scored.append(len(w)) or real_score(self, w))
+    real_run = shared_vad._run_batch
+    monkeypatch.setattr(shared_vad, "_run_batch", lambda rows, rate: scored.append(len(rows)) or real_run(rows, rate))
     audio = _line(speech)
     ours = await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
     stock = await _states(SileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
@@ -48,6 +49,34 @@ async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
     windows = len(audio) // 512
     # The model ran on the speech and the noise, not on the digital silence (about 40 % of this line).
     assert 0.3 * windows < sum(scored) < 0.75 * windows, (sum(scored), windows)
+
+
+async def test_calls_scored_together_decide_as_each_alone(speech, monkeypatch):
+    """Windows of several calls that wait together go through Silero as one batch, each row with its own call's
+    state: every call's decisions are those it gets when scored alone."""
+    batches = []
+    real_run = shared_vad._run_batch
+    monkeypatch.setattr(shared_vad, "_run_batch", lambda rows, rate: batches.append(len(rows)) or real_run(rows, rate))
+    rng = np.random.default_rng(7)
+    lines = []
+    for i in range(6):  # the same speech at different offsets and noise floors: calls in different states
+        noise = (rng.standard_normal(4000 * (i + 1)) * (10 + 10 * i)).astype(np.int16).tobytes()
+        lines.append(noise + _line(speech))
+    alone = [await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), line) for line in lines]
+    assert max(batches) == 1
+    batches.clear()
+    analyzers = [SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS) for _ in lines]
+    for a in analyzers:
+        a.set_sample_rate(8000)
+    together: list[list[VADState]] = [[] for _ in lines]
+    for at in range(0, max(len(line) for line in lines), 640):
+        live = [i for i, line in enumerate(lines) if at < len(line)]
+        states = await asyncio.gather(*(analyzers[i].analyze_audio(lines[i][at:at + 640]) for i in live))
+        for i, state in zip(live, states):
+            together[i].append(state)
+    assert together == alone
+    assert max(batches) >= 4, batches  # they did go through together
+    assert sum(batches) > len(batches)
 
 
 def test_the_vad_pool_is_shared_not_per_call():

@@ -1,9 +1,11 @@
-"""Silero VAD with one ONNX session per process instead of one per call, run only where it can change the answer.
+"""Silero VAD with one ONNX session per process instead of one per call, run only where it can change the answer,
+and run for every call's pending window at once.
 
 pipecat's SileroVADAnalyzer opens its own onnxruntime session (model, arena, threads) in every constructor; the
 session is stateless between runs (the recurrent state lives in the wrapper and is passed in on each call), so
 every call can share one and keep only its state. Tied to pipecat 1.14's VADAnalyzer and SileroVADAnalyzer
-internals (`_vad_buffer`, `_vad_state`, the start/stop counters, `_model`), which the pinned version guarantees.
+internals (`_vad_buffer`, `_vad_state`, the start/stop counters, `_model`, `_maybe_reset_model`), which the pinned
+version guarantees.
 
 pipecat calls a window speech when the model's confidence *and* the line's smoothed volume pass their thresholds,
 and it hops to a thread for every audio frame to score every window. A window too quiet to pass `min_volume` is
@@ -11,23 +13,106 @@ not speech whatever the model says, so it is not scored, and a frame with no lou
 hop either: a connected caller who is not talking (most of a call) costs a loudness measure per window. The
 decisions are pipecat's, window for window; only the model's recurrent state differs (reset after a quiet stretch,
 as pipecat itself resets it every few seconds of non-speech).
+
+On a noisy line every window is loud enough, and one thread hop and one ONNX run per window per call was most of
+what a call cost. The windows waiting while a run is in flight go in the next run together, as one batch (each
+row with its own call's state and context: the same arithmetic as a run per call), so at one call nothing waits
+and at forty the hops and runs are shared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from loguru import logger
 
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
 from pipelines.providers import local_models
 
-# Scoring a window takes ~70 µs: two threads serve every call's windows (each call awaits its own in order), where
-# pipecat would start a thread per call. Kept apart from the STT/TTS pool so a transcription never delays a barge-in.
+# Kept apart from the STT/TTS pool so a transcription never delays a barge-in. One batch runs at a time per event
+# loop; the second thread serves another loop (tests) or a batch of another sample rate.
 _VAD_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voxline-vad")
+_CONTEXT = {8000: 32, 16000: 64}  # samples of the previous window that Silero v5 prepends, as pipecat's wrapper does
+
+
+def _run_batch(rows: list[tuple[_SharedSileroModel, np.ndarray]], sample_rate: int) -> list[float]:
+    """One ONNX run for `rows` (each a call's model state and a float32 window); updates each row's state."""
+    context = _CONTEXT[sample_rate]
+    size = len(rows[0][1])
+    x = np.empty((len(rows), context + size), dtype=np.float32)
+    state = np.empty((2, len(rows), 128), dtype=np.float32)
+    for i, (model, window) in enumerate(rows):
+        x[i, :context] = model._context[0] if model._context.shape[1] else 0.0
+        x[i, context:] = window
+        state[:, i, :] = model._state[:, 0, :]
+    out, new_state = model.session.run(None, {"input": x, "state": state, "sr": np.array(sample_rate, dtype="int64")})
+    for i, (model, _) in enumerate(rows):
+        model._state = new_state[:, i:i + 1, :].copy()
+        model._context = x[i:i + 1, -context:].copy()
+        model._last_sr, model._last_batch_size = sample_rate, 1
+    return [float(v) for v in np.asarray(out).reshape(len(rows), -1)[:, 0]]
+
+
+class _Batcher:
+    """Scores windows for every call on one event loop: one run in flight, the windows that arrive meanwhile
+    make the next run."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._waiting: list[tuple[_SharedSileroModel, np.ndarray, int, asyncio.Future]] = []
+        self._busy = False
+
+    def score(self, model: _SharedSileroModel, window: np.ndarray, sample_rate: int) -> asyncio.Future:
+        future = self._loop.create_future()
+        self._waiting.append((model, window, sample_rate, future))
+        if not self._busy:
+            self._submit()
+        return future
+
+    def _submit(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        done = _VAD_POOL.submit(self._run, batch)
+        done.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._settle, batch, f))
+
+    @staticmethod
+    def _run(batch) -> list[float]:
+        scores: list[float] = [0.0] * len(batch)
+        for rate in {row[2] for row in batch}:  # one run per sample rate (a batch is one shape)
+            index = [i for i, row in enumerate(batch) if row[2] == rate]
+            for i, score in zip(index, _run_batch([(batch[i][0], batch[i][1]) for i in index], rate), strict=True):
+                scores[i] = score
+        return scores
+
+    def _settle(self, batch, done) -> None:
+        try:
+            scores = done.result()
+        except Exception as exc:  # as pipecat's voice_confidence: a failed run scores 0 (not speech), the call goes on
+            logger.error(f"Error analyzing audio with Silero VAD: {exc}")
+            scores = [0.0] * len(batch)
+        for (_, _, _, future), score in zip(batch, scores, strict=True):
+            if not future.done():
+                future.set_result(score)
+        if self._waiting:
+            self._submit()
+        else:
+            self._busy = False
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = weakref.WeakKeyDictionary()
+
+
+def _batcher() -> _Batcher:
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = _Batcher(loop)
+    return batcher
 
 
 class _SharedSileroModel(SileroOnnxModel):
@@ -50,26 +135,22 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         size = self._vad_frames_num_bytes
         if len(self._vad_buffer) < size:
             return self._vad_state
-        windows, volumes = [], []
+        quiet = True
         while len(self._vad_buffer) >= size:
             window, self._vad_buffer = self._vad_buffer[:size], self._vad_buffer[size:]
-            self._prev_volume = self._get_smoothed_volume(window)
-            windows.append(window)
-            volumes.append(self._prev_volume)
-        loud = [w for w, v in zip(windows, volumes, strict=True) if v >= self._params.min_volume]
-        if loud:
-            self._model_fresh = False
-            scores = iter(await asyncio.get_running_loop().run_in_executor(_VAD_POOL, self._score, loud))
-        elif not self._model_fresh:
+            self._prev_volume = volume = self._get_smoothed_volume(window)
+            speaking = False
+            if volume >= self._params.min_volume:
+                quiet = self._model_fresh = False
+                confidence = await _batcher().score(
+                    self._model, np.frombuffer(window, np.int16).astype(np.float32) / 32768.0, self.sample_rate)
+                self._maybe_reset_model(confidence)  # pipecat's periodic reset, as its voice_confidence does
+                speaking = confidence >= self._params.confidence
+            self._advance(speaking)
+        if quiet and not self._model_fresh:
             self._model.reset_states()
             self._model_fresh = True
-        for volume in volumes:
-            speaking = volume >= self._params.min_volume and next(scores) >= self._params.confidence
-            self._advance(speaking)
         return self._settle()
-
-    def _score(self, windows: list[bytes]) -> list[float]:
-        return [float(np.asarray(self.voice_confidence(w)).reshape(-1)[0]) for w in windows]
 
     def _advance(self, speaking: bool) -> None:
         """One window of pipecat's VADAnalyzer._run_analyzer."""
