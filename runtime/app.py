@@ -21,9 +21,9 @@ from config.settings import Settings, get_settings
 from pipelines.factory import local_models_needed
 from pipelines.providers import local_models, registry
 from runtime import __version__, call_feed, retention, stall_watch, workers
-from runtime.agent_files import load_agent_files
 from runtime.api import errors, guards
 from runtime.context import Runtime
+from runtime.prepare import prepare_store
 from runtime.metrics import exposition
 from runtime.reasons import DisconnectionReason
 from runtime.store import db as store_db
@@ -54,12 +54,6 @@ async def _end_live_calls(rt: Runtime) -> None:
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECS
     while rt.sessions and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
-
-
-async def prepare(rt: Runtime) -> None:
-    """Once per start, before any call: agent files into the store, expired idempotency keys out."""
-    await load_agent_files(rt.db, rt.settings.agents_dir)
-    await guards.purge_expired_idempotency(rt.db, timedelta(hours=rt.settings.idempotency_ttl_hours))
 
 
 def api_routers() -> list:
@@ -115,7 +109,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             stall_watch.start(asyncio.get_running_loop(), settings.stall_warn_ms)
         engine = store_db.create_engine(settings.resolved_database_url)
         if not prepared:
-            await store_db.migrate(engine)
+            await prepare_store(engine, settings)
         rt = Runtime(
             settings=settings,
             engine=engine,
@@ -132,8 +126,6 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         elif not settings.public_url:
             logger.warning("VOXLINE_PUBLIC_URL is not set: signatures are checked against the URL this server sees, "
                            "which is wrong behind a proxy or tunnel")
-        if not prepared:
-            await prepare(rt)
         feed_hub = None
         if hub := os.environ.get(workers.ENV_FEED_HUB):
             feed_hub = await call_feed.link_to_hub(workers.hub_address(hub))

@@ -256,6 +256,10 @@ class CallSession(StreamEvents):
                 audio_in_enabled=True,
                 audio_out_enabled=True,
                 audio_out_10ms_chunks=_OUT_10MS_CHUNKS,
+                # pipecat sends 2 s of silence after an EndFrame "so words don't cut out", as one 21 KB message;
+                # the hang-up already waits for the last words to play (_tell_carrier), and waited for that
+                # silence too: a full second longer on every call the agent ended.
+                audio_out_end_silence_secs=0,
                 serializer=self._serializer,
             ),
         )

@@ -78,17 +78,14 @@ def serve(
 
 
 async def _prepare(settings) -> None:
-    """What every server does first, done once before the workers start: migrations and the agent files."""
-    from runtime.app import prepare
-    from runtime.context import Runtime
+    """What every server does first, done once before the workers start."""
+    from runtime.prepare import prepare_store
     from runtime.store import db as store_db
-    from runtime.tokens import StreamTokens
 
+    settings.resolved_secret_key()  # generated here if it is to be: the workers must all read the same one
     engine = store_db.create_engine(settings.resolved_database_url)
     try:
-        await store_db.migrate(engine)
-        tokens = StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs)
-        await prepare(Runtime(settings=settings, engine=engine, db=store_db.sessionmaker(engine), tokens=tokens))
+        await prepare_store(engine, settings)
     finally:
         await engine.dispose()
 

@@ -102,8 +102,13 @@ async def test_goodbye_rule_ends_the_call_from_the_agent_side(server, speech, tw
         assert await caller.wait_agent_audio(spoke_at, 20.0)
         # The server closes the socket after speaking the goodbye; TwiML's <Hangup/> then ends the call.
         await asyncio.wait_for(caller.closed.wait(), 20.0)
+        closed_at = time.monotonic()
         goodbye_audio = sum(FRAME_BYTES for t in caller.media_times if t > spoke_at)
         assert goodbye_audio > 8000, "the goodbye was cut short"
+    # The hang-up comes as the goodbye finishes playing: no 2 s of trailing silence sent in one message, and no
+    # second spent waiting for it to play.
+    assert max(len(p) for p in media_payloads(caller)) <= 1600
+    assert -0.2 < closed_at - caller._playout_until < 1.0, closed_at - caller._playout_until
     assert caller.answer.hangup
     row = server.wait_ended(call_id)
     assert row["status"] == "completed" and row["disconnection_reason"] == "agent_hangup"
