@@ -12,6 +12,7 @@ import socket
 import time
 
 import httpx
+import psutil
 import pytest
 import websockets
 
@@ -59,7 +60,7 @@ def metric(server: Server, name: str) -> float:
 def test_the_workers_share_one_port_under_stable_names(pool):
     base = f"{socket.gethostname()}:{pool.port}"
     assert names(pool) == {f"{base}/0", f"{base}/1"}
-    children = {int(p) for p in os.popen(f"pgrep -P {pool.proc.pid}").read().split()}
+    children = {p.pid for p in psutil.Process(pool.proc.pid).children()}
     assert {slot_pid(pool, 0), slot_pid(pool, 1)} <= children, children
     assert "starting 2 workers" in pool.log()
 
