@@ -37,12 +37,8 @@ def serve(
                                 "(default: VOXLINE_WORKERS, 1). About one per core; see runtime/workers.py"),
 ) -> None:
     """Run the server (API, Twilio webhook and media streams)."""
-    import os
-
     import uvicorn
 
-    from runtime import metrics
-    from runtime import workers as worker_procs
     from runtime.ws_protocol import protocol as ws_protocol
 
     settings = get_settings()
@@ -63,31 +59,10 @@ def serve(
         from runtime.app import create_app
 
         uvicorn.run(create_app(settings), **options)
-        return
-    if settings.redis_url is None:
-        logger.warning(f"rate limits are counted per worker ({workers} × {settings.rate_limit_per_minute}/min in all); "
-                       "set VOXLINE_REDIS_URL to share them")
-    asyncio.run(_prepare(settings))
-    hub = worker_procs.FeedHub()
-    # Spawned workers get only the environment: what they need from this command goes there.
-    os.environ.update({"VOXLINE_INSTANCE_ID": settings.instance_id, worker_procs.ENV_WORKERS: str(workers),
-                       worker_procs.ENV_PORT: str(port), worker_procs.ENV_FEED_HUB: hub.name,
-                       metrics.MULTIPROC_ENV: str(worker_procs.fresh_metrics_dir(settings.data_dir, port))})
-    logger.info(f"starting {workers} workers on {host}:{port} as {settings.instance_id}/<slot>")
-    uvicorn.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
+    else:
+        from runtime.workers import serve_workers
 
-
-async def _prepare(settings) -> None:
-    """What every server does first, done once before the workers start."""
-    from runtime.prepare import prepare_store
-    from runtime.store import db as store_db
-
-    settings.resolved_secret_key()  # generated here if it is to be: the workers must all read the same one
-    engine = store_db.create_engine(settings.resolved_database_url)
-    try:
-        await prepare_store(engine, settings)
-    finally:
-        await engine.dispose()
+        serve_workers(settings, workers, options)
 
 
 @numbers_app.command("add")

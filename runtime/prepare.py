@@ -18,3 +18,14 @@ async def prepare_store(engine: AsyncEngine, settings: Settings) -> None:
     db = store_db.sessionmaker(engine)
     await load_agent_files(db, settings.agents_dir)
     await guards.purge_expired_idempotency(db, timedelta(hours=settings.idempotency_ttl_hours))
+
+
+async def prepare_once(settings: Settings) -> None:
+    """prepare_store on an engine of its own, and the token key made if it is to be: before any worker starts, so
+    that they all read the same one."""
+    settings.resolved_secret_key()
+    engine = store_db.create_engine(settings.resolved_database_url)
+    try:
+        await prepare_store(engine, settings)
+    finally:
+        await engine.dispose()

@@ -21,6 +21,7 @@ Local models are loaded per worker (~150 MB each for Whisper + Piper). The rate 
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import secrets
@@ -29,6 +30,8 @@ import threading
 from pathlib import Path
 
 from loguru import logger
+
+from config.settings import Settings
 
 ENV_WORKERS = "_VOXLINE_WORKERS"  # set by the parent: worker processes read it in worker_app()
 ENV_PORT = "_VOXLINE_WORKER_PORT"
@@ -59,7 +62,27 @@ def claim_slot(data_dir: Path, port: int, workers: int) -> int:
     raise RuntimeError(f"all {2 * workers} worker slots under {folder} are held: is another server on port {port}?")
 
 
-def fresh_metrics_dir(data_dir: Path, port: int) -> Path:
+def serve_workers(settings: Settings, workers: int, options: dict) -> None:
+    """Prepare the store once, start the hub, then run uvicorn's supervisor over `workers` spawned workers."""
+    import uvicorn
+
+    from runtime.metrics import MULTIPROC_ENV
+    from runtime.prepare import prepare_once
+
+    if settings.redis_url is None:
+        logger.warning(f"rate limits are counted per worker ({workers} × {settings.rate_limit_per_minute}/min in all); "
+                       "set VOXLINE_REDIS_URL to share them")
+    asyncio.run(prepare_once(settings))
+    hub = FeedHub()
+    port = options["port"]
+    # Spawned workers get only the environment: what they need from this command goes there.
+    os.environ.update({"VOXLINE_INSTANCE_ID": settings.instance_id, ENV_WORKERS: str(workers), ENV_PORT: str(port),
+                       ENV_FEED_HUB: hub.name, MULTIPROC_ENV: str(_fresh_metrics_dir(settings.data_dir, port))})
+    logger.info(f"starting {workers} workers on {options['host']}:{port} as {settings.instance_id}/<slot>")
+    uvicorn.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
+
+
+def _fresh_metrics_dir(data_dir: Path, port: int) -> Path:
     """Where the workers' metric values go (prometheus-client's multiprocess mode): emptied at each start, as
     prometheus-client asks, so a new server does not count an old one's calls."""
     import shutil
@@ -97,7 +120,8 @@ class FeedHub:
     abstract Unix socket (no file to clean up). Events are a few per turn, never per audio frame."""
 
     def __init__(self):
-        self.name = f"voxline-feed-{os.getpid()}-{secrets.token_hex(4)}"  # what the workers are told (an environment value has no NUL)
+        # What the workers are told: an environment value cannot hold the address's leading NUL.
+        self.name = f"voxline-feed-{os.getpid()}-{secrets.token_hex(4)}"
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(hub_address(self.name))
         self._server.listen()

@@ -20,7 +20,7 @@ per event loop, each row with its own call's state and context (the same arithme
 that comes within 10 ms of the last run waits for the next one, with the others that came meanwhile: a run of one
 row costs ~77 µs and of twenty ~430 µs (~22 µs a row). At one call runs are 32 ms apart and nothing waits; at
 twenty noisy calls a run scores ~6 windows, and the VAD's CPU per call drops by a third (`bench/vad_batch.py`:
-0.97 → 0.63 % of a core per call). A verdict waits at most 10 ms more, against the 100 ms of speech the VAD needs
+0.87 → 0.59 % of a core per call). A verdict waits at most 10 ms more, against the 100 ms of speech the VAD needs
 before it starts.
 """
 
@@ -39,7 +39,7 @@ from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipelines.providers import local_models
 
 # Kept apart from the STT/TTS pool so a transcription never delays a barge-in. One batch runs at a time per event
-# loop; the second thread serves another loop (tests).
+# loop and sample rate; the second thread serves the other rate or another loop (tests).
 _VAD_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voxline-vad")
 RUN_EVERY_SECS = 0.01
 _CONTEXT = {8000: 32, 16000: 64}  # samples of the previous window that Silero v5 prepends, as pipecat's wrapper does
@@ -64,18 +64,18 @@ def _run_batch(rows: list[tuple[_SharedSileroModel, np.ndarray]], sample_rate: i
 
 
 class _Batcher:
-    """Scores windows for every call on one event loop: one run in flight, at most one run every RUN_EVERY_SECS;
-    the windows that arrive meanwhile make the next run."""
+    """Scores windows of one sample rate for every call on one event loop: one run in flight, at most one run every
+    RUN_EVERY_SECS; the windows that arrive meanwhile make the next run."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._waiting: list[tuple[_SharedSileroModel, np.ndarray, int, asyncio.Future]] = []
+    def __init__(self, loop: asyncio.AbstractEventLoop, sample_rate: int):
+        self._loop, self._rate = loop, sample_rate
+        self._waiting: list[tuple[_SharedSileroModel, np.ndarray, asyncio.Future]] = []
         self._busy = False
         self._last_run = -1.0
 
-    def score(self, model: _SharedSileroModel, window: np.ndarray, sample_rate: int) -> asyncio.Future:
+    def score(self, model: _SharedSileroModel, window: np.ndarray) -> asyncio.Future:
         future = self._loop.create_future()
-        self._waiting.append((model, window, sample_rate, future))
+        self._waiting.append((model, window, future))
         if not self._busy:
             self._busy = True
             self._submit_soon()
@@ -90,19 +90,9 @@ class _Batcher:
 
     def _submit(self) -> None:
         batch, self._waiting = self._waiting, []
-        self._busy = True
         self._last_run = self._loop.time()
-        done = _VAD_POOL.submit(self._run, batch)
+        done = _VAD_POOL.submit(_run_batch, [(model, window) for model, window, _ in batch], self._rate)
         done.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._settle, batch, f))
-
-    @staticmethod
-    def _run(batch) -> list[float]:
-        scores: list[float] = [0.0] * len(batch)
-        for rate in {row[2] for row in batch}:  # one run per sample rate (a batch is one shape)
-            index = [i for i, row in enumerate(batch) if row[2] == rate]
-            for i, score in zip(index, _run_batch([(batch[i][0], batch[i][1]) for i in index], rate), strict=True):
-                scores[i] = score
-        return scores
 
     def _settle(self, batch, done) -> None:
         try:
@@ -110,7 +100,7 @@ class _Batcher:
         except Exception as exc:  # as pipecat's voice_confidence: a failed run scores 0 (not speech), the call goes on
             logger.error(f"Error analyzing audio with Silero VAD: {exc}")
             scores = [0.0] * len(batch)
-        for (_, _, _, future), score in zip(batch, scores, strict=True):
+        for (_, _, future), score in zip(batch, scores, strict=True):
             if not future.done():
                 future.set_result(score)
         if self._waiting:
@@ -119,14 +109,15 @@ class _Batcher:
             self._busy = False
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Batcher]] = weakref.WeakKeyDictionary()
 
 
-def _batcher() -> _Batcher:
+def _batcher(sample_rate: int) -> _Batcher:
     loop = asyncio.get_running_loop()
-    batcher = _batchers.get(loop)
+    by_rate = _batchers.setdefault(loop, {})
+    batcher = by_rate.get(sample_rate)
     if batcher is None:
-        batcher = _batchers[loop] = _Batcher(loop)
+        batcher = by_rate[sample_rate] = _Batcher(loop, sample_rate)
     return batcher
 
 
@@ -157,8 +148,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
             speaking = False
             if volume >= self._params.min_volume:
                 quiet = self._model_fresh = False
-                confidence = await _batcher().score(
-                    self._model, np.frombuffer(window, np.int16).astype(np.float32) / 32768.0, self.sample_rate)
+                confidence = await _batcher(self.sample_rate).score(
+                    self._model, np.frombuffer(window, np.int16).astype(np.float32) / 32768.0)
                 self._maybe_reset_model(confidence)  # pipecat's periodic reset, as its voice_confidence does
                 speaking = confidence >= self._params.confidence
             self._advance(speaking)
