@@ -94,7 +94,10 @@ async def test_oversized_frame_closes_only_that_call(server, speech):
             assert await caller.wait_agent_audio(0.0, 20.0)
             await caller.send_raw(json.dumps({"event": "media", "media": {"payload": "A" * (1 << 20)}}))
             await asyncio.wait_for(caller.closed.wait(), 10)
-        assert caller.close_code == 1009  # message too big
+        # The server closes with 1009 (message too big) while the client may still be writing the rest of its 1 MiB:
+        # then the kernel resets the connection and the client never reads that close frame (1006, once in many
+        # runs). What the server did is asserted below, from its own record and log.
+        assert caller.close_code in (1009, 1006)
         row = server.wait_ended(call_id)
         assert row["status"] == "failed" and row["disconnection_reason"] == "error_carrier"
         assert "code 1009: message too big" in row["error_detail"]
