@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # Batch campaigns
     batch_poll_secs: float = Field(default=0.5, gt=0, le=60, description="How often each server's campaign engine "
                                    "claims, dials and settles batch rows")
+    batch_carrier_check_secs: float = Field(
+        default=60.0, gt=0, le=3600, description="A campaign call with no media stream on this server is checked "
+        "with the carrier this long after it was placed, then as often: the carrier does not retry a status "
+        "callback it could not deliver, and without one the call's row would wait forever")
 
     # Post-call analysis
     analysis_poll_secs: float = Field(default=5.0, gt=0, le=300, description="How often each server looks for "

@@ -37,8 +37,6 @@ def serve(
                                 "(default: VOXLINE_WORKERS, 1). About one per core; see runtime/workers.py"),
 ) -> None:
     """Run the server (API, Twilio webhook and media streams)."""
-    import uvicorn
-
     from runtime.ws_protocol import protocol as ws_protocol
 
     settings = get_settings()
@@ -56,9 +54,10 @@ def serve(
         log_level=settings.log_level.lower(), proxy_headers=True,
     )
     if workers == 1:
+        from runtime import listen
         from runtime.app import create_app
 
-        uvicorn.run(create_app(settings), **options)
+        listen.run(create_app(settings), **options)
     else:
         from runtime.workers import serve_workers
 

@@ -64,8 +64,7 @@ def claim_slot(data_dir: Path, port: int, workers: int) -> int:
 
 def serve_workers(settings: Settings, workers: int, options: dict) -> None:
     """Prepare the store once, start the hub, then run uvicorn's supervisor over `workers` spawned workers."""
-    import uvicorn
-
+    from runtime import listen
     from runtime.metrics import MULTIPROC_ENV
     from runtime.prepare import prepare_once
 
@@ -79,7 +78,7 @@ def serve_workers(settings: Settings, workers: int, options: dict) -> None:
     os.environ.update({"VOXLINE_INSTANCE_ID": settings.instance_id, ENV_WORKERS: str(workers), ENV_PORT: str(port),
                        ENV_FEED_HUB: hub.name, MULTIPROC_ENV: str(_fresh_metrics_dir(settings.data_dir, port))})
     logger.info(f"starting {workers} workers on {options['host']}:{port} as {settings.instance_id}/<slot>")
-    uvicorn.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
+    listen.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
 
 
 def _fresh_metrics_dir(data_dir: Path, port: int) -> Path:

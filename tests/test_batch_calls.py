@@ -493,6 +493,31 @@ def test_a_restart_mid_campaign_dials_nobody_twice(tmp_path, carrier, monkeypatc
         assert r["status"] == "completed" or r["error_message"], r
 
 
+def test_a_call_whose_callbacks_never_arrive_still_ends_its_row(tmp_path, carrier):
+    """The carrier does not retry a status callback it could not deliver. Here none can be: the public URL is a dead
+    port, so the media streams fail too. Every row still ends, from what the carrier says when asked."""
+    httpx.post(f"{carrier}/_emulator/reset")
+    numbers = recipients(ANSWER * 3)
+    env = campaign_env(carrier, VOXLINE_PUBLIC_URL=f"http://127.0.0.1:{free_port()}",
+                       VOXLINE_BATCH_CARRIER_CHECK_SECS="1")
+    api = start_api_server(tmp_path, "sqlite", env)
+    try:
+        with api.client() as c:
+            batch_id = launch(c, numbers, batch_size=3)
+            status = wait_batch(c, batch_id, timeout=60)
+            rows = c.get(f"{BATCH}/{batch_id}/data").json()["data"]
+            calls = [c.get(f"/api/v1/calls/{r['call_id']}").json() for r in rows]
+    finally:
+        stop_server(api.server)
+    assert status["status"] == "completed", status
+    assert dials(carrier) == Counter(numbers)
+    for row in rows:
+        assert row["status"] == "failed" and row["attempts"] == 1, row
+        assert "its media stream never reached this server" in row["error_message"], row
+    assert all(call["disconnection_reason"] == "error_carrier" for call in calls), calls
+    assert api.server.log().count("closing it for its campaign: error_carrier") == len(numbers)
+
+
 def test_two_server_processes_share_one_campaign_and_dial_each_row_once(tmp_path, carrier, postgres):
     httpx.post(f"{carrier}/_emulator/reset")
     kinds = (ANSWER * 8 + BUSY) * 5 + NO_ANSWER * 5

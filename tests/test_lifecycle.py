@@ -1,12 +1,49 @@
-"""A server stopped mid-call still closes the call record, with the reason saying so."""
+"""A server's start and stop: connections made while it starts wait for it, and a server stopped mid-call still
+closes the call record, with the reason saying so."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import sys
+import time
 
 from tests.calls import dial
-from tests.conftest import start_server
+from tests.conftest import free_port, server_env, start_server
+
+
+def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path):
+    """A carrier does not retry a refused status callback: while the app starts (migrations, models), connections
+    wait in the listening socket's backlog instead of being refused."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path,
+                            env=server_env(tmp_path, {"VOXLINE_PUBLIC_URL": f"http://127.0.0.1:{port}"}))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.005)
+        logged_when_connected = log.read_text()  # stderr is line-buffered: what was logged is there
+        with sock:
+            sock.settimeout(60)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: voxline\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert "ready (database" not in logged_when_connected, "the socket listened only once the app had started"
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert "ready (database" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
 
 
 async def test_graceful_shutdown_closes_live_calls_as_server_shutdown(tmp_path):

@@ -10,6 +10,10 @@ or died is adopted by another: if a call was opened for it, the new owner follow
 ended, since its status callbacks went to the process that is gone); if not, the row is failed "interrupted before
 dialing" rather than put back in the queue. Requeueing would be right for a dead process, but a live one that lost
 its lease (a stalled database) may still be about to open the call, and then the row would be dialed twice.
+
+Lost callbacks never leave a row waiting forever. The carrier does not retry a status callback it could not
+deliver (the server was restarting, a proxy failed), so a call of this process that has no media stream here is
+also checked with the carrier: first `batch_carrier_check_secs` after it was placed, then as often.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from telephony.twilio.dialer import DialerNotConfigured, MissingVariables, NotDi
 from telephony.twilio.rest import CarrierError, TwilioCalls
 
 RENEW_EVERY_SECS = 10.0  # well inside claims.LEASE, so a live process never loses its rows
-CARRIER_CHECK_EVERY_SECS = 5.0
+CARRIER_CHECK_EVERY_SECS = 5.0  # an adopted call: its process is gone, so nobody else will close it
 # The carrier says an adopted call is over: how long its own stream or status callback gets to close our record
 # before we do. Keeps a call that is ending normally in another process from being closed twice over.
 CARRIER_GRACE_SECS = 5.0
@@ -54,7 +58,10 @@ class BatchEngine:
         self.poll_secs = poll_secs or rt.settings.batch_poll_secs
         self.worker = f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._dials: dict[str, asyncio.Task] = {}  # item id → its dial in flight
-        self._adopted: dict[str, float] = {}  # call id of an adopted row → when the carrier was last asked
+        # Call id → when to ask the carrier about it next, and how often after that: adopted calls (their process
+        # is gone) soon and often; this process's own calls late and seldom, in case their callbacks were lost.
+        self._followed: dict[str, tuple[float, float]] = {}
+        self._own_check_secs = rt.settings.batch_carrier_check_secs
         self._over_since: dict[str, float] = {}  # call id → when the carrier first said it was over
         self._renewed = 0.0
         self._stopping = asyncio.Event()
@@ -110,7 +117,7 @@ class BatchEngine:
             self._renewed = now
         for adopted in await claims.adopt(db, batch_ids, self.worker):
             await self._take_over(adopted)
-        await self._check_adopted()
+        await self._check_followed()
         await claims.settle(db, batch_ids)
         for batch_id in batch_ids:
             if self._stopping.is_set():
@@ -138,10 +145,12 @@ class BatchEngine:
                 await claims.fail(db, item.id, f"dial error: {type(exc).__name__}: {exc}")
             else:
                 await claims.record_call(db, item.id, call_id, None)
-                self._adopted[call_id] = 0.0
+                self._follow(call_id, CARRIER_CHECK_EVERY_SECS, first_in=0.0)
         else:
             failure = None if placed.status == "success" else (placed.reason or "the call could not be placed")
             await claims.record_call(db, item.id, placed.call_id, failure)
+            if failure is None:
+                self._follow(placed.call_id, self._own_check_secs)
             logger.info(f"batch {claim.batch.id}: row {item.id} → {placed.to}: {placed.status}"
                         + (f" ({placed.reason})" if placed.reason else "") + f", call {placed.call_id}")
         finally:
@@ -158,23 +167,29 @@ class BatchEngine:
         if adopted.call_id is None:
             await claims.record_call(self.rt.db, adopted.item_id, call_id, None)
         logger.info(f"batch row {adopted.item_id}: following call {call_id}, left by a server that stopped")
-        self._adopted[call_id] = 0.0
+        self._follow(call_id, CARRIER_CHECK_EVERY_SECS, first_in=0.0)
 
-    async def _check_adopted(self) -> None:
-        """Close adopted calls the carrier says are over but nobody closed: their process is gone."""
+    def _follow(self, call_id: str, every: float, first_in: float | None = None) -> None:
         now = asyncio.get_running_loop().time()
-        due = [c for c, asked in self._adopted.items() if now - asked >= CARRIER_CHECK_EVERY_SECS]
+        self._followed[call_id] = (now + (every if first_in is None else first_in), every)
+
+    async def _check_followed(self) -> None:
+        """Close followed calls the carrier says are over but nobody closed: their process is gone, or the
+        carrier's callbacks never reached us."""
+        now = asyncio.get_running_loop().time()
+        due = [c for c, (at, _) in self._followed.items() if now >= at]
         if not due:
             return
         still_open = {c.id: c for c in await claims.open_calls(self.rt.db, due)}
         for call_id in due:
             call = still_open.get(call_id)
             if call is None:  # closed; settle() gives its row the outcome
-                self._adopted.pop(call_id, None)
+                self._followed.pop(call_id, None)
                 self._over_since.pop(call_id, None)
                 continue
-            self._adopted[call_id] = now
-            if call_id in self.rt.sessions:
+            every = self._followed[call_id][1]
+            self._followed[call_id] = (now + every, every)
+            if call_id in self.rt.sessions:  # streaming here: the session closes it
                 continue
             if not call.twilio_call_sid:
                 if _age_secs(call.created_at) > claims.LEASE.total_seconds():
@@ -188,7 +203,10 @@ class BatchEngine:
             if status is not None and status not in repo.CARRIER_FINAL:
                 self._over_since.pop(call_id, None)
                 continue
-            if now - self._over_since.setdefault(call_id, now) >= CARRIER_GRACE_SECS:
+            if call_id not in self._over_since:  # look again once the grace is over, not a whole period later
+                self._over_since[call_id] = now
+                self._followed[call_id] = (now + CARRIER_GRACE_SECS, every)
+            if now - self._over_since[call_id] >= CARRIER_GRACE_SECS:
                 await self._close(call_id, *carrier.ending(status, connected=call.stream_sid is not None))
 
     async def _close(self, call_id: str, reason: R, detail: str) -> None:
