@@ -181,7 +181,7 @@ class Voxline(Target):
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
                                      "--workers", str(workers)], env, work / "voxline.log", cwd=base)
-        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
+        wait_until(lambda: httpx.get(self.url + "/health", timeout=30).status_code == 200, 120, self.proc, "healthy")
         seen: set[str] = set()  # every worker answering, not just the first one up
 
         def all_workers() -> bool:

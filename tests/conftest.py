@@ -240,7 +240,8 @@ def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None =
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            # The socket listens before the app has started, so this waits for start-up rather than polling it.
+            if httpx.get(url + "/health", timeout=30).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
