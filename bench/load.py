@@ -117,6 +117,7 @@ async def amain(args) -> dict:
             args.latency_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread, "hold_s": args.hold,
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
+            "voxline_turn_sentence_end": args.turn_sentence_end,
             "voxline_workers": args.workers},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
@@ -124,7 +125,7 @@ async def amain(args) -> dict:
     try:
         for name in targets:
             log(f"{name}: starting")
-            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers) if name == "voxline"
+            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end) if name == "voxline"
                       else Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
             try:
@@ -168,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--turn-silence", type=float, default=None, metavar="SECS",
                     help="voxline agents' turn.silence_secs (default: the agent default, 0.7 s, which matches the "
                          "baseline's VAD stop 0.2 s + 0.5 s)")
+    ap.add_argument("--turn-sentence-end", default=None, metavar="SECS|null",
+                    help="voxline agents' turn.sentence_end_secs (default: the agent default, 0.3 s; null: off)")
     ap.add_argument("--workers", type=int, default=1, help="voxline server processes (`serve --workers`)")
     ap.add_argument("--line-noise", type=float, default=None, metavar="DBFS",
                     help="white noise at this RMS level (e.g. -60) on the callers' lines between utterances, "

@@ -158,20 +158,21 @@ class Target:
 
 class Voxline(Target):
     def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
-                 workers: int = 1):
+                 workers: int = 1, sentence_end: str | None = None):
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
+        turn = {k: v for k, v in (("silence_secs", turn_silence), ("sentence_end_secs", sentence_end)) if v is not None}
         for fname, text in AGENT_FILES.items():
-            if turn_silence is not None:
-                text += f"turn: {{silence_secs: {turn_silence}}}\n"
+            if turn:
+                text += "turn: {" + ", ".join(f"{k}: {v}" for k, v in turn.items()) + "}\n"
             (base / "agents" / fname).write_text(text)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.number = CLOUD_NUMBER if agent == "cloud" else LOCAL_NUMBER
         env = base_env({
             "VOXLINE_DATA_DIR": str(base / "data"), "VOXLINE_AGENTS_DIR": str(base / "agents"),
-            "VOXLINE_PUBLIC_URL": self.url, "VOXLINE_LOG_LEVEL": "WARNING",
+            "VOXLINE_PUBLIC_URL": self.url, "VOXLINE_LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
             "VOXLINE_DEEPGRAM_BASE_URL": emulators.urls["deepgram"],
             "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
             "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],

@@ -120,12 +120,16 @@ class InterruptionConfig(_Strict):
 
 class TurnConfig(_Strict):
     """End of the caller's turn. `silence`: the turn ends once the caller has been silent `silence_secs` since their
-    last word (the VAD's `stop_secs` counts towards it, and the transcript must be in).
+    last word (the VAD's `stop_secs` counts towards it, and the transcript must be in), or only `sentence_end_secs`
+    when their words end a sentence (pipelines/turns/sentence_end.py).
     `smart_turn`: the bundled smart-turn v3 model decides from the audio, and a turn it keeps calling incomplete
     ends anyway after `smart_turn_max_secs` of silence."""
 
     strategy: Literal["silence", "smart_turn"] = "silence"
     silence_secs: float = Field(default=0.7, ge=0.0, le=5.0)
+    sentence_end_secs: float | None = Field(
+        default=0.3, ge=0.0, le=5.0, description="`silence` strategy: the silence that ends a turn whose transcript "
+        "ends a sentence (. ? ! but not '...', a number, or a word like 'for'); null: always `silence_secs`")
     smart_turn_max_secs: float = Field(default=1.5, ge=0.3, le=5.0)
 
 

@@ -24,6 +24,7 @@ from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
 from pipelines.turns.mute import ClosingMuteStrategy
+from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
 from pipelines.turns.user_aggregator import aggregator_pair
 
@@ -99,5 +100,9 @@ def _stop_strategy(agent: AgentConfig):
     if agent.turn.strategy == "smart_turn":
         analyzer = SharedSmartTurnAnalyzer(max_silence_secs=agent.turn.smart_turn_max_secs)
         return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+    turn = agent.turn
+    if turn.sentence_end_secs is not None and turn.sentence_end_secs < turn.silence_secs:
+        return SentenceEndTurnStop(silence_secs=turn.silence_secs, sentence_end_secs=turn.sentence_end_secs,
+                                   vad_stop_secs=agent.vad.stop_secs)
     # pipecat's timeout starts at the VAD's stop, which itself comes `stop_secs` into the silence.
-    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, agent.turn.silence_secs - agent.vad.stop_secs))
+    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs))

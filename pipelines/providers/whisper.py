@@ -53,8 +53,11 @@ class LocalWhisperSTTService(SegmentedSTTService):
         if self.sample_rate != WHISPER_RATE:
             audio = soxr.resample(audio, self.sample_rate, WHISPER_RATE)
         model = local_models.get("whisper")
+        # temperature 0 only: faster-whisper's default retries a doubtful decode at five more temperatures, which
+        # took tiny.en from ~180 ms to ~1.1 s on a misheard phrase, while the caller waited for the reply.
         segments, _ = model.transcribe(
-            audio, language=self._language, beam_size=self._beam_size, vad_filter=False, condition_on_previous_text=False
+            audio, language=self._language, beam_size=self._beam_size, vad_filter=False,
+            condition_on_previous_text=False, temperature=0.0,
         )
         return " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.6).strip()
 

@@ -1,0 +1,80 @@
+"""End of turn by silence, sooner when the caller's words end a sentence.
+
+A caller who asked "Where are you located?" is done; one who said "I need help with my..." is not. Both pause the
+same way, and a single silence timeout has to be long enough for the second, which makes every complete question
+wait for it too. Transcribers punctuate: Whisper ends a finished question with "?" and a trailing-off phrase with
+"...". So the turn ends after `sentence_end_secs` of silence when the words transcribed in the caller's pause end a
+sentence, and after `silence_secs` otherwise. This is the rule hosted platforms call punctuation-based
+endpointing (Vapi waits 0.1 s after a punctuated transcript and 1.5 s after an unpunctuated one).
+
+Numbers are read in chunks ("my number is 4 5 7."), so a sentence that ends in a digit keeps the long wait, as does
+one that ends in a word no sentence ends with ("a table for."): Whisper sometimes puts a full stop after those.
+A wrong guess costs little: the agent starts answering, the caller goes on, and barge-in holds the agent's audio.
+
+Tied to pipecat 1.14's SpeechTimeoutUserTurnStopStrategy internals (its timer task and flags).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+
+_SENTENCE_END = re.compile(r"[.?!][\"')\]]*$")
+_TRAILING_OFF = re.compile(r"(\.\.|…)[\"')\]]*$")
+_WORD = re.compile(r"[\w']+")
+# Words an English sentence does not end with: articles, conjunctions, prepositions, possessives, copulas.
+OPEN_ENDINGS = frozenset(
+    "a an the and or but so because if than that to for of with from in on at by about into my your our their his "
+    "her its is are was were am".split())
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether `text` reads as a finished sentence: it ends in . ? or ! (not "..."), and not in a number or a word
+    no sentence ends with."""
+    text = text.strip()
+    if not _SENTENCE_END.search(text) or _TRAILING_OFF.search(text):
+        return False
+    words = _WORD.findall(text.lower())
+    return bool(words) and not words[-1].isdigit() and words[-1] not in OPEN_ENDINGS
+
+
+class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
+    """pipecat's silence timeout (which starts at the VAD's stop, itself `vad_stop_secs` into the silence), cut to
+    `sentence_end_secs` of silence once the caller's latest words end a sentence."""
+
+    def __init__(self, *, silence_secs: float, sentence_end_secs: float, vad_stop_secs: float, **kwargs):
+        super().__init__(user_speech_timeout=max(0.0, silence_secs - vad_stop_secs), **kwargs)
+        self._sentence_timeout = max(0.0, min(sentence_end_secs, silence_secs) - vad_stop_secs)
+        # Only words that arrive in this pause are judged. One that arrives while the caller speaks may be the late
+        # transcript of what they said before (a segmented STT like Whisper only transcribes after a pause), so it
+        # would judge the new words by the old ones. A streaming STT's words that beat the VAD's stop fall back to
+        # the long silence: slower, never wrong.
+        self._words_in_pause = ""
+        self._stopped_at = 0.0
+
+    async def process_frame(self, frame):
+        if isinstance(frame, (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)):
+            self._words_in_pause = ""
+            self._stopped_at = time.monotonic()
+        result = await super().process_frame(frame)
+        if isinstance(frame, TranscriptionFrame) and self._vad_stopped and not self._vad_user_speaking:
+            self._words_in_pause += " " + frame.text
+            await self._maybe_shorten()
+        return result
+
+    async def _maybe_shorten(self) -> None:
+        if (self._user_speech_wait_done or self._user_speech_timeout_task is None
+                or not ends_sentence(self._words_in_pause)):
+            return
+        left = self._sentence_timeout - (time.monotonic() - self._stopped_at)
+        await self.task_manager.cancel_task(self._user_speech_timeout_task)
+        self._user_speech_timeout_task = None
+        if left > 0:
+            self._user_speech_timeout_task = self.task_manager.create_task(
+                self._user_speech_timeout_handler(left), f"{self}::_user_speech_timeout_handler")
+        else:
+            self._user_speech_wait_done = True
+            await self._maybe_trigger_user_turn_stopped()

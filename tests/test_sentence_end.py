@@ -1,0 +1,115 @@
+"""The sentence-end turn rule (pipelines/turns/sentence_end.py): which transcripts end a sentence, and the turn
+ending after the short silence for those and the long one for the rest, on pipecat's real timers and task manager.
+The silences here are far apart (0.3 s against 3 s) so that a loaded machine cannot blur them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pipecat.clocks.system_clock import SystemClock
+from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.utils.asyncio.task_manager import TaskManager
+
+from config.agent import AgentConfig
+from pipelines.architectures.pipeline import _stop_strategy
+from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
+
+# What tiny.en wrote for espeak phrases over an 8 kHz line (complete, then cut off mid-sentence).
+@pytest.mark.parametrize(("text", "ends"), [
+    ("Where are you located?", True),
+    ("Yes.", True),
+    ("Tell me I'm out your opening hour.", True),
+    ("Stop!", True),
+    ('He said "bye."', True),
+    ("I need help with my...", False),  # Whisper's mark for trailing off
+    ("So, basically what happened was…", False),
+    ("I would like to come or cut table for.", False),  # a full stop after a word no sentence ends with
+    ("My account number is 4 5 7.", False),  # numbers are read in chunks
+    ("They order number in 1, 2, 3, 4.", False),
+    ("wait where in my head my sleep", False),  # a doubtful decode comes back unpunctuated
+    ("", False),
+    ("?", False),
+])
+def test_which_transcripts_end_a_sentence(text, ends):
+    assert ends_sentence(text) is ends
+
+
+def test_agents_get_the_rule_unless_it_is_off_or_no_shorter():
+    def agent(**turn) -> AgentConfig:
+        return AgentConfig(name="a", system_prompt="p", transcriber={"provider": "whisper"}, llm={}, tts={},
+                           turn=turn)
+
+    assert type(_stop_strategy(agent())) is SentenceEndTurnStop  # on by default: 0.3 s against 0.7 s
+    assert type(_stop_strategy(agent(sentence_end_secs=None))) is SpeechTimeoutUserTurnStopStrategy
+    assert type(_stop_strategy(agent(silence_secs=0.3, sentence_end_secs=0.5))) is SpeechTimeoutUserTurnStopStrategy
+
+
+async def _strategy() -> tuple[SentenceEndTurnStop, list[float]]:
+    strategy = SentenceEndTurnStop(silence_secs=3.0, sentence_end_secs=0.3, vad_stop_secs=0.2)
+    # The strategy uses only the task manager; there is no pipeline around it here.
+    await strategy.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
+                                             task_manager=TaskManager(loop=asyncio.get_running_loop())))
+    ended: list[float] = []
+
+    async def on_stopped(_strategy, _params):
+        ended.append(time.monotonic())
+
+    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
+    await strategy.handle_user_turn_started()
+    return strategy, ended
+
+
+async def _speak_then_pause(strategy: SentenceEndTurnStop) -> float:
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    return time.monotonic()
+
+
+async def test_a_finished_sentence_ends_the_turn_after_the_short_silence():
+    strategy, ended = await _strategy()
+    stopped = await _speak_then_pause(strategy)
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+    assert not ended  # 0.1 s past the VAD's stop is not over yet
+    await asyncio.sleep(0.6)
+    assert ended and ended[0] - stopped < 1.0, "the turn should end 0.1 s after the VAD's stop, not 2.8 s"
+    await strategy.cleanup()
+
+
+async def test_a_transcript_that_comes_late_ends_the_turn_on_arrival():
+    strategy, ended = await _strategy()
+    await _speak_then_pause(strategy)
+    await asyncio.sleep(0.4)  # the STT took longer than the short silence
+    assert not ended  # no words yet: never before the transcript
+    await strategy.process_frame(TranscriptionFrame("Yes.", "caller", "now"))
+    await asyncio.sleep(0)
+    assert len(ended) == 1
+    await strategy.cleanup()
+
+
+async def test_an_unfinished_sentence_waits_for_the_long_silence():
+    strategy, ended = await _strategy()
+    stopped = await _speak_then_pause(strategy)
+    await strategy.process_frame(TranscriptionFrame("I need help with my...", "caller", "now"))
+    await asyncio.sleep(1.5)
+    assert not ended
+    await asyncio.sleep(2.0)
+    assert ended and ended[0] - stopped >= 2.7  # silence_secs minus the VAD's stop_secs
+    await strategy.cleanup()
+
+
+async def test_words_from_before_the_caller_went_on_do_not_count():
+    """A finished sentence whose transcript comes only once the caller has gone on (Whisper transcribes after a
+    pause), then a pause after words that do not end one: the long silence applies."""
+    strategy, ended = await _strategy()
+    await _speak_then_pause(strategy)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())  # went on before the short silence was over
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TranscriptionFrame(" I mean the", "caller", "now"))
+    await asyncio.sleep(1.0)
+    assert not ended, "the latest words do not end a sentence: the long silence applies"
+    await strategy.cleanup()
