@@ -11,8 +11,8 @@ run() { local name=$1; shift; echo "== $name: bench/load.py $*"; $py bench/load.
 run cloud-10 --target both --calls 10
 run noisy-20 --target both --calls 20 --line-noise -60 --hold 20
 run local-3 --target both --agent local --calls 3
-run local-1 --target voxline --agent local --calls 1 --turns 3 --turn-silence 0.5
-run local-1-baseline --target baseline --agent local --calls 1 --turns 3
+run local-1 --target voxline --agent local --calls 1 --turns 6
+run local-1-baseline --target baseline --agent local --calls 1 --turns 6
 run ramp --target voxline --ramp --ramp-levels 10,20,30,40,60,80,100 --turns 1 --hold 8
 run ramp-workers2 --target voxline --ramp --ramp-levels 20,30,40,60,80,100 --turns 1 --hold 8 --workers 2
 [[ "${2:-}" == "--no-soak" ]] || run soak --target voxline --soak 1000 --soak-lanes 4

@@ -8,6 +8,7 @@ queues those connections in the kernel's backlog until the app takes them.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 
@@ -19,8 +20,7 @@ def run(app, **options) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(app, **options)
-    sock = config.bind_socket()
-    sock.listen(config.backlog)
+    sock = listening_socket(config)
     if config.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
         return
@@ -31,3 +31,15 @@ def run(app, **options) -> None:
         pass
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def listening_socket(config) -> socket.socket:
+    """uvicorn's bound socket for `config`, listening, and marked TCP so that connections get TCP_NODELAY."""
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # uvicorn's socket says protocol 0, and asyncio sets TCP_NODELAY only on connections accepted from one that
+        # says IPPROTO_TCP: without it, Nagle and delayed ACKs held every small write (a 20 ms media message, a
+        # keep-alive response) ~40 ms. `uvicorn --workers` binds the same way and has the same delay.
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    sock.listen(config.backlog)
+    return sock

@@ -46,6 +46,31 @@ def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path):
         proc.wait(timeout=15)
 
 
+async def test_connections_to_the_listening_socket_get_tcp_nodelay():
+    """Without TCP_NODELAY, Nagle's algorithm and delayed ACKs held small writes (a media message, a keep-alive
+    response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on."""
+    import uvicorn
+
+    from runtime.listen import listening_socket
+
+    sock = listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0))
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        assert await asyncio.wait_for(accepted, 5) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_graceful_shutdown_closes_live_calls_as_server_shutdown(tmp_path):
     srv = start_server(tmp_path, auth_token=None)
     try:
