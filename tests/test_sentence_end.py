@@ -43,13 +43,17 @@ def test_agents_get_the_rule_unless_it_is_off_or_no_shorter():
         return AgentConfig(name="a", system_prompt="p", transcriber={"provider": "whisper"}, llm={}, tts={},
                            turn=turn)
 
-    assert type(_stop_strategy(agent())) is SentenceEndTurnStop  # on by default: 0.3 s against 0.7 s
-    assert type(_stop_strategy(agent(sentence_end_secs=None))) is SpeechTimeoutUserTurnStopStrategy
-    assert type(_stop_strategy(agent(silence_secs=0.3, sentence_end_secs=0.5))) is SpeechTimeoutUserTurnStopStrategy
+    def strategy(**turn):
+        return type(_stop_strategy(agent(**turn), segmented_stt=True))
+
+    assert strategy() is SentenceEndTurnStop  # on by default: 0.3 s against 0.7 s
+    assert strategy(sentence_end_secs=None) is SpeechTimeoutUserTurnStopStrategy
+    assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is SpeechTimeoutUserTurnStopStrategy
 
 
-async def _strategy() -> tuple[SentenceEndTurnStop, list[float]]:
-    strategy = SentenceEndTurnStop(silence_secs=3.0, sentence_end_secs=0.3, vad_stop_secs=0.2)
+async def _strategy(segmented_stt: bool = True) -> tuple[SentenceEndTurnStop, list[float]]:
+    strategy = SentenceEndTurnStop(silence_secs=3.0, sentence_end_secs=0.3, vad_stop_secs=0.2,
+                                   segmented_stt=segmented_stt)
     # The strategy uses only the task manager; there is no pipeline around it here.
     await strategy.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
                                              task_manager=TaskManager(loop=asyncio.get_running_loop())))
@@ -101,9 +105,21 @@ async def test_an_unfinished_sentence_waits_for_the_long_silence():
     await strategy.cleanup()
 
 
+async def test_a_streaming_stt_sentence_that_came_before_the_vads_stop_counts():
+    """Deepgram sends the words as they are said: its final often beats the VAD's stop."""
+    strategy, ended = await _strategy(segmented_stt=False)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+    stopped = time.monotonic()
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await asyncio.sleep(0.6)
+    assert ended and ended[0] - stopped < 1.0
+    await strategy.cleanup()
+
+
 async def test_words_from_before_the_caller_went_on_do_not_count():
-    """A finished sentence whose transcript comes only once the caller has gone on (Whisper transcribes after a
-    pause), then a pause after words that do not end one: the long silence applies."""
+    """Whisper's transcript of a finished sentence comes only once the caller has gone on (it transcribes after a
+    pause), then the caller pauses after words that do not end one: the long silence applies."""
     strategy, ended = await _strategy()
     await _speak_then_pause(strategy)
     await strategy.process_frame(VADUserStartedSpeakingFrame())  # went on before the short silence was over

@@ -8,6 +8,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
+from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
@@ -52,7 +53,8 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             # A transcript with no speech before it starts a turn too: that is how keypad digits arrive.
             TranscriptionUserTurnStartStrategy(enable_interruptions=agent.interruption.enabled),
         ]
-    strategies = UserTurnStrategies(start=start, stop=[_stop_strategy(agent)])
+    stop = _stop_strategy(agent, segmented_stt=isinstance(stt, SegmentedSTTService))
+    strategies = UserTurnStrategies(start=start, stop=[stop])
     closing_mute = ClosingMuteStrategy()
     context = LLMContext(messages=[{"role": "system", "content": agent.system_prompt}],
                          tools=ctx.tools.tools_schema() if ctx.tools else NOT_GIVEN)
@@ -96,13 +98,13 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     )
 
 
-def _stop_strategy(agent: AgentConfig):
+def _stop_strategy(agent: AgentConfig, segmented_stt: bool):
     if agent.turn.strategy == "smart_turn":
         analyzer = SharedSmartTurnAnalyzer(max_silence_secs=agent.turn.smart_turn_max_secs)
         return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
     turn = agent.turn
     if turn.sentence_end_secs is not None and turn.sentence_end_secs < turn.silence_secs:
         return SentenceEndTurnStop(silence_secs=turn.silence_secs, sentence_end_secs=turn.sentence_end_secs,
-                                   vad_stop_secs=agent.vad.stop_secs)
+                                   vad_stop_secs=agent.vad.stop_secs, segmented_stt=segmented_stt)
     # pipecat's timeout starts at the VAD's stop, which itself comes `stop_secs` into the silence.
     return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs))

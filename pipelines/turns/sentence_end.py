@@ -3,8 +3,8 @@
 A caller who asked "Where are you located?" is done; one who said "I need help with my..." is not. Both pause the
 same way, and a single silence timeout has to be long enough for the second, which makes every complete question
 wait for it too. Transcribers punctuate: Whisper ends a finished question with "?" and a trailing-off phrase with
-"...". So the turn ends after `sentence_end_secs` of silence when the words transcribed in the caller's pause end a
-sentence, and after `silence_secs` otherwise. This is the rule hosted platforms call punctuation-based
+"...". So the turn ends after `sentence_end_secs` of silence when the caller's latest words end a sentence, and
+after `silence_secs` otherwise. This is the rule hosted platforms call punctuation-based
 endpointing (Vapi waits 0.1 s after a punctuated transcript and 1.5 s after an unpunctuated one).
 
 Numbers are read in chunks ("my number is 4 5 7."), so a sentence that ends in a digit keeps the long wait, as does
@@ -45,29 +45,35 @@ class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
     """pipecat's silence timeout (which starts at the VAD's stop, itself `vad_stop_secs` into the silence), cut to
     `sentence_end_secs` of silence once the caller's latest words end a sentence."""
 
-    def __init__(self, *, silence_secs: float, sentence_end_secs: float, vad_stop_secs: float, **kwargs):
+    def __init__(self, *, silence_secs: float, sentence_end_secs: float, vad_stop_secs: float,
+                 segmented_stt: bool, **kwargs):
         super().__init__(user_speech_timeout=max(0.0, silence_secs - vad_stop_secs), **kwargs)
         self._sentence_timeout = max(0.0, min(sentence_end_secs, silence_secs) - vad_stop_secs)
-        # Only words that arrive in this pause are judged. One that arrives while the caller speaks may be the late
-        # transcript of what they said before (a segmented STT like Whisper only transcribes after a pause), so it
-        # would judge the new words by the old ones. A streaming STT's words that beat the VAD's stop fall back to
-        # the long silence: slower, never wrong.
-        self._words_in_pause = ""
+        # Which words judge a pause. A segmented STT (Whisper) transcribes only after a pause, so words it sends
+        # while the caller speaks again are the late transcript of what came before: only words that arrive in the
+        # pause count. A streaming STT (Deepgram) sends the current words as they are said, often before the VAD's
+        # stop: the words since the caller last started speaking count.
+        self._segmented = segmented_stt
+        self._words = ""
         self._stopped_at = 0.0
 
     async def process_frame(self, frame):
-        if isinstance(frame, (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)):
-            self._words_in_pause = ""
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._words = ""
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._stopped_at = time.monotonic()
+            if self._segmented:
+                self._words = ""
         result = await super().process_frame(frame)
-        if isinstance(frame, TranscriptionFrame) and self._vad_stopped and not self._vad_user_speaking:
-            self._words_in_pause += " " + frame.text
+        if isinstance(frame, TranscriptionFrame) and (not self._segmented or not self._vad_user_speaking):
+            self._words += " " + frame.text
+        if isinstance(frame, (TranscriptionFrame, VADUserStoppedSpeakingFrame)):
             await self._maybe_shorten()
         return result
 
     async def _maybe_shorten(self) -> None:
-        if (self._user_speech_wait_done or self._user_speech_timeout_task is None
-                or not ends_sentence(self._words_in_pause)):
+        if (self._vad_user_speaking or not self._vad_stopped or self._user_speech_wait_done
+                or self._user_speech_timeout_task is None or not ends_sentence(self._words)):
             return
         left = self._sentence_timeout - (time.monotonic() - self._stopped_at)
         await self.task_manager.cancel_task(self._user_speech_timeout_task)
