@@ -37,6 +37,30 @@ async def _states(analyzer, audio: bytes) -> list[VADState]:
     return [await analyzer.analyze_audio(audio[i:i + 640]) for i in range(0, len(audio), 640)]
 
 
+async def test_the_vad_tells_of_each_pause_halfway_to_its_stop(speech):
+    """What starts Whisper early (whisper.py): one call per pause that ends speech, before the VAD's stop, numbered
+    as the pause the stop then ends. The decisions are the same with the hook as without it."""
+    heard: list[tuple[int, int]] = []
+    analyzer = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    analyzer.on_pause = lambda pause: heard.append((pause, len(states)))
+    states: list[VADState] = []
+    pauses: list[int] = []  # the analyzer's pause count after each frame
+    audio = _line(speech)
+    analyzer.set_sample_rate(8000)
+    for i in range(0, len(audio), 640):
+        states.append(await analyzer.analyze_audio(audio[i:i + 640]))
+        pauses.append(analyzer.pauses)
+    assert states == await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
+    stops = [i for i in range(1, len(states)) if states[i] == VADState.QUIET and states[i - 1] != VADState.QUIET
+             and VADState.SPEAKING in states[:i]]
+    assert len(stops) == 2, stops  # "located", then "stop"
+    assert len({pause for pause, _ in heard}) == len(heard), heard  # once per pause
+    for stop in stops:
+        pause, at = [(pause, at) for pause, at in heard if at <= stop][-1]
+        assert at < stop, "told no earlier than the stop itself"
+        assert pause == pauses[stop], "the stop ends another pause than the one told"
+
+
 async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
     scored = []
     real_run = shared_vad._run_batch

@@ -21,6 +21,7 @@ from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
@@ -45,6 +46,8 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             min_volume=agent.vad.min_volume,
         ),
     )
+    if isinstance(stt, LocalWhisperSTTService):
+        stt.start_on_pauses(vad)
     if agent.interruption.enabled and ctx.playout is not None:
         start = [BargeInStrategy(agent.interruption, ctx.playout, label=ctx.label, on_verdict=ctx.on_barge_in)]
     else:

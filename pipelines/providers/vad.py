@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -131,6 +132,10 @@ class _SharedSileroModel(SileroOnnxModel):
 class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None):
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        # For an STT that starts on a pause before the VAD calls it the end of speech (whisper.py): called with the
+        # pause's number once it is half of `stop_secs` long. `pauses` counts the pauses so far.
+        self.on_pause: Callable[[int], None] | None = None
+        self.pauses = 0
         self._model = _SharedSileroModel()
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
@@ -176,8 +181,12 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         elif state == VADState.SPEAKING:
             self._vad_state = VADState.STOPPING
             self._vad_stopping_count = 1
+            self.pauses += 1
         elif state == VADState.STOPPING:
             self._vad_stopping_count += 1
+        if (self.on_pause is not None and self._vad_state == VADState.STOPPING
+                and self._vad_stopping_count == max(1, self._vad_stop_frames // 2)):
+            self.on_pause(self.pauses)
 
     def _settle(self) -> VADState:
         """The end of pipecat's VADAnalyzer._run_analyzer: enough windows either way change the state."""

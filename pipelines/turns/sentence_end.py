@@ -72,6 +72,9 @@ class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
         return result
 
     async def _maybe_shorten(self) -> None:
+        # Not when the turn started after the pause did (barge-in starts it on the transcript, over the agent):
+        # pipecat then times the silence from the transcript, and ending the turn in the same tick as the
+        # interruption would store the caller's words before the interrupted reply.
         if (self._vad_user_speaking or not self._vad_stopped or self._user_speech_wait_done
                 or self._user_speech_timeout_task is None or not ends_sentence(self._words)):
             return
