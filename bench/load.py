@@ -125,8 +125,9 @@ async def amain(args) -> dict:
     try:
         for name in targets:
             log(f"{name}: starting")
-            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end) if name == "voxline"
-                      else Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent))
+            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end)
+                      if name == "voxline" else
+                      Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
             try:
                 others = {"generator": psutil.Process()} | {f"emulator-{k}": p.ps for k, p in emulators.procs.items()}

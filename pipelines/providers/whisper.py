@@ -34,7 +34,8 @@ class LocalWhisperSTTService(SegmentedSTTService):
         self._language = language
         self._beam_size = beam_size
         self._vad: SharedSileroVADAnalyzer | None = None
-        self._early: tuple[int, asyncio.Future] | None = None  # (pause number, its transcription in flight)
+        # (pause number, the speech it transcribes, that transcription in flight)
+        self._early: tuple[int, bytes, asyncio.Future] | None = None
 
     def start_on_pauses(self, vad: SharedSileroVADAnalyzer) -> None:
         """Transcribe once a pause is half of the VAD's `stop_secs` long, not when the VAD ends the segment. The
@@ -46,10 +47,10 @@ class LocalWhisperSTTService(SegmentedSTTService):
     def _on_pause(self, pause: int) -> None:
         if not self._user_speaking or not self.is_usable:
             return
-        pcm = bytes(self._audio_buffer) + self._trailing_silence()
-        early = asyncio.ensure_future(local_models.run_inference(self._transcribe, pcm))
+        speech = bytes(self._audio_buffer)
+        early = asyncio.ensure_future(local_models.run_inference(self._transcribe, speech + self._trailing_silence()))
         early.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped run's error is not lost
-        self._early = (pause, early)
+        self._early = (pause, speech, early)
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -82,11 +83,17 @@ class LocalWhisperSTTService(SegmentedSTTService):
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         await self.start_processing_metrics()
-        early, self._early = self._early, None
-        from_pause = early is not None and self._vad is not None and early[0] == self._vad.pauses
+        early = self._early
+        # The run is this segment's when the VAD's stop ended the pause it started in, and the segment is that
+        # speech plus the rest of the pause. A segment that waited behind another transcription can be older than
+        # the latest pause: that run then stays for its own segment.
+        from_pause = (early is not None and self._vad is not None and early[0] == self._vad.pauses
+                      and audio.startswith(early[1]))
+        if from_pause:
+            self._early = None
         try:
             if from_pause:
-                text = await early[1]  # started in the pause that ended this segment, on the same speech
+                text = await early[2]
             else:
                 text = await local_models.run_inference(self._transcribe, audio)
         except Exception as exc:  # a model failure must not kill the call: report and go on
