@@ -20,7 +20,7 @@ from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
 from config import variables as call_variables
-from runtime import call_feed
+from runtime import call_feed, call_observer
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.call_pipeline import LINE_SAMPLE_RATE
@@ -300,6 +300,7 @@ class CallSession(StreamEvents):
             enable_turn_tracking=False,  # nothing here reads its turns, and every observer costs a hop per frame
             observers=[self._latency.observer],
         )
+        call_observer.install(worker)
         self._agent = agent
         self._observe(transport, built, worker)
         self._built = built

@@ -9,16 +9,21 @@ import audioop
 import numpy as np
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
-from pipecat.frames.frames import InputAudioRawFrame, TextFrame
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator, LLMUserAggregatorParams
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.turns.first_clause import FirstClauseTextAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
+from runtime import call_observer
 from telephony.pacing import LeadPacer
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.1, stop_secs=0.2, min_volume=0.3)
@@ -205,3 +210,52 @@ def test_openai_clients_share_one_tls_context():
     assert a._client is not b._client  # each call keeps its own client and pool
     pools = [c._client._client._transport._pool for c in (a, b)]  # AsyncOpenAI → httpx client → transport
     assert all(p._ssl_context is tls_context() for p in pools)
+
+
+class _Seen(BaseObserver):
+    def __init__(self, processed: bool = False):
+        super().__init__()
+        self.pushed: list[str] = []
+        self.processed: list[str] | None = [] if processed else None
+
+    async def on_push_frame(self, data: FramePushed):
+        self.pushed.append(type(data.frame).__name__)
+
+
+class _SeenProcessed(_Seen):
+    async def on_process_frame(self, data: FrameProcessed):
+        self.processed.append(type(data.frame).__name__)
+
+
+class _Through(FrameProcessor):
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
+async def _observe_a_pipeline(*observers: BaseObserver) -> None:
+    worker = PipelineWorker(Pipeline([_Through(), _Through()]), observers=list(observers),
+                            enable_rtvi=False, enable_turn_tracking=False)
+    assert isinstance(call_observer.install(worker), call_observer.CallWorkerObserver)
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+    await runner.add_workers(worker)
+    await worker.queue_frames([InputAudioRawFrame(audio=bytes(640), sample_rate=8000, num_channels=1),
+                               TextFrame("hello"), EndFrame()])
+    await asyncio.wait_for(runner.run(), 10)
+    await asyncio.sleep(0.05)  # the observers' tasks drain their queues
+
+
+async def test_a_calls_observers_are_not_handed_the_callers_audio():
+    """The caller's 40 ms frames are most of a call's frames; handing each push and each processing of them to
+    every observer's queue cost a task wake-up each. Everything else still reaches the observers."""
+    plain = _Seen()
+    await _observe_a_pipeline(plain)
+    assert "TextFrame" in plain.pushed and "EndFrame" in plain.pushed and "StartFrame" in plain.pushed
+    assert "InputAudioRawFrame" not in plain.pushed
+
+
+async def test_processed_frame_events_reach_an_observer_that_reads_them():
+    plain, reader = _Seen(), _SeenProcessed(processed=True)
+    await _observe_a_pipeline(plain, reader)
+    assert "TextFrame" in reader.processed and "InputAudioRawFrame" in reader.processed
+    assert "InputAudioRawFrame" not in reader.pushed and "TextFrame" in reader.pushed

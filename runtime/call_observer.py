@@ -1,0 +1,57 @@
+"""The per-call proxy between pipecat's processors and the call's observers, without the hand-offs nobody reads.
+
+pipecat's `WorkerObserver` puts every frame push, and every frame a processor processes, into each observer's
+queue, and each put wakes that observer's task. A caller's 40 ms audio frame crosses three or four processors
+before the user aggregator drops it, so with the call's two observers (the latency observer, pipecat's idle
+watch) that was about a dozen queue puts and task wake-ups per frame, 25 times a second per call, for events no
+observer here looks at: neither reads a caller's audio frame, and none overrides `on_process_frame`.
+
+This proxy hands on the same events as pipecat's, except:
+- no push of a caller's audio frame (`InputAudioRawFrame`): a call's observers must not need them. The latency
+  observer works from VAD, transcript, LLM, TTS and metrics frames, the idle watch from speaking frames;
+- no processed-frame events unless some observer overrides `on_process_frame`.
+
+Installed over the worker's own proxy before the worker starts (`install`); tied to pipecat's private
+`PipelineWorker._observer` and `WorkerObserver._observers`, pinned like the other seams.
+"""
+
+from __future__ import annotations
+
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
+from pipecat.pipeline.worker import PipelineWorker
+from pipecat.pipeline.worker_observer import WorkerObserver
+
+UNOBSERVED = (InputAudioRawFrame,)
+
+
+class CallWorkerObserver(WorkerObserver):
+    def __init__(self, *, observers: list[BaseObserver] | None = None, **kwargs):
+        super().__init__(observers=observers, **kwargs)
+        self._processed_wanted = self._wants_processed()
+
+    def _wants_processed(self) -> bool:
+        return any(type(o).on_process_frame is not BaseObserver.on_process_frame for o in self._observers)
+
+    def add_observer(self, observer: BaseObserver):
+        super().add_observer(observer)
+        self._processed_wanted = self._wants_processed()
+
+    async def remove_observer(self, observer: BaseObserver):
+        await super().remove_observer(observer)
+        self._processed_wanted = self._wants_processed()
+
+    async def on_process_frame(self, data: FrameProcessed):
+        if self._processed_wanted:
+            await super().on_process_frame(data)
+
+    async def on_push_frame(self, data: FramePushed):
+        if not isinstance(data.frame, UNOBSERVED):
+            await super().on_push_frame(data)
+
+
+def install(worker: PipelineWorker) -> CallWorkerObserver:
+    """Before the worker runs: its processors are handed the proxy when they are set up."""
+    proxy = CallWorkerObserver(observers=worker._observer._observers)
+    worker._observer = proxy
+    return proxy
