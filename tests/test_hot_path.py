@@ -9,7 +9,7 @@ import audioop
 import numpy as np
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame, TranscriptionFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
@@ -24,6 +24,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.first_clause import FirstClauseTextAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
 from runtime import call_observer
@@ -262,3 +263,70 @@ async def test_processed_frame_events_reach_an_observer_that_reads_them():
     await _observe_a_pipeline(plain, reader)
     assert "TextFrame" in reader.processed and "InputAudioRawFrame" in reader.processed
     assert "InputAudioRawFrame" not in reader.pushed and "TextFrame" in reader.pushed
+
+
+class _Pauses:
+    """The one thing the STT reads from the VAD: how many pauses it has told of."""
+
+    def __init__(self):
+        self.pauses = 0
+        self.on_pause = None
+
+
+async def _transcripts(stt: LocalWhisperSTTService, audio: bytes) -> list[str]:
+    return [f.text async for f in stt.run_stt(audio) if isinstance(f, TranscriptionFrame)]
+
+
+async def test_an_early_whisper_run_serves_only_the_segment_whose_speech_it_transcribed(monkeypatch):
+    """Under load a segment can wait behind another transcription while the caller speaks again and reaches the
+    next half-pause. The older segment must not take that newer run's transcript (and lose its own)."""
+    runs: list[bytes] = []
+
+    def transcribe(pcm: bytes) -> str:
+        runs.append(pcm)
+        return {1: "first question", 2: "second question"}[pcm[0]]
+
+    stt = LocalWhisperSTTService()
+    monkeypatch.setattr(stt, "_transcribe", transcribe)
+    vad = _Pauses()
+    stt.start_on_pauses(vad)
+    stt._user_speaking = True
+    first, second = b"\x01" * 3200, b"\x02" * 3200
+    rest_of_pause = bytes(800)
+
+    stt._audio_buffer[:] = first
+    vad.pauses = 1
+    vad.on_pause(1)
+    first_segment = first + rest_of_pause + stt._trailing_silence()
+    # The first segment's transcription is queued; meanwhile the caller says more and pauses again.
+    stt._audio_buffer[:] = second
+    vad.pauses = 2
+    vad.on_pause(2)
+    second_segment = second + rest_of_pause + stt._trailing_silence()
+
+    assert await _transcripts(stt, first_segment) == ["first question"]
+    assert first_segment in runs  # transcribed afresh, not taken from the second pause's run
+    assert await _transcripts(stt, second_segment) == ["second question"]
+    assert second_segment not in runs  # the second segment took the run started in its pause
+
+
+async def test_a_segment_takes_the_run_started_in_its_own_pause(monkeypatch):
+    stt = LocalWhisperSTTService()
+    runs: list[bytes] = []
+    monkeypatch.setattr(stt, "_transcribe", lambda pcm: runs.append(pcm) or "hello")
+    vad = _Pauses()
+    stt.start_on_pauses(vad)
+    stt._user_speaking = True
+    stt._audio_buffer[:] = b"\x05" * 1600
+    vad.pauses = 1
+    vad.on_pause(1)
+    assert await _transcripts(stt, b"\x05" * 1600 + bytes(800)) == ["hello"]
+    assert len(runs) == 1 and runs[0].startswith(b"\x05" * 1600)
+    # The caller went on after the half-pause and the VAD's stop ended a later pause: that run is not the segment's.
+    stt._audio_buffer[:] = b"\x05" * 1600
+    vad.pauses = 2
+    vad.on_pause(2)
+    vad.pauses = 3
+    segment = b"\x05" * 1600 + b"\x06" * 1600 + bytes(800)
+    assert await _transcripts(stt, segment) == ["hello"]
+    assert len(runs) == 3 and segment in runs
