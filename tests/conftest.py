@@ -229,7 +229,11 @@ def start_server(base: Path, *, auth_token: str | None, extra_env: dict | None =
     if auth_token:
         env.update(TWILIO_AUTH_TOKEN=auth_token, TWILIO_ACCOUNT_SID=ACCOUNT_SID)
     env.update(extra_env or {})
-    log_path = base / "server.log"
+    # A second server in the same folder (a restart, a second process) logs beside the first, not over it: a
+    # failure's post-mortem needs both.
+    log_path, n = base / "server.log", 2
+    while log_path.exists():
+        log_path, n = base / f"server.{n}.log", n + 1
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port), *args],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=base,
