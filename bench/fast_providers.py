@@ -10,7 +10,10 @@ code runs (same protocol, same messages, same `--latency-ms`), with three swaps:
 
 - utterances are cut by loudness (20 ms RMS blocks; the caller's speech is synthesized, its silence is digital)
   instead of Silero, with the same start/stop timings the emulator asks for;
-- every utterance is transcribed as `--transcript` (the benchmark's caller says known lines);
+- every utterance is transcribed as `--transcript` (the benchmark's caller says known lines), punctuated as
+  Deepgram punctuates it when asked (pipecat's Deepgram service asks); the emulator strips the punctuation when a
+  client does not ask. Until this round the line had no punctuation, which no punctuating Deepgram returns, so
+  voxline's sentence-end turn rule never fired in the cloud rows;
 - Piper's output is cached per (sentence, rate): the first synthesis of a sentence is real, repeats are the same
   bytes at once, like a provider with zero latency.
 """
@@ -125,7 +128,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--latency-ms", type=int, default=0)
     ap.add_argument("--rules", type=Path)
-    ap.add_argument("--transcript", default="where are you located")
+    ap.add_argument("--transcript", default="Where are you located?")
     args = ap.parse_args()
     patch(args.transcript)
     try:
