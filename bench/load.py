@@ -95,6 +95,25 @@ async def bench_target(target: Target, args, plan: Plan, levels: list[int], log,
     return res
 
 
+def split_cpus(spec: str | None) -> tuple[set[int] | None, set[int] | None]:
+    """`--server-cpus`: the server's CPUs, and the rest of this process's for the generator and the emulators, so
+    that on a bigger host the server is measured on the cores it was given, with the load not taking from them."""
+    if not spec:
+        return None, None
+    try:
+        server = {int(c) for c in spec.split(",") if c.strip()}
+    except ValueError:
+        sys.exit(f"--server-cpus {spec!r}: a comma-separated list of CPU numbers, e.g. 0,1")
+    available = os.sched_getaffinity(0)
+    if not server or not server <= available:
+        sys.exit(f"--server-cpus {spec!r}: not among this process's CPUs {sorted(available)}")
+    harness = available - server
+    if not harness:
+        sys.exit(f"--server-cpus {spec!r}: no CPU left for the load generator and the emulators "
+                 f"(this process may use {sorted(available)})")
+    return server, harness
+
+
 async def amain(args) -> dict:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +124,9 @@ async def amain(args) -> dict:
     targets = ["voxline", "baseline"] if args.target == "both" else [args.target]
     levels = [int(x) for x in args.ramp_levels.split(",")] if args.ramp else ([] if args.soak and not args.calls
                                                                               else [args.calls or 5])
+    server_cpus, harness_cpus = split_cpus(args.server_cpus)
+    if harness_cpus:
+        os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
     plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, question=synthesize(QUESTION),
                 interruption=synthesize(INTERRUPTION),
                 idle_frames=line_noise(args.line_noise) if args.line_noise is not None else None)
@@ -118,20 +140,26 @@ async def amain(args) -> dict:
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
             "voxline_turn_sentence_end": args.turn_sentence_end,
-            "voxline_workers": args.workers},
+            "voxline_workers": args.workers,
+            "server_cpus": sorted(server_cpus) if server_cpus else None,
+            "harness_cpus": sorted(harness_cpus) if harness_cpus else None},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
-    emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast")
+    emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus)
     try:
         for name in targets:
             log(f"{name}: starting")
-            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end)
+            target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end,
+                              cpus=server_cpus)
                       if name == "voxline" else
-                      Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent))
+                      Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent, cpus=server_cpus))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
             try:
                 others = {"generator": psutil.Process()} | {f"emulator-{k}": p.ps for k, p in emulators.procs.items()}
                 report["results"][name] = await bench_target(target, args, plan, mine, log, others)
+                report["results"][name]["cpu_affinity"] = {
+                    "server": target.proc.cpu_affinity(), "generator": sorted(os.sched_getaffinity(0)),
+                    **{f"emulator-{k}": p.cpu_affinity() for k, p in emulators.procs.items()}}
             finally:
                 target.stop()
     finally:
@@ -173,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--turn-sentence-end", default=None, metavar="SECS|null",
                     help="voxline agents' turn.sentence_end_secs (default: the agent default, 0.3 s; null: off)")
     ap.add_argument("--workers", type=int, default=1, help="voxline server processes (`serve --workers`)")
+    ap.add_argument("--server-cpus", default=None, metavar="LIST",
+                    help="pin the server under test to these CPUs (e.g. 0,1), and the load generator and the "
+                         "emulators to the others: a 2-core server measured on a bigger host")
     ap.add_argument("--line-noise", type=float, default=None, metavar="DBFS",
                     help="white noise at this RMS level (e.g. -60) on the callers' lines between utterances, "
                          "instead of digital silence: the VAD then scores every window")

@@ -71,11 +71,24 @@ def free_port() -> int:
 class Proc:
     """A child process with its log in the work dir; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, log: Path, cwd: Path = ROOT):
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path, cwd: Path = ROOT,
+                 cpus: set[int] | None = None):
+        """`cpus`: the CPUs it (and every process it starts, e.g. `serve --workers`) may run on."""
         self.name, self.log = name, log
         self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
+        if cpus:
+            # Pinned at once, while it is still importing: long before a server starts its workers, which inherit it.
+            os.sched_setaffinity(self.popen.pid, cpus)
         self.ps = psutil.Process(self.popen.pid)
+
+    def cpu_affinity(self) -> list[int]:
+        """Every CPU that it or a process it started (a worker) may run on."""
+        cpus: set[int] = set(self.ps.cpu_affinity())
+        for child in self.ps.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cpus.update(child.cpu_affinity())
+        return sorted(cpus)
 
     def tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:]
@@ -117,7 +130,7 @@ class Emulators:
     """deepgram, openai and cartesia emulators, each in its own process (their CPU is not the server's); `fast`:
     the same emulators with their models swapped for cheap ones (bench/fast_providers.py)."""
 
-    def __init__(self, work: Path, latency_ms: int, fast: bool = True):
+    def __init__(self, work: Path, latency_ms: int, fast: bool = True, cpus: set[int] | None = None):
         self.procs: dict[str, Proc] = {}
         self.urls: dict[str, str] = {}
         rules = work / "openai_rules.json"
@@ -128,7 +141,7 @@ class Emulators:
             argv = [sys.executable, *launcher, name, "--port", str(port),
                     "--latency-ms", str(latency_ms)] + (["--rules", str(rules)] if name == "openai" else [])
             self.procs[name] = Proc(f"{name} emulator", argv, base_env({"VOXLINE_LOG_LEVEL": "WARNING"}),
-                                    work / f"emulator-{name}.log")
+                                    work / f"emulator-{name}.log", cpus=cpus)
             self.urls[name] = {"deepgram": f"ws://127.0.0.1:{port}", "openai": f"http://127.0.0.1:{port}/v1",
                                "cartesia": f"ws://127.0.0.1:{port}/tts/websocket"}[name]
         for proc in self.procs.values():
@@ -158,7 +171,7 @@ class Target:
 
 class Voxline(Target):
     def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
-                 workers: int = 1, sentence_end: str | None = None):
+                 workers: int = 1, sentence_end: str | None = None, cpus: set[int] | None = None):
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
@@ -181,7 +194,7 @@ class Voxline(Target):
                if os.environ.get("VOXLINE_STALL_WARN_MS") else {}),
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
-                                     "--workers", str(workers)], env, work / "voxline.log", cwd=base)
+                                     "--workers", str(workers)], env, work / "voxline.log", cwd=base, cpus=cpus)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=30).status_code == 200, 120, self.proc, "healthy")
         seen: set[str] = set()  # every worker answering, not just the first one up
 
@@ -199,7 +212,8 @@ class Voxline(Target):
 
 
 class Baseline(Target):
-    def __init__(self, work: Path, emulators: Emulators, sample_rate: int, turn: str, stack: str = "cloud"):
+    def __init__(self, work: Path, emulators: Emulators, sample_rate: int, turn: str, stack: str = "cloud",
+                 cpus: set[int] | None = None):
         self.name = "baseline"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -207,7 +221,7 @@ class Baseline(Target):
                 "--deepgram-url", emulators.urls["deepgram"], "--openai-url", emulators.urls["openai"],
                 "--cartesia-url", emulators.urls["cartesia"], "--sample-rate", str(sample_rate), "--turn", turn,
                 "--stack", stack]
-        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log")
+        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log", cpus=cpus)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
 
     async def answer(self, client: httpx.AsyncClient) -> Answer:

@@ -214,6 +214,9 @@ def markdown(report: dict) -> str:
              f"load average at start {m['load_avg_at_start']}. Agent: `{c['agent']}`; baseline pipeline at "
              f"{c['baseline_rate']} Hz, turn end `{c['baseline_turn']}`; emulators `{c['providers']}`, latency "
              f"{c['latency_ms']} ms; {c['turns']} turns a call; the callers' lines between utterances: {line}.\n")
+    if c.get("server_cpus"):
+        setup += (f"\nThe server under test ran on CPUs {c['server_cpus']}, the load generator and the emulators on "
+                  f"{c['harness_cpus']}.\n")
     out = ["# voxline load benchmark\n", setup, f"Command: `{report['command']}`\n"]
     rows = report["comparison"]
     if rows:

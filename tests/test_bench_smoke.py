@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -22,11 +23,15 @@ def finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+SERVER_CPU = min(os.sched_getaffinity(0))  # the servers under test get one CPU, the load the others (--server-cpus)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "load.py"), "--smoke", "--target", "both", "--no-plots", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--smoke", "--target", "both", "--no-plots", "--out", str(out),
+         "--server-cpus", str(SERVER_CPU)],
         cwd=ROOT, capture_output=True, text=True, timeout=200, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -69,3 +74,14 @@ def test_the_comparison_and_the_markdown_table(smoke):
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == len(rows) + 1  # the header, then one line a row
     assert "barge-in" in md and "ms" in md
+
+
+def test_the_servers_ran_on_their_cpus_and_the_load_on_the_others(smoke):
+    _, report, md = smoke
+    harness = sorted(os.sched_getaffinity(0) - {SERVER_CPU})
+    assert report["config"]["server_cpus"] == [SERVER_CPU] and report["config"]["harness_cpus"] == harness
+    for target in ("voxline", "baseline"):
+        pinned = report["results"][target]["cpu_affinity"]
+        assert pinned["server"] == [SERVER_CPU], pinned
+        assert all(cpus == harness for name, cpus in pinned.items() if name != "server"), pinned
+    assert f"ran on CPUs [{SERVER_CPU}]" in md
