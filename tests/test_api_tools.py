@@ -150,25 +150,29 @@ def test_a_name_is_unique_per_workspace(api):
 def test_attach_update_replace_and_detach(api):
     with api.client("developer") as c:
         agent = text_agent(c)
-        a, b, d = (create_tool(c, name=unique(p)) for p in ("a", "b", "d"))
+        a, d = (create_tool(c, name=unique(p)) for p in ("a", "d"))
+        b = create_tool(c, name=unique("b"), parameters=BOOKING_PARAMS)
         path = agent_tools(agent)
         assert attached(c.get(path)) == {}
 
-        first = attached(c.post(path, json=[{"tool_id": a["id"]}, {"tool_id": b["id"], "config": {"table": 4}}]))
+        first = attached(c.post(path, json=[{"tool_id": a["id"]},
+                                            {"tool_id": b["id"], "config": {"arguments": {"party": 4}}}]))
         assert set(first) == {a["name"], b["name"]}
-        assert first[a["name"]]["config"] == {} and first[b["name"]]["config"] == {"table": 4}
+        assert first[a["name"]]["config"] == {} and first[b["name"]]["config"] == {"arguments": {"party": 4}}
         assert first[a["name"]]["tool_id"] == a["id"] and first[a["name"]]["attached_at"].endswith(("Z", "+00:00"))
 
         # POST adds, and updates the config of one already attached (which keeps its attached_at).
-        second = attached(c.post(path, json=[{"tool_id": b["id"], "config": {"table": 6}}, {"tool_id": d["id"]}]))
+        second = attached(c.post(path, json=[{"tool_id": b["id"], "config": {"arguments": {"party": 6}}},
+                                             {"tool_id": d["id"]}]))
         assert set(second) == {a["name"], b["name"], d["name"]}
-        assert second[b["name"]]["config"] == {"table": 6}
+        assert second[b["name"]]["config"] == {"arguments": {"party": 6}}
         assert second[b["name"]]["attached_at"] == first[b["name"]]["attached_at"]
         assert attached(c.get(path)) == second
 
         # PATCH sets exactly this list.
-        third = attached(c.patch(path, json=[{"tool_id": d["id"], "config": {"x": [1, 2]}}, {"tool_id": a["id"]}]))
-        assert set(third) == {a["name"], d["name"]} and third[d["name"]]["config"] == {"x": [1, 2]}
+        settings = {"headers": {"X-Api-Key": "agent-7"}, "timeout_secs": 4, "description": "Books at our Soho site."}
+        third = attached(c.patch(path, json=[{"tool_id": d["id"], "config": settings}, {"tool_id": a["id"]}]))
+        assert set(third) == {a["name"], d["name"]} and third[d["name"]]["config"] == settings
         assert attached(c.get(path)) == third
 
         left = attached(c.delete(f"{path}/{a['id']}"))
@@ -186,6 +190,18 @@ def test_attach_validation(api):
         path = agent_tools(agent)
         refused(c.post(path, json=[{"config": {}}]), "0.tool_id")
         refused(c.post(path, json=[{"tool_id": tool["id"], "config": "on"}]), "0.config")
+        # Settings that would be stored and do nothing are refused, as are ones that cannot work.
+        refused(c.post(path, json=[{"tool_id": tool["id"], "config": {"table": 4}}]), "0.config.table")
+        refused(c.post(path, json=[{"tool_id": tool["id"], "config": {"timeout_secs": 0}}]), "0.config.timeout_secs")
+        refused(c.post(path, json=[{"tool_id": tool["id"], "config": {"headers": {"Bad Name": "x"}}}]),
+                "0.config.headers")
+        booking = create_tool(c, parameters=BOOKING_PARAMS)
+        assert "not a parameter" in refused(
+            c.post(path, json=[{"tool_id": booking["id"], "config": {"arguments": {"table": 4}}}]),
+            "0.config.arguments.table", code="invalid_request")
+        assert "less than the minimum" in refused(
+            c.post(path, json=[{"tool_id": tool["id"]}, {"tool_id": booking["id"], "config": {"arguments": {"party": 0}}}]),
+            "1.config.arguments.party", code="invalid_request")
         assert c.post(path, json={"tool_id": tool["id"]}).status_code == 400  # a list, not one object
         assert "listed twice" in refused(c.patch(path, json=[{"tool_id": tool["id"]}, {"tool_id": tool["id"]}]),
                                          "1.tool_id", code="invalid_request")

@@ -87,11 +87,11 @@ def new_session(c: httpx.Client, agent: dict) -> dict:
     return r.json()
 
 
-def http_tool(c: httpx.Client, agent: dict, url: str, **over) -> dict:
+def http_tool(c: httpx.Client, agent: dict, url: str, config: dict | None = None, **over) -> dict:
     r = c.post("/api/v1/tool-endpoint-defs", json={"name": unique("tool"), "description": "A tool.", "url": url, **over})
     assert r.status_code == 201, r.text
     tool = r.json()
-    attach = c.post(f"/api/v1/agents/{agent['id']}/tools", json=[{"tool_id": tool["id"]}])
+    attach = c.post(f"/api/v1/agents/{agent['id']}/tools", json=[{"tool_id": tool["id"], "config": config or {}}])
     assert attach.status_code == 200, attach.text
     return tool
 
@@ -150,6 +150,29 @@ def test_a_tool_call_round_trip_through_a_real_http_tool(chat, tool_server):
     assert stored["content"] == "a table for two at 7 pm"
     assert stored["tool"] == {"call_id": executing["tool_call_id"], "name": tool["name"], "arguments": {"party": 2},
                               "result": {"status": 200, "result": "a table for two at 7 pm"}, "error": None}
+
+
+def test_the_agents_attachment_settings_reach_the_tool(chat, tool_server):
+    """A fixed argument and a per-agent key, set when the tool was attached, go out with the LLM's call."""
+    with chat.client() as c:
+        agent = scripted_agent(c, [])
+        tool = http_tool(c, agent, f"{tool_server.url}/echo", headers={"X-Api-Key": "shared"},
+                         parameters={"type": "object", "required": ["party", "site"], "additionalProperties": False,
+                                     "properties": {"party": {"type": "integer"}, "site": {"type": "string"}}},
+                         config={"arguments": {"site": "soho"}, "headers": {"X-Api-Key": "soho-key"}})
+        r = c.patch(f"/api/v1/agents/{agent['id']}", json={"llm": {"provider": "scripted", "script": {"rules": [
+            {"keywords": ["book"], "tool": tool["name"], "arguments": {"party": 2}, "reply": "Done."}]}}})
+        assert r.status_code == 200, r.text
+        session = new_session(c, agent)
+        before = len(tool_server.requests)
+        events = turn(c, session["id"], "Can I book a table?")
+        assert names(events) == ["tool_executing", "tool_done", "message_delta", "done"], events
+        assert events[1][1]["error"] is None, events
+        sent = tool_server.requests[before:]
+        assert [(q["method"], q["body"]) for q in sent] == [("POST", {"party": 2, "site": "soho"})]
+        assert {k.lower(): v for k, v in sent[0]["headers"].items()}["x-api-key"] == "soho-key"
+        stored = [m for m in history(c, session["id"]) if m["role"] == "tool"]
+    assert stored[0]["tool"]["arguments"] == {"party": 2, "site": "soho"}
 
 
 def test_a_failing_tool_is_reported_and_the_conversation_goes_on(chat, tool_server):

@@ -7,8 +7,11 @@ import ipaddress
 import time
 
 import pytest
+from loguru import logger
 
 from pipelines.tools import HttpToolSpec, ToolEvent, ToolSet, call_http_tool, is_public
+from pipelines.tools.attachment import ToolAttachment
+from pipelines.tools.loader import attachment_of
 from tests.tool_server import ToolServer
 
 BOOKING = {"type": "object", "properties": {"party": {"type": "integer", "minimum": 1}, "name": {"type": "string"}},
@@ -184,6 +187,67 @@ async def test_toolset_offers_schemas_runs_calls_and_reports_events(tool_server)
     assert done["c1"].error is None and done["c1"].result["status"] == 200 and done["c1"].duration_ms >= 0
     assert done["c2"].error == "HTTP 500 Internal Server Error" and done["c2"].result["error"]["code"] == "http_error"
     assert events[0].arguments == {"party": 2} and events[0].name == "book"
+
+
+async def test_an_agents_attachment_fixes_arguments_headers_wording_and_deadline(tool_server):
+    """Two agents share one tool: each sends its own fixed argument and key, and its LLM never sees the argument."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["party", "clinic"],
+              "properties": {"party": {"type": "integer", "minimum": 1}, "clinic": {"$ref": "#/$defs/clinic"}},
+              "$defs": {"clinic": {"type": "string", "pattern": "^[a-z]{2}-[0-9]{2}$"}}}
+    definition = {"name": "book", "description": "Books.", "url": f"{tool_server.url}/echo", "parameters": schema,
+                  "headers": {"X-Api-Key": "shared", "X-Trace": "on"}, "timeout_secs": 10}
+    soho = ToolAttachment(arguments={"clinic": "so-01"}, headers={"x-api-key": "soho-key"}, timeout_secs=0.5,
+                          description="Books a table at the Soho site.")
+    assert soho.argument_problems(schema) == []
+    assert [p for p, _ in ToolAttachment(arguments={"clinic": "Soho", "x": 1}).argument_problems(schema)] == [
+        "clinic", "x"]  # the $ref is followed; an argument the tool does not take is named
+
+    events: list[ToolEvent] = []
+    toolset = ToolSet.from_definitions([(definition, soho)], allow_private=True, max_bytes=4096,
+                                       listener=events.append)
+    offered = toolset.tools_schema().standard_tools[0].to_default_dict()
+    assert offered["description"] == "Books a table at the Soho site."
+    assert offered["parameters"]["properties"].keys() == {"party"} and offered["parameters"]["required"] == ["party"]
+
+    # The LLM's own try at the fixed argument loses; what was sent is what is recorded.
+    result = await toolset.call("book", {"party": 2, "clinic": "zz-99"}, call_id="s1")
+    assert result.ok, result
+    assert result.value["body"] == {"party": 2, "clinic": "so-01"}
+    headers = {k.lower(): v for k, v in result.value["headers"].items()}
+    assert headers["x-api-key"] == "soho-key" and headers["x-trace"] == "on"
+    assert events[0].arguments == {"party": 2, "clinic": "so-01"}
+    # The whole schema still checks the call.
+    assert (await toolset.call("book", {"party": 0})).code == "invalid_arguments"
+
+    slow = ToolSet.from_definitions([({**definition, "url": f"{tool_server.url}/slow?secs=2"}, soho)],
+                                    allow_private=True, max_bytes=4096)
+    started = time.monotonic()
+    late = await slow.call("book", {"party": 2})
+    assert late.code == "timeout" and time.monotonic() - started < 1.5
+
+    # Another agent without settings gets the tool as defined.
+    plain = ToolSet.from_definitions([definition], allow_private=True, max_bytes=4096)
+    assert plain.tools_schema().standard_tools[0].to_default_dict()["parameters"]["required"] == ["party", "clinic"]
+    assert (await plain.call("book", {"party": 2})).code == "invalid_arguments"
+
+
+@pytest.fixture
+def logged():
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+def test_stored_attachment_settings_that_no_longer_apply_are_logged_not_fatal(logged):
+    definition = {"name": "book", "parameters": BOOKING}
+    assert attachment_of(definition, {}) is None
+    assert attachment_of(definition, {"table": 4}) is None  # stored before settings were typed
+    kept = attachment_of(definition, {"arguments": {"clinic": "so-01"}})  # the tool changed since it was attached
+    assert kept is not None and kept.arguments == {"clinic": "so-01"}
+    text = "".join(logged)
+    assert "attachment config is not valid, so it is not used" in text
+    assert "fixed argument 'clinic': not a parameter of this tool (the tool changed since it was attached)" in text
 
 
 async def test_a_failing_builtin_or_listener_never_raises():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +80,8 @@ class _Turn:
     The turn is over at the end of an LLM run that left no tool call running and no tool result waiting for the
     LLM to run again on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, as_sent: Callable[[str, dict[str, Any]], dict[str, Any]]) -> None:
+        self._as_sent = as_sent  # a tool call's arguments as sent (the agent's fixed ones merged in)
         self.events: asyncio.Queue[TurnEvent] = asyncio.Queue()
         self.text: list[str] = []  # the whole turn's assistant text
         self._run_text: list[str] = []
@@ -130,7 +131,7 @@ class _Turn:
     def call_running(self, frame: FunctionCallInProgressFrame) -> None:
         self._pending[frame.tool_call_id] = self._pending.get(frame.tool_call_id, time.monotonic())
         self.put("tool_executing", tool_call_id=frame.tool_call_id, name=frame.function_name,
-                 arguments=dict(frame.arguments or {}))
+                 arguments=self._as_sent(frame.function_name, dict(frame.arguments or {})))
 
     def call_done(self, frame: FunctionCallResultFrame) -> None:
         if frame.properties is not None and not frame.properties.is_final:
@@ -140,7 +141,7 @@ class _Turn:
         text, failed = payload_text(result)
         error = frame.error or (text if failed else None)
         self.put("tool_done", tool_call_id=frame.tool_call_id, name=frame.function_name,
-                 arguments=dict(frame.arguments or {}), result=result, error=error,
+                 arguments=self._as_sent(frame.function_name, dict(frame.arguments or {})), result=result, error=error,
                  duration_ms=int((time.monotonic() - start) * 1000))
         run_llm = frame.properties.run_llm if frame.properties and frame.properties.run_llm is not None \
             else frame.run_llm
@@ -221,7 +222,7 @@ async def stream_turn(agent: AgentConfig, messages: list[dict[str, Any]], messag
     toolset.register(llm)
     context = LLMContext(messages=messages, tools=toolset.tools_schema())
     pair = LLMContextAggregatorPair(context)
-    turn = _Turn()
+    turn = _Turn(toolset.as_sent)
     worker = PipelineWorker(
         Pipeline([pair.user(), _ErrorTap(turn), llm, _OutputTap(turn), pair.assistant()]),
         params=PipelineParams(), enable_rtvi=False, idle_timeout_secs=None, cancel_on_idle_timeout=False,

@@ -15,6 +15,7 @@ import httpx
 from jsonschema.validators import validator_for
 from loguru import logger
 
+from pipelines.tools.attachment import ToolAttachment
 from pipelines.tools.netguard import RefusedAddress, UnresolvableHost, resolve_checked
 from pipelines.tools.result import ToolResult
 
@@ -24,7 +25,7 @@ _BODYLESS = ("GET", "DELETE")
 
 @dataclass
 class HttpToolSpec:
-    """A stored tool definition (`ToolIn` of runtime/api/routes/tools.py)."""
+    """A stored tool definition (`ToolIn` of runtime/api/routes/tools.py), as one agent has attached it."""
 
     name: str
     description: str
@@ -33,11 +34,21 @@ class HttpToolSpec:
     headers: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
     timeout_secs: float = 10.0
+    fixed_arguments: dict[str, Any] = field(default_factory=dict)  # the attachment's: merged into every call
+    offered_parameters: dict[str, Any] | None = None  # the schema the LLM sees; `parameters` when None
 
     @classmethod
-    def from_definition(cls, definition: dict[str, Any]) -> HttpToolSpec:
-        known = {k: definition[k] for k in cls.__dataclass_fields__ if k in definition}
-        return cls(**known)
+    def from_definition(cls, definition: dict[str, Any], attachment: ToolAttachment | None = None) -> HttpToolSpec:
+        known = {k: definition[k] for k in ("name", "description", "url", "method", "headers", "parameters",
+                                            "timeout_secs") if k in definition}
+        spec = cls(**known)
+        if attachment is not None:
+            spec.description = attachment.description or spec.description
+            spec.headers = attachment.headers_over(spec.headers)
+            spec.timeout_secs = attachment.timeout_secs or spec.timeout_secs
+            spec.fixed_arguments = dict(attachment.arguments)
+            spec.offered_parameters = attachment.llm_parameters(spec.parameters)
+        return spec
 
 
 def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
@@ -55,6 +66,7 @@ def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
 
 async def call_http_tool(spec: HttpToolSpec, arguments: dict[str, Any], *, allow_private: bool,
                          max_bytes: int) -> ToolResult:
+    arguments = {**arguments, **spec.fixed_arguments}
     if (problem := argument_errors(spec.parameters, arguments)) is not None:
         return ToolResult.failure("invalid_arguments", f"invalid arguments: {problem}")
     try:

@@ -22,6 +22,7 @@ from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
+from pipelines.tools.attachment import ToolAttachment
 from pipelines.tools.http import HttpToolSpec, argument_errors, call_http_tool
 from pipelines.tools.result import ToolResult
 
@@ -56,6 +57,7 @@ class Tool:
     run_llm: bool | None = None  # False: the LLM is not run again on the result (e.g. after end_call)
     cancel_on_interruption: bool = True
     builtin: bool = False
+    fixed_arguments: dict[str, Any] = field(default_factory=dict)  # merged over the LLM's, which never sees them
 
     def function_schema(self) -> FunctionSchema:
         return FunctionSchema(name=self.name, description=self.description,
@@ -75,11 +77,13 @@ class ToolSet:
     # --- building ---------------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_definitions(cls, definitions: Iterable[dict[str, Any]], *, allow_private: bool, max_bytes: int,
-                         listener: ToolListener | None = None) -> ToolSet:
+    def from_definitions(cls, definitions: Iterable[dict[str, Any] | tuple[dict[str, Any], ToolAttachment | None]],
+                         *, allow_private: bool, max_bytes: int, listener: ToolListener | None = None) -> ToolSet:
+        """From stored definitions, each alone or with the agent's attachment settings."""
         toolset = cls(listener=listener)
-        for definition in definitions:
-            toolset.add_http(HttpToolSpec.from_definition(definition), allow_private=allow_private,
+        for item in definitions:
+            definition, attachment = item if isinstance(item, tuple) else (item, None)
+            toolset.add_http(HttpToolSpec.from_definition(definition, attachment), allow_private=allow_private,
                              max_bytes=max_bytes)
         return toolset
 
@@ -87,7 +91,8 @@ class ToolSet:
         async def run(arguments: dict[str, Any], _params: FunctionCallParams | None) -> ToolResult:
             return await call_http_tool(spec, arguments, allow_private=allow_private, max_bytes=max_bytes)
 
-        self._add(Tool(spec.name, spec.description, spec.parameters, run, timeout_secs=spec.timeout_secs))
+        self._add(Tool(spec.name, spec.description, spec.offered_parameters or spec.parameters, run,
+                       timeout_secs=spec.timeout_secs, fixed_arguments=spec.fixed_arguments))
 
     def add_builtin(self, name: str, description: str, parameters: dict[str, Any], handler: BuiltinHandler, *,
                     run_llm: bool | None = None, cancel_on_interruption: bool = True,
@@ -140,10 +145,16 @@ class ToolSet:
 
     # --- running them -----------------------------------------------------------------------------------------------
 
+    def as_sent(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The LLM's arguments with the agent's fixed ones over them: what a call sends, and what is recorded."""
+        tool = self.tools.get(name)
+        return {**arguments, **tool.fixed_arguments} if tool is not None and tool.fixed_arguments else arguments
+
     async def call(self, name: str, arguments: dict[str, Any], *, call_id: str | None = None,
                    params: FunctionCallParams | None = None) -> ToolResult:
         """Run one call; never raises (except cancellation, which is reported first)."""
         call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+        arguments = self.as_sent(name, arguments)
         await self._emit(ToolEvent("tool_executing", name, call_id, arguments))
         start = time.monotonic()
         try:

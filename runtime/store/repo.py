@@ -147,12 +147,14 @@ async def add_tool_entry(
         await s.commit()
 
 
-async def agent_tool_definitions(db: async_sessionmaker, agent_id: str) -> list[dict[str, Any]]:
-    """The stored definitions of the HTTP tools attached to an agent, in attachment order."""
+async def agent_tool_definitions(db: async_sessionmaker, agent_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(stored definition, the agent's attachment config) of each HTTP tool attached to an agent, in attachment
+    order."""
     async with db() as s:
-        rows = await s.scalars(select(ToolDef.definition).join(AgentTool, AgentTool.tool_id == ToolDef.id)
+        rows = await s.execute(select(ToolDef.definition, AgentTool.config)
+                               .join(AgentTool, AgentTool.tool_id == ToolDef.id)
                                .where(AgentTool.agent_id == agent_id).order_by(AgentTool.created_at, ToolDef.name))
-        return [dict(d) for d in rows]
+        return [(dict(d), dict(c or {})) for d, c in rows]
 
 
 async def claim_chat_turn(db: async_sessionmaker, session_id: str, lease: timedelta) -> bool:

@@ -1,12 +1,11 @@
 """/api/v1/tool-endpoint-defs and /api/v1/agents/{agent_id}/tools: HTTP tools an agent's LLM may call.
 
 A definition is stored whole as the validated `ToolIn`, like agent configs, so what is read back is exactly what was
-accepted; agents refer to definitions, each attachment with its own config.
+accepted; agents refer to definitions, each attachment with its own settings (`pipelines/tools/attachment.py`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from pipelines.tools.attachment import ToolAttachment, check_headers
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
 from runtime.api.lookup import ROW_ID, commit_or_conflict, name_taken, owned
@@ -76,13 +76,7 @@ class ToolIn(_ToolFields):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            # A header that cannot be sent should fail here, not on every call the agent makes.
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
-                raise ValueError(f"{key!r} is not a valid header name")
-            if not item.isascii() or any(c in item for c in "\r\n\x00"):
-                raise ValueError(f"the value of {key!r} must be ASCII without CR, LF or NUL")
-        return value
+        return check_headers(value)
 
     @field_validator("parameters")
     @classmethod
@@ -113,13 +107,13 @@ class ToolDeleted(BaseModel):
 class AttachIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tool_id: str = Field(max_length=64)
-    config: dict[str, Any] = Field(default_factory=dict, description="This agent's settings for the tool")
+    config: ToolAttachment = Field(default_factory=ToolAttachment, description="This agent's settings for the tool")
 
 
 class AgentToolOut(BaseModel):
     tool_id: str
     name: str
-    config: dict[str, Any]
+    config: dict[str, Any] = Field(description="The settings as given when attached (see the attach body)")
     attached_at: UTCDatetime
 
 
@@ -159,15 +153,20 @@ async def _attached(s, agent_id: str) -> DataList[AgentToolOut]:
 
 
 async def _checked(s, p: Principal, items: list[AttachIn]) -> dict[str, dict[str, Any]]:
-    """tool id → config, after checking every tool is the caller's and none is listed twice."""
+    """tool id → config as stored, after checking every tool is the caller's, none is listed twice, and each
+    fixed argument is one the tool takes, with a value its schema accepts."""
     wanted: dict[str, dict[str, Any]] = {}
     for i, item in enumerate(items):
         if item.tool_id in wanted:
             message = "listed twice"
             raise bad_request(f"{i}.tool_id: {message}", [{"field": f"{i}.tool_id", "message": message}])
-        wanted[item.tool_id] = item.config
-    for tool_id in wanted:
-        await _own_tool(s, p, tool_id)
+        wanted[item.tool_id] = item.config.model_dump(mode="json", exclude_unset=True)
+    for i, item in enumerate(items):
+        tool = await _own_tool(s, p, item.tool_id)
+        problems = item.config.argument_problems(tool.definition.get("parameters") or {})
+        if problems:
+            details = [{"field": f"{i}.config.arguments.{name}", "message": message} for name, message in problems]
+            raise bad_request(f"{details[0]['field']}: {details[0]['message']}", details)
     return wanted
 
 
