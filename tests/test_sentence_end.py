@@ -129,3 +129,33 @@ async def test_words_from_before_the_caller_went_on_do_not_count():
     await asyncio.sleep(1.0)
     assert not ended, "the latest words do not end a sentence: the long silence applies"
     await strategy.cleanup()
+
+
+async def test_a_streaming_finals_late_sentence_does_not_cut_off_the_words_after_it():
+    """Deepgram's final for "Where are you located?" comes once the caller has gone on; at the next pause the new
+    words' own final has not come yet, so the short silence starts. Those words, when they come, do not end a
+    sentence: the long silence applies again and the caller is not cut off."""
+    strategy, ended = await _strategy(segmented_stt=False)
+    await _speak_then_pause(strategy)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())  # went on
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))  # late final
+    stopped = time.monotonic()
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TranscriptionFrame("and do you have", "caller", "now"))  # within the short silence
+    await asyncio.sleep(1.0)
+    assert not ended, "the latest words do not end a sentence: the long silence applies"
+    await asyncio.sleep(2.2)
+    assert ended and ended[0] - stopped >= 2.7
+    await strategy.cleanup()
+
+
+async def test_a_sentence_finished_after_an_unfinished_one_still_shortens():
+    strategy, ended = await _strategy(segmented_stt=False)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(TranscriptionFrame("I need a table for", "caller", "now"))
+    stopped = time.monotonic()
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TranscriptionFrame("two, please.", "caller", "now"))
+    await asyncio.sleep(0.6)
+    assert ended and ended[0] - stopped < 1.0
+    await strategy.cleanup()

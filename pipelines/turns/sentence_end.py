@@ -56,29 +56,40 @@ class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
         self._segmented = segmented_stt
         self._words = ""
         self._stopped_at = 0.0
+        self._short = False  # the running silence timer is the short one
 
     async def process_frame(self, frame):
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._words = ""
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._stopped_at = time.monotonic()
+            self._short = False  # pipecat starts the long timer on the stop
             if self._segmented:
                 self._words = ""
         result = await super().process_frame(frame)
         if isinstance(frame, TranscriptionFrame) and (not self._segmented or not self._vad_user_speaking):
             self._words += " " + frame.text
         if isinstance(frame, (TranscriptionFrame, VADUserStoppedSpeakingFrame)):
-            await self._maybe_shorten()
+            await self._retime()
         return result
 
-    async def _maybe_shorten(self) -> None:
+    async def _retime(self) -> None:
+        """The short silence while the latest words end a sentence, the long one again when words that do not
+        follow within it. A streaming STT's final for what the caller said before the pause can come after they
+        have started again, and then counts for the new words; the new words' own transcript, once in, undoes
+        that."""
         # Not when the turn started after the pause did (barge-in starts it on the transcript, over the agent):
         # pipecat then times the silence from the transcript, and ending the turn in the same tick as the
         # interruption would store the caller's words before the interrupted reply.
         if (self._vad_user_speaking or not self._vad_stopped or self._user_speech_wait_done
-                or self._user_speech_timeout_task is None or not ends_sentence(self._words)):
+                or self._user_speech_timeout_task is None):
             return
-        left = self._sentence_timeout - (time.monotonic() - self._stopped_at)
+        short = ends_sentence(self._words)
+        if short == self._short:
+            return
+        self._short = short
+        timeout = self._sentence_timeout if short else self._user_speech_timeout
+        left = timeout - (time.monotonic() - self._stopped_at)
         await self.task_manager.cancel_task(self._user_speech_timeout_task)
         self._user_speech_timeout_task = None
         if left > 0:
