@@ -22,7 +22,8 @@ from deepgram.core.events import EventType
 from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted, ListenV1UtteranceEnd
 from pipecat.frames.frames import (
     EndFrame, ErrorFrame, Frame, InputAudioRawFrame, LLMContextFrame, LLMTextFrame, TranscriptionFrame,
-    TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame, TTSTextFrame,
+    TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame, TTSTextFrame, VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -35,6 +36,7 @@ from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.tests.utils import run_test
 from pipecat.workers.runner import WorkerRunner
 
+from pipelines.providers.deepgram import QuietBatchingDeepgramSTT
 from pipelines.providers.emulators import cartesia, deepgram, openai_chat, openai_realtime
 from pipelines.providers.emulators.rules import Rules
 from telephony.audio import ulaw_rms
@@ -87,7 +89,10 @@ async def run_until(processor: FrameProcessor, frames: list[Frame], done, *, par
     try:
         await asyncio.wait_for(started.wait(), 10)
         for frame in frames:
-            await worker.queue_frame(frame)
+            if isinstance(frame, float):  # a pause in the feed, in seconds
+                await asyncio.sleep(frame)
+            else:
+                await worker.queue_frame(frame)
         await asyncio.wait_for(finished.wait(), timeout)
     finally:
         await worker.queue_frame(EndFrame())
@@ -111,6 +116,36 @@ async def test_deepgram_pipecat_service_transcribes_phone_speech(speech):
     assert {"table", "two", "people", "tonight"} <= words(final.text), final.text
     assert final.result.is_final and final.result.speech_final
     assert not [f for f in seen if isinstance(f, ErrorFrame)]
+
+
+async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(speech):
+    """QuietBatchingDeepgramSTT against the emulator: quiet before the words goes out 0.2 s a message, the VAD's
+    start sends what waits and the words go out frame by frame, quiet again after the live window is batched, and
+    every byte arrives, in order (the transcript has the words from their onset)."""
+    async with await deepgram.start() as emulator:
+        stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url, live_after_stop_secs=0.2,
+                                       settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
+
+        def frames_of(ulaw: bytes) -> list[Frame]:
+            audio = pcm(ulaw)  # linear16 at 8 kHz, 40 ms (640 bytes) a frame, as voxline sends it
+            return [InputAudioRawFrame(audio=audio[i:i + 640], sample_rate=8000, num_channels=1)
+                    for i in range(0, len(audio), 640)]
+
+        # The VAD hears the words ~0.1 s in: the start comes after the first few frames of speech.
+        words_ = frames_of(speech["table"] + SILENCE * (-len(speech["table"]) % 320))
+        quiet, onset, rest, after = frames_of(SILENCE * 8000), words_[:3], words_[3:], frames_of(SILENCE * 12800)
+        feed = [*quiet, *onset, VADUserStartedSpeakingFrame(), *rest, VADUserStoppedSpeakingFrame(), 0.4, *after]
+        seen = await run_until(stt, feed, lambda fs: any(isinstance(f, TranscriptionFrame) for f in fs),
+                               params=PipelineParams(audio_in_sample_rate=8000))
+        await asyncio.sleep(0.2)
+        received = emulator.emulator[-1]
+    final = next(f for f in seen if isinstance(f, TranscriptionFrame))
+    assert {"table", "two", "people", "tonight"} <= words(final.text), final.text
+    # 25 quiet frames in 5 messages; the 3 onset frames in 1, sent at the start; the rest live, one each; 40 quiet
+    # frames after the live window in 8.
+    assert received.messages == 5 + 1 + len(rest) + 8, (received, len(rest))
+    assert received.bytes == 640 * (len(quiet) + len(words_) + len(after))
+    assert stt.messages_sent == received.messages
 
 
 async def test_deepgram_sdk_stream_events_on_mulaw(speech):

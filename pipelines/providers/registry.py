@@ -88,7 +88,7 @@ def _default(kind: str, provider: str, attr: str) -> Any:
 # the server's gc.freeze(): left for later, every full collection would walk it again, stalling all calls' audio.
 PROVIDER_MODULES = (
     "pipelines.providers.whisper", "pipelines.providers.piper", "pipelines.providers.scripted",
-    "pipecat.services.deepgram.stt", "pipelines.providers.openai_llm", "pipecat.services.cartesia.tts",
+    "pipelines.providers.deepgram", "pipelines.providers.openai_llm", "pipecat.services.cartesia.tts",
     "pipelines.providers.openai_realtime",
 )
 
@@ -131,7 +131,7 @@ def _scripted(section, ctx: BuildContext) -> FrameProcessor:
 
 @register("stt", "deepgram")
 def _deepgram(section, ctx: BuildContext) -> FrameProcessor:
-    from pipecat.services.deepgram.stt import DeepgramSTTService
+    from pipelines.providers.deepgram import QuietBatchingDeepgramSTT as DeepgramSTTService
 
     return DeepgramSTTService(
         api_key=_key(ctx, "stt", "deepgram"),

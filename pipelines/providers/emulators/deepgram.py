@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,12 +72,21 @@ def _options(connection: ServerConnection, request: Request) -> dict | Response:
     }
 
 
+@dataclass
+class Received:
+    """The audio one stream received: for tests of how a client sends it."""
+
+    messages: int = 0
+    bytes: int = 0
+
+
 class _Session:
     def __init__(self, ws: ServerConnection, opts: dict, latency: float, idle_timeout: float):
         self.ws, self.opts, self.latency, self.idle_timeout = ws, opts, latency, idle_timeout
         self.request_id = str(uuid.uuid4())
         self.segmenter = audio.Segmenter(opts["rate"], stop_secs=opts["stop_secs"], max_secs=15)
         self.sha = hashlib.sha256()
+        self.received = Received()
         # One writer, in order: a transcript is sent before anything that follows it on the stream.
         self.jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self.busy = 0
@@ -131,6 +141,8 @@ class _Session:
 
     async def _audio(self, data: bytes) -> None:
         self.sha.update(data)
+        self.received.messages += 1
+        self.received.bytes += len(data)
         pcm = audio.decode(data, self.opts["encoding"])
         segments = await asyncio.to_thread(self.segmenter.feed, pcm)
         for seg in segments:
@@ -250,9 +262,14 @@ async def start(host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0, 
         refused = _options(connection, request)
         return refused if isinstance(refused, Response) else None
 
+    streams: list[Received] = []  # what each stream received, newest last (`Running.emulator`)
+
     async def handler(connection: ServerConnection) -> None:
         opts = _options(connection, connection.request)  # accepted by process_request, so options
-        await _Session(connection, opts, latency_ms / 1000, idle_timeout).run()
+        session = _Session(connection, opts, latency_ms / 1000, idle_timeout)
+        streams.append(session.received)
+        del streams[:-1000]  # a long-running emulator keeps only the latest
+        await session.run()
 
     bound, stop = await start_ws(handler, process_request, host, port)
-    return Running(f"ws://{url_host(host)}:{bound}", bound, "VOXLINE_DEEPGRAM_BASE_URL", None, stop)
+    return Running(f"ws://{url_host(host)}:{bound}", bound, "VOXLINE_DEEPGRAM_BASE_URL", streams, stop)
