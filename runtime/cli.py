@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import typer
-from loguru import logger
 
 from config.settings import get_settings
+from runtime.logs import configure_logging, uvicorn_log_config
 
 app = typer.Typer(help="voxline: a self-hostable real-time voice agent runtime for phone calls", no_args_is_help=True)
 numbers_app = typer.Typer(help="Phone numbers and their agent mapping", no_args_is_help=True)
 app.add_typer(numbers_app, name="numbers")
 keys_app = typer.Typer(help="API keys", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-
-
-def configure_logging(level: str, json_lines: bool = False) -> None:
-    logger.remove()
-    # diagnose=False: loguru would otherwise print local variables' values in tracebacks (keys, tokens).
-    if json_lines:
-        # One JSON object a line; a call's lines carry call_id, stream_sid and agent in record.extra.
-        logger.add(sys.stderr, level=level.upper(), serialize=True, diagnose=False, backtrace=False)
-    else:
-        logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
-                   diagnose=False, backtrace=False)
 
 
 @app.command()
@@ -51,7 +39,7 @@ def serve(
         host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
         # Compressing 20 ms of μ-law saves little and costs a zlib pass per message each way; browsers offer it.
         ws_per_message_deflate=False, ws=ws_protocol(),
-        log_level=settings.log_level.lower(), proxy_headers=True,
+        log_level=settings.log_level.lower(), log_config=uvicorn_log_config(settings.log_level), proxy_headers=True,
     )
     if workers == 1:
         from runtime import listen

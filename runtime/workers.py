@@ -95,7 +95,7 @@ def _fresh_metrics_dir(data_dir: Path, port: int) -> Path:
 def worker_app():
     """uvicorn's app factory in each worker process (spawned: nothing is inherited but the environment)."""
     from config.settings import get_settings
-    from runtime.cli import configure_logging
+    from runtime.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)  # before pipecat's import logs its banner

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
+import websockets
 
 from tests.calls import converse, dial, media_payloads
 from tests.conftest import RECORDED_NUMBER, create_key_with_cli, server_env, start_server
@@ -204,11 +205,21 @@ async def test_json_logs_name_the_call_on_every_line_of_it(tmp_path):
         assert httpx.get(srv.url + "/metrics", timeout=10).status_code == 401
         scraped = httpx.get(srv.url + "/metrics", headers={"authorization": "Bearer scrape-secret"}, timeout=10)
         assert scraped.status_code == 200 and "voxline_active_calls" in scraped.text
+        # A softphone's event socket carries its per-call token in the query, which uvicorn logs.
+        ws_url = srv.url.replace("http", "ws", 1) + f"/api/v1/softphone/calls/{call_id}/events?token=tok-SECRET-42"
+        with pytest.raises(websockets.exceptions.WebSocketException):
+            async with websockets.connect(ws_url) as ws:
+                await asyncio.wait_for(ws.recv(), 10)
     finally:
         srv.proc.terminate()
         srv.proc.wait(timeout=15)
-    records = [json.loads(line)["record"] for line in srv.log().splitlines() if line.startswith("{")]
-    assert records, "no JSON log lines"
+    lines = [line for line in srv.log().splitlines() if line.strip()]
+    assert [line for line in lines if not line.startswith("{")] == [], "every line is JSON, uvicorn's included"
+    records = [json.loads(line)["record"] for line in lines]
+    access = [r for r in records if r["name"] == "uvicorn.access"]
+    assert any("GET /metrics" in r["message"] and r["message"].endswith("200") for r in access), access
+    assert any(r["name"] == "uvicorn.error" and "Application startup complete" in r["message"] for r in records)
+    assert "tok-SECRET-42" not in srv.log() and any("token=[redacted]" in r["message"] for r in records)
     of_call = [r for r in records if r["extra"].get("call_id") == call_id]
     assert any("media stream started" in r["message"] for r in of_call)
     assert any(r["name"].startswith("pipecat.") for r in of_call), "pipecat's own lines lack the call's context"

@@ -145,7 +145,7 @@ def test_logged_tracebacks_carry_no_variable_values(capsys):
     # loguru's default "diagnose" tracebacks print each frame's local variables: keys and tokens included.
     from loguru import logger
 
-    from runtime.cli import configure_logging
+    from runtime.logs import configure_logging
 
     configure_logging("INFO")
 
