@@ -73,6 +73,25 @@ async def test_call_lifecycle_queries(database):
     assert not await repo.claim_stream(db, call.id, "MZ3", None), "an ended call admitted a stream"
 
 
+async def test_a_final_carrier_status_closes_an_unstreamed_call_with_it(database):
+    """The status callback's close: the carrier's status, the duration and the close are one transaction; a call
+    that streamed only gains the duration (its session closes it)."""
+    db = store_db.sessionmaker(database)
+    ws = await repo.ensure_workspace(db, "default")
+    busy = await repo.create_call(db, workspace_id=ws.id, direction="outbound", status="ringing")
+    streamed = await repo.create_call(db, workspace_id=ws.id, direction="outbound", status="ringing")
+    assert await repo.claim_stream(db, streamed.id, "MZ1", "CA2")
+    closing = repo.Closing("completed", "dial_busy", "the line was busy", "system", unless_streamed=True)
+    assert await repo.final_call_status(db, busy.id, "busy", closing, call_sid="CA1", duration_secs=0) == (True, True)
+    assert await repo.final_call_status(db, busy.id, "busy", closing, call_sid="CA1") == (False, False)  # again
+    assert await repo.final_call_status(db, streamed.id, "completed", closing, call_sid="CA2",
+                                        duration_secs=7) == (True, False)
+    row, other = await repo.get_call(db, busy.id), await repo.get_call(db, streamed.id)
+    assert (row.status, row.disconnection_reason, row.carrier_status, row.duration_secs, row.twilio_call_sid) == (
+        "completed", "dial_busy", "busy", 0, "CA1") and row.ended_at is not None
+    assert (other.ended_at, other.carrier_status, other.duration_secs) == (None, "completed", 7)
+
+
 async def test_a_call_runs_end_to_end_on_postgresql(postgres, speech, tmp_path):
     conn = await asyncpg.connect(postgres.url.replace("+asyncpg", ""))
     await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -212,23 +213,44 @@ async def end_call(
     call whose media stream never started (one that did is closed by its session, with the session's reason).
     `record`: more columns to set with the close (usage, cost, latency, recording). Closing queues the call's
     webhook events and its analysis in the same transaction."""
-    open_call = [Call.id == call_id, Call.ended_at.is_(None)]
-    if unless_streamed:
-        open_call.append(Call.stream_sid.is_(None))
     async with db() as s:
-        result = await s.execute(
-            update(Call)
-            .where(*open_call)
-            .values(status=status, disconnection_reason=reason, error_detail=detail, ended_at=ended_at or utcnow(),
-                    ended_by=ended_by, **(record or {}))
-        )
-        if result.rowcount != 1:
+        call = await _close_in(s, call_id, Closing(status, reason, detail, ended_by, unless_streamed), ended_at,
+                               record)
+        if call is None:
             return False
-        call = await s.get(Call, call_id)
-        await call_events.call_ended(s, call)
         await s.commit()
     call_events.after_commit(ended=call)
     return True
+
+
+@dataclass(frozen=True)
+class Closing:
+    """How `end_call` closes a call (see there)."""
+
+    status: str
+    reason: str
+    detail: str | None = None
+    ended_by: str | None = None
+    unless_streamed: bool = False
+
+
+async def _close_in(s, call_id: str, closing: Closing, ended_at: datetime | None = None,
+                    record: dict[str, Any] | None = None) -> Call | None:
+    """`end_call` within the caller's transaction: the closed call, or None when it was not open."""
+    open_call = [Call.id == call_id, Call.ended_at.is_(None)]
+    if closing.unless_streamed:
+        open_call.append(Call.stream_sid.is_(None))
+    result = await s.execute(
+        update(Call)
+        .where(*open_call)
+        .values(status=closing.status, disconnection_reason=closing.reason, error_detail=closing.detail,
+                ended_at=ended_at or utcnow(), ended_by=closing.ended_by, **(record or {}))
+    )
+    if result.rowcount != 1:
+        return None
+    call = await s.get(Call, call_id)
+    await call_events.call_ended(s, call)
+    return call
 
 
 # Twilio's call statuses in the order a call goes through them; the final ones share the last rank. Callbacks may
@@ -254,6 +276,29 @@ async def update_call_status(
     Our own `status` follows the carrier's while the call is open (never backwards either: the media stream may
     already have made it `in-progress`); closing it is `end_call`'s. After a final status only a missing duration
     is filled in. A call already tied to another CallSid is left alone."""
+    async with db() as s:
+        moved = await _status_in(s, call_id, carrier_status, call_sid, duration_secs, answered_by)
+        await s.commit()
+        return moved
+
+
+async def final_call_status(
+    db: async_sessionmaker, call_id: str, carrier_status: str, closing: Closing, *, call_sid: str | None = None,
+    duration_secs: int | None = None, answered_by: str | None = None,
+) -> tuple[bool, bool]:
+    """`update_call_status` with a final status, and `end_call(closing)` in the same transaction, so that no reader
+    sees the carrier's end (and the duration) on a call that is still open. (moved forward, closed)."""
+    async with db() as s:
+        moved = await _status_in(s, call_id, carrier_status, call_sid, duration_secs, answered_by)
+        call = await _close_in(s, call_id, closing)
+        await s.commit()
+    if call is not None:
+        call_events.after_commit(ended=call)
+    return moved, call is not None
+
+
+async def _status_in(s, call_id: str, carrier_status: str, call_sid: str | None, duration_secs: int | None,
+                     answered_by: str | None) -> bool:
     rank = CARRIER_RANK[carrier_status]
     earlier = [name for name, r in CARRIER_RANK.items() if r < rank]
     values: dict[str, Any] = {"carrier_status": carrier_status}
@@ -269,14 +314,12 @@ async def update_call_status(
     if carrier_status == "in-progress":
         values["started_at"] = func.coalesce(Call.started_at, literal(utcnow(), Call.started_at.type))
     same_call = or_(Call.twilio_call_sid.is_(None), Call.twilio_call_sid == call_sid) if call_sid else true()
-    async with db() as s:
-        moved = await s.execute(
-            update(Call).where(Call.id == call_id, same_call,
-                               or_(Call.carrier_status.is_(None), Call.carrier_status.in_(earlier)))
-            .values(**values))
-        if moved.rowcount == 0 and duration_secs is not None and carrier_status in CARRIER_FINAL:
-            await s.execute(update(Call).where(Call.id == call_id, same_call, Call.duration_secs.is_(None),
-                                               Call.carrier_status.in_(CARRIER_FINAL))
-                            .values(duration_secs=duration_secs))
-        await s.commit()
-        return moved.rowcount == 1
+    moved = await s.execute(
+        update(Call).where(Call.id == call_id, same_call,
+                           or_(Call.carrier_status.is_(None), Call.carrier_status.in_(earlier)))
+        .values(**values))
+    if moved.rowcount == 0 and duration_secs is not None and carrier_status in CARRIER_FINAL:
+        await s.execute(update(Call).where(Call.id == call_id, same_call, Call.duration_secs.is_(None),
+                                           Call.carrier_status.in_(CARRIER_FINAL))
+                        .values(duration_secs=duration_secs))
+    return moved.rowcount == 1

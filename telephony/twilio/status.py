@@ -56,14 +56,16 @@ async def _find(rt: Runtime, call_id: str | None, call_sid: str) -> Call | None:
     return await repo.find_call_by_sid(rt.db, call_sid)
 
 
-async def _close(rt: Runtime, call: Call, reason: R, detail: str, *, unless_streamed: bool) -> bool:
-    return await repo.end_call(rt.db, call.id, status="failed" if reason.is_error else "completed", reason=reason,
-                               detail=detail, ended_by=reason.ended_by, unless_streamed=unless_streamed)
+def _closing(reason: R, detail: str, *, unless_streamed: bool = True) -> repo.Closing:
+    return repo.Closing("failed" if reason.is_error else "completed", reason, detail, reason.ended_by,
+                        unless_streamed=unless_streamed)
 
 
 async def _hang_up_on_machine(rt: Runtime, call: Call, call_sid: str, answered_by: str) -> None:
     detail = f"answered by a machine ({answered_by})"
-    if not await _close(rt, call, R.VOICEMAIL, detail, unless_streamed=False):
+    closing = _closing(R.VOICEMAIL, detail, unless_streamed=False)
+    if not await repo.end_call(rt.db, call.id, status=closing.status, reason=closing.reason, detail=closing.detail,
+                               ended_by=closing.ended_by):
         return  # already over, or a repeated callback
     logger.info(f"call {call.id}: {detail}; hanging up")
     session = rt.sessions.get(call.id)
@@ -112,15 +114,19 @@ async def call_status(request: Request) -> Response:
         logger.warning(f"status callback: no call for CallSid {call_sid} ({status})")
         return Response(status_code=204)
 
-    moved = await repo.update_call_status(rt.db, call.id, status, call_sid=call_sid,
-                                          duration_secs=_seconds(params.get("CallDuration")), answered_by=answered_by)
+    fields = dict(call_sid=call_sid, duration_secs=_seconds(params.get("CallDuration")), answered_by=answered_by)
+    closed = False
+    if status in repo.CARRIER_FINAL:
+        reason, detail = (R.VOICEMAIL, f"answered by a machine ({answered_by})") if _machine(answered_by) \
+            else UNCONNECTED_ENDINGS[status]
+        # A call whose media stream never started ends here, with the carrier's status, in one transaction.
+        moved, closed = await repo.final_call_status(rt.db, call.id, status, _closing(reason, detail), **fields)
+    else:
+        moved = await repo.update_call_status(rt.db, call.id, status, **fields)
     logger.info(f"call {call.id}: carrier status {status}" + (f", answered by {answered_by}" if answered_by else "")
                 + ("" if moved else " (not newer than what we had: kept)"))
     if status == "in-progress" and _machine(answered_by):
         await _hang_up_on_machine(rt, call, call_sid, answered_by)
-    elif status in repo.CARRIER_FINAL:
-        reason, detail = (R.VOICEMAIL, f"answered by a machine ({answered_by})") if _machine(answered_by) \
-            else UNCONNECTED_ENDINGS[status]
-        if await _close(rt, call, reason, detail, unless_streamed=True):
-            logger.info(f"call {call.id}: ended before its media stream started: {reason} ({detail})")
+    elif closed:
+        logger.info(f"call {call.id}: ended before its media stream started: {reason} ({detail})")
     return Response(status_code=204)
