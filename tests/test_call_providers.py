@@ -22,7 +22,9 @@ from tests.tool_server import ToolServer
 CLOUD_NUMBER = "+15550100020"
 REALTIME_NUMBER = "+15550100021"
 STEADY_REALTIME_NUMBER = "+15550100022"
+LONG_CLOUD_NUMBER = "+15550100023"
 STEADY_WELCOME = "Hello, this is Luigi's. Our kitchen is open from noon until eleven at night, every day of the week."
+LONG_WELCOME = STEADY_WELCOME + " We serve pizza, pasta and salads, and on Sundays a brunch with eggs and pancakes."
 
 OPENAI_RULES = {"rules": [
     {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
@@ -42,6 +44,16 @@ name: cloud
 phone_numbers: ["{CLOUD_NUMBER}"]
 system_prompt: A restaurant host.
 welcome_message: Hello, this is Luigi's.
+transcriber: {{provider: deepgram, model: nova-3}}
+llm: {{provider: openai, model: gpt-4o-mini}}
+tts: {{provider: cartesia}}
+call: {{silence_timeout_secs: 0}}
+""",
+    "cloud_long.yaml": f"""
+name: cloud-long
+phone_numbers: ["{LONG_CLOUD_NUMBER}"]
+system_prompt: A restaurant host.
+welcome_message: {LONG_WELCOME}
 transcriber: {{provider: deepgram, model: nova-3}}
 llm: {{provider: openai, model: gpt-4o-mini}}
 tts: {{provider: cartesia}}
@@ -172,6 +184,34 @@ async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(
     assert usage["tts_characters"] >= len(said.replace(" ", "")), usage
     assert cost["unpriced"] == [] and all(cost["components"][k] > 0 for k in ("stt", "llm", "tts", "carrier")), cost
     assert abs(cost["total"] - sum(cost["components"].values())) < 1e-5
+
+
+async def test_stop_over_a_deepgram_agent_interrupts_it(cloud, speech):
+    """Barge-in on the production STT path: the caller listens quietly for 4 s (Deepgram then gets the line in
+    batches), says "Please stop." over the welcome: one `clear`, the welcome is cut and marked interrupted, and
+    Deepgram's transcript of the caller's words (from their onset) decides it."""
+    server, emu, _ = cloud
+    caller = await dial(server, LONG_CLOUD_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        # 3 s of the ~10 s welcome heard (the emulator's Piper can pause between sentences, so not a fixed time).
+        assert await caller.wait_for(lambda: len(caller.agent_audio) >= 3 * 8000, 30.0), "no welcome from Cartesia"
+        spoke_at = await caller.say(speech["stop"])
+        # Either way the agent speaks again: the rest of its welcome, or its answer to the interruption.
+        assert await caller.wait_agent_audio(spoke_at + 0.2, 20.0), "the agent stayed silent"
+        await caller.wait_agent_quiet(1.0, 30.0)
+    server.wait_ended(call_id)
+    turns = server.turns(call_id)
+    assert len(caller.events("clear")) == 1
+    assert turns[0]["role"] == "assistant" and turns[0]["interrupted"], [dict(t) for t in turns]
+    assert not turns[0]["text"].endswith("pancakes."), turns[0]["text"]
+    assert any(t["role"] == "user" and "stop" in t["text"].lower() for t in turns), [dict(t) for t in turns]
+    # The quiet line went to Deepgram in fewer messages than the caller's 40 ms frames, and all of it arrived.
+    stream = emu.running["deepgram"].emulator[-1]
+    record = httpx.get(f"{server.url}/api/v1/calls/{call_id}", headers={"x-api-key": server.api_key}).json()
+    frames = record["usage"]["stt_secs"] / 0.04
+    assert stream.messages < 0.6 * frames, (stream, frames)
+    assert stream.bytes >= 0.95 * record["usage"]["stt_secs"] * 16000, (stream, record["usage"])
 
 
 async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provider(cloud, speech, twilio_api):
