@@ -38,6 +38,7 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
         self.messages_sent = 0  # audio messages, for tests and benchmarks
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        # Live, nothing waits: the VAD's start sent it.
         if not self._speaking and time.monotonic() >= self._live_until:
             if not self._batch_bytes:
                 self._batch_bytes = int(self.sample_rate * 2 * self._quiet_batch_secs)  # 16-bit mono
@@ -47,12 +48,8 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
                 return
             audio = bytes(self._pending)
             self._pending.clear()
-        elif self._pending:
-            audio = bytes(self._pending) + audio
-            self._pending.clear()
-        self.messages_sent += 1
-        async for frame in super().run_stt(audio):
-            yield frame
+        await self._send(audio)
+        yield None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, VADUserStartedSpeakingFrame):
@@ -64,10 +61,12 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
         await super().process_frame(frame, direction)
 
     async def _send_pending(self) -> None:
-        if not self._pending:
-            return
-        audio = bytes(self._pending)
-        self._pending.clear()
+        if self._pending:
+            audio = bytes(self._pending)
+            self._pending.clear()
+            await self._send(audio)
+
+    async def _send(self, audio: bytes) -> None:
         self.messages_sent += 1
-        async for _ in super().run_stt(audio):
+        async for _ in super().run_stt(audio):  # pipecat's send: it yields only None
             pass

@@ -29,6 +29,12 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def no_nul(value: str) -> str:
+    if "\x00" in value:  # never meant, and it would cut short the prompt or request the text ends up in
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class ToolAttachment(BaseModel):
     # Unknown keys are refused, not kept: a setting that is stored but does nothing is worse than an error.
     model_config = ConfigDict(extra="forbid")
@@ -54,9 +60,7 @@ class ToolAttachment(BaseModel):
     @field_validator("description")
     @classmethod
     def _description(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+        return value if value is None else no_nul(value)
 
     def argument_problems(self, parameters: dict[str, Any]) -> list[tuple[str, str]]:
         """(argument, what is wrong) for each fixed argument the tool's parameters do not take as given."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from pipelines.tools.attachment import ToolAttachment, check_headers
+from pipelines.tools.attachment import ToolAttachment, check_headers, no_nul
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
 from runtime.api.lookup import ROW_ID, commit_or_conflict, name_taken, owned
@@ -34,12 +34,6 @@ def _empty_object() -> dict[str, Any]:
 
 
 # --- shapes ---------------------------------------------------------------------------------------------------------
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:  # never meant, and it would cut short the prompt or request the text ends up in
-        raise ValueError("must not contain NUL characters")
-    return value
-
 
 class _ToolFields(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="What the LLM calls it; unique per workspace")
@@ -60,7 +54,7 @@ class ToolIn(_ToolFields):
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return _no_nul(value)
+        return no_nul(value)
 
     @field_validator("url")
     @classmethod
@@ -71,7 +65,7 @@ class ToolIn(_ToolFields):
             raise ValueError(f"not a URL: {exc}") from None
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
-        return _no_nul(value)
+        return no_nul(value)
 
     @field_validator("headers")
     @classmethod
