@@ -132,10 +132,12 @@ def level_figures(n: int, results: list[CallResult], delta: dict[str, list[tuple
 
 
 def holds_goals(level: dict) -> bool:
+    """A barge-in that never got its `clear` has no latency to put in the p95, so it fails the level outright
+    rather than leaving the percentile to the barge-ins that worked."""
     b, o = level["barge_in_ms"], level["overhead_runtime_ms"]
     return (level["connected"] == level["calls"] and not level["errors"] and b.get("n", 0) > 0
             and b["p95"] <= GOALS["barge_in_p95_ms"] and o.get("n", 0) > 0 and o["p95"] <= GOALS["overhead_p95_ms"]
-            and level["pacing"]["underruns"] == 0 and level["missed_replies"] == 0)
+            and level["pacing"]["underruns"] == 0 and level["missed_replies"] == 0 and level["missed_clears"] == 0)
 
 
 # --- voxline vs baseline: the table, the Markdown, the plots ----------------------------------------------------------
