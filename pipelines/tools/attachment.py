@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.tools.schema import UncheckableSchema, errors
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -70,10 +71,14 @@ class ToolAttachment(BaseModel):
             if name not in properties:
                 problems.append((name, "not a parameter of this tool"))
                 continue
-            # The property's own schema, with the root's definitions so that a $ref inside it still resolves.
-            schema = {**{k: parameters[k] for k in ("$schema", "$defs", "definitions") if k in parameters},
-                      **(properties[name] if isinstance(properties[name], dict) else {})}
-            error = next(iter(validator_for(schema)(schema).iter_errors(value)), None)
+            # Checked as the only argument against the whole schema, so "#/..." refs mean what they do in a call;
+            # only what is wrong under this argument counts (another's absence is the LLM's to fill in).
+            try:
+                error = next((e for e in errors(parameters, {name: value}) if list(e.absolute_path)[:1] == [name]),
+                             None)
+            except UncheckableSchema as exc:
+                problems.append((name, f"cannot be checked: the tool's parameters schema cannot be applied: {exc}"))
+                continue
             if error is not None:
                 problems.append((name, error.message))
         return problems

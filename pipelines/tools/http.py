@@ -12,12 +12,12 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from jsonschema.validators import validator_for
 from loguru import logger
 
 from pipelines.tools.attachment import ToolAttachment
 from pipelines.tools.netguard import RefusedAddress, UnresolvableHost, resolve_checked
 from pipelines.tools.result import ToolResult
+from pipelines.tools.schema import UncheckableSchema, errors
 
 MAX_REDIRECTS = 3
 _BODYLESS = ("GET", "DELETE")
@@ -51,24 +51,31 @@ class HttpToolSpec:
         return spec
 
 
-def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
-    """What is wrong with `arguments` for `schema`, or None."""
-    validator = validator_for(schema)(schema)
-    problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+def argument_failure(name: str, schema: dict[str, Any], arguments: Any) -> ToolResult | None:
+    """The error result for `arguments` that `schema` does not accept, or cannot check; None when they pass."""
+    try:
+        problems = errors(schema, arguments)
+    except UncheckableSchema as exc:
+        # The LLM can do nothing about it, so it only learns the call was not made; the operator learns why.
+        logger.warning(f"tool {name}: arguments not checked, so the tool was not called: its parameters schema "
+                       f"cannot be applied: {exc}")
+        return ToolResult.failure("invalid_arguments", "invalid arguments: they could not be checked (the "
+                                                       "tool's parameters schema cannot be applied), so the tool "
+                                                       "was not called")
     if not problems:
         return None
     parts = []
     for err in problems[:5]:
         where = "/".join(str(p) for p in err.absolute_path)
         parts.append(f"{where}: {err.message}" if where else err.message)
-    return "; ".join(parts)
+    return ToolResult.failure("invalid_arguments", f"invalid arguments: {'; '.join(parts)}")
 
 
 async def call_http_tool(spec: HttpToolSpec, arguments: dict[str, Any], *, allow_private: bool,
                          max_bytes: int) -> ToolResult:
     arguments = {**arguments, **spec.fixed_arguments}
-    if (problem := argument_errors(spec.parameters, arguments)) is not None:
-        return ToolResult.failure("invalid_arguments", f"invalid arguments: {problem}")
+    if (refused := argument_failure(spec.name, spec.parameters, arguments)) is not None:
+        return refused
     try:
         async with asyncio.timeout(spec.timeout_secs):  # the whole call: resolution, connect, redirects, body
             return await _send(spec, arguments, allow_private=allow_private, max_bytes=max_bytes)

@@ -23,7 +23,7 @@ from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from pipelines.tools.attachment import ToolAttachment
-from pipelines.tools.http import HttpToolSpec, argument_errors, call_http_tool
+from pipelines.tools.http import HttpToolSpec, argument_failure, call_http_tool
 from pipelines.tools.result import ToolResult
 
 # pipecat's own deadline is a backstop only: ours ends the call first and reports it as a timeout.
@@ -174,8 +174,8 @@ class ToolSet:
         tool = self.tools.get(name)
         if tool is None:
             return ToolResult.failure("unknown_tool", f"there is no tool named {name!r}")
-        if tool.builtin and (problem := argument_errors(tool.parameters, arguments)) is not None:
-            return ToolResult.failure("invalid_arguments", f"invalid arguments: {problem}")
+        if tool.builtin and (refused := argument_failure(name, tool.parameters, arguments)) is not None:
+            return refused
         try:
             return await tool.run(arguments, params)
         except asyncio.CancelledError:

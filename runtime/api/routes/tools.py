@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Request
 from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from pipelines.tools.attachment import ToolAttachment, check_headers, no_nul
+from pipelines.tools.schema import check_schema, ref_problems
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
 from runtime.api.lookup import ROW_ID, commit_or_conflict, name_taken, owned
@@ -80,11 +80,22 @@ class ToolIn(_ToolFields):
         if not isinstance(value.get("$schema", ""), str):  # validator_for looks it up as a dict key
             raise ValueError("not a valid JSON Schema: $schema must be a string (a meta-schema URI)")
         try:
-            validator_for(value).check_schema(value)
+            check_schema(value)
         except SchemaError as exc:
             where = "/".join(str(p) for p in exc.path)
             raise ValueError(f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
         return value
+
+
+def _refs_checked(body: ToolIn) -> ToolIn:
+    """`body`, after refusing a `$ref` that is not local or leads nowhere (here, not in ToolIn, so the error can name
+    where in `parameters` it is): nothing is ever fetched for a tool's schema, and one that cannot be applied would
+    fail every call of the tool."""
+    problems = ref_problems(body.parameters)
+    if problems:
+        details = [{"field": f"parameters.{where}", "message": message} for where, message in problems]
+        raise bad_request(f"{details[0]['field']}: {details[0]['message']}", details)
+    return body
 
 
 class ToolOut(_ToolFields):
@@ -196,6 +207,7 @@ async def list_tools(p: Caller, request: Request) -> DataList[ToolOut]:
 
 @router.post("/tool-endpoint-defs", response_model=ToolOut, status_code=201, summary="Define an HTTP tool")
 async def create_tool(body: ToolIn, p: Caller, request: Request) -> ToolOut:
+    _refs_checked(body)
     async with runtime_of(request).db() as s:
         if await name_taken(s, ToolDef, p.workspace_id, body.name):
             raise _conflict(body.name)
@@ -214,6 +226,7 @@ async def get_tool(tool_id: str, p: Caller, request: Request) -> ToolOut:
 @router.put("/tool-endpoint-defs/{tool_id}", response_model=ToolOut,
             summary="Replace an HTTP tool's whole definition (omitted fields take their defaults)")
 async def replace_tool(tool_id: str, body: ToolIn, p: Caller, request: Request) -> ToolOut:
+    _refs_checked(body)
     async with runtime_of(request).db() as s:
         tool = await _own_tool(s, p, tool_id, lock=True)
         if await name_taken(s, ToolDef, p.workspace_id, body.name, except_id=tool.id):
