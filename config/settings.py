@@ -110,12 +110,35 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     cartesia_url: str = "wss://api.cartesia.ai/tts/websocket"
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    provider_trusted_urls: Annotated[list[str], NoDecode] = Field(
+        default=[], description="Further URL prefixes (comma-separated) that may receive this server's provider keys "
+        "when an agent sets its own llm.base_url or realtime.base_url; besides the provider's own origin and the "
+        "endpoints above, every other base URL gets requests without the server's key (config/provider_trust.py)",
+    )
 
     @field_validator("webhook_retry_secs", mode="before")
     @classmethod
     def _secs_list(cls, value):
         if isinstance(value, str):
             value = [part for part in value.strip().strip("[]").replace(" ", "").split(",") if part]
+        return value
+
+    @field_validator("provider_trusted_urls", mode="before")
+    @classmethod
+    def _urls_list(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("provider_trusted_urls")
+    @classmethod
+    def _plain_urls(cls, value: list[str]) -> list[str]:
+        from config.provider_trust import parse
+
+        # Refused at start-up rather than silently never matching: an operator's typo would withhold the key.
+        bad = [url for url in value if parse(url) is None]
+        if bad:
+            raise ValueError(f"not a plain http(s)/ws(s) URL (no userinfo, query or fragment): {', '.join(bad)}")
         return value
 
     @field_validator("webhook_retry_secs")

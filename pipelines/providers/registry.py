@@ -14,7 +14,7 @@ from typing import Any
 
 from pipecat.processors.frame_processor import FrameProcessor
 
-from config import catalog
+from config import catalog, provider_trust
 from config.agent import AgentConfig, ScriptConfig
 from config.settings import Settings
 from pipelines.tools.toolset import ToolSet
@@ -78,6 +78,14 @@ def _key(ctx: BuildContext, kind: str, provider: str) -> str:
     return secret.get_secret_value()
 
 
+def _key_for(ctx: BuildContext, kind: str, provider: str, own_url: str | None) -> str:
+    """The server's key, unless the agent's own base URL is not trusted with it (see config/provider_trust.py)."""
+    if provider_trust.withhold_server_key(ctx.settings, provider, own_url,
+                                          who=f"agent {ctx.agent.name!r} {kind} ({ctx.label})"):
+        return provider_trust.NO_SERVER_KEY
+    return _key(ctx, kind, provider)
+
+
 def _default(kind: str, provider: str, attr: str) -> Any:
     entry = catalog.provider(kind, provider)
     return getattr(entry, attr) if entry else None
@@ -127,6 +135,8 @@ def _scripted(section, ctx: BuildContext) -> FrameProcessor:
 
 
 # --- cloud providers: real SDK clients, endpoints redirectable to local emulators -------------------------------
+# Deepgram and Cartesia endpoints come only from the settings; an agent's own base_url (OpenAI LLM and Realtime)
+# gets the server's key only when trusted (_key_for).
 
 
 @register("stt", "deepgram")
@@ -147,7 +157,7 @@ def _openai(section, ctx: BuildContext) -> FrameProcessor:
     from pipelines.providers.openai_llm import SharedTLSOpenAILLMService as OpenAILLMService
 
     return OpenAILLMService(
-        api_key=_key(ctx, "llm", "openai"),
+        api_key=_key_for(ctx, "llm", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_base_url,
         settings=OpenAILLMService.Settings(
             model=section.model or _default("llm", "openai", "default_model"),
@@ -176,7 +186,7 @@ def _openai_realtime(section, ctx: BuildContext) -> FrameProcessor:
     from pipelines.providers.openai_realtime import PhoneRealtimeService, session_properties
 
     return PhoneRealtimeService(
-        api_key=_key(ctx, "realtime", "openai"),
+        api_key=_key_for(ctx, "realtime", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_realtime_url,
         settings=PhoneRealtimeService.Settings(
             model=section.model or _default("realtime", "openai", "default_model"),

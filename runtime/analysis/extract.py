@@ -2,7 +2,8 @@
 
 - `openai` (and OpenAI-compatible servers via `llm.base_url`): one chat completion asking for a JSON object that
   the JSON Schema of the wanted fields describes (JSON mode, temperature 0). Output that is not JSON or does not
-  match the schema is sent back once with what was wrong; a second invalid answer is an analysis error.
+  match the schema is sent back once with what was wrong; a second invalid answer is an analysis error. An agent's
+  own base URL gets the server's OPENAI_API_KEY only when trusted, as in calls (config/provider_trust.py).
 - `scripted`: the deterministic extractor below, so analysis runs with no model and no account.
 - anything else: an analysis error naming the provider.
 
@@ -30,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from config import catalog
+from config import catalog, provider_trust
 from config.agent import AgentConfig
 from config.settings import Settings
 from runtime.analysis.rules import InvalidOutput, RuleField, Wanted
@@ -62,7 +63,7 @@ async def extract(agent: AgentConfig, turns: list[Turn], wanted: Wanted, setting
         return {**_checked(wanted, scripted(turns, wanted)), "provider": "scripted", "model": "scripted"}
     if provider == "openai":
         model = model or catalog.provider("llm", "openai").default_model
-        result = await _openai(turns, wanted, settings, model, base_url or settings.openai_base_url)
+        result = await _openai(turns, wanted, settings, model, base_url, who=f"analysis of agent {agent.name!r}")
         return {**result, "provider": "openai", "model": model}
     raise AnalysisError(f"post-call analysis is not available for LLM provider {provider!r}")
 
@@ -158,12 +159,18 @@ def _instructions(wanted: Wanted) -> str:
     return "\n".join(lines)
 
 
-async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: str, base_url: str | None) -> dict:
+async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: str, own_url: str | None, *,
+                  who: str) -> dict:
+    """`own_url` is the agent's `llm.base_url` (None: the server's endpoint)."""
     import openai
 
-    if settings.openai_api_key is None:
+    if provider_trust.withhold_server_key(settings, "openai", own_url, who=who):
+        api_key = provider_trust.NO_SERVER_KEY
+    elif settings.openai_api_key is None:
         raise AnalysisError("OPENAI_API_KEY is not set")
-    client = openai.AsyncOpenAI(api_key=settings.openai_api_key.get_secret_value(), base_url=base_url,
+    else:
+        api_key = settings.openai_api_key.get_secret_value()
+    client = openai.AsyncOpenAI(api_key=api_key, base_url=own_url or settings.openai_base_url,
                                 timeout=settings.analysis_timeout_secs, max_retries=1)
     messages: list[dict[str, str]] = [
         {"role": "system", "content": _instructions(wanted)},
