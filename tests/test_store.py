@@ -92,6 +92,24 @@ async def test_a_final_carrier_status_closes_an_unstreamed_call_with_it(database
     assert (other.ended_at, other.carrier_status, other.duration_secs) == (None, "completed", 7)
 
 
+async def test_calls_hold_carrier_addresses_up_to_255_characters(database):
+    """Migration 0008: a SIP address (Twilio's From for a call from a SIP domain) fits calls.from_number and
+    to_number; PostgreSQL's former varchar(32) refused it, and the incoming-call webhook answered 500."""
+    db = store_db.sessionmaker(database)
+    ws = await repo.ensure_workspace(db, "default")
+    sip = "sip:+15551234567@" + "a" * 223 + ".sip.twilio.com"
+    assert len(sip) == 255
+    call = await repo.create_call(db, workspace_id=ws.id, direction="inbound", status="ringing", from_number=sip,
+                                  to_number=sip)
+    row = await repo.get_call(db, call.id)
+    assert (row.from_number, row.to_number) == (sip, sip)
+    if database.dialect.name == "postgresql":  # SQLite does not enforce VARCHAR lengths; 0008 leaves it as it is
+        async with database.connect() as conn:
+            lengths = await conn.run_sync(lambda c: {col["name"]: getattr(col["type"], "length", None)
+                                                     for col in inspect(c).get_columns("calls")})
+        assert lengths["from_number"] == lengths["to_number"] == 255
+
+
 async def test_a_call_runs_end_to_end_on_postgresql(postgres, speech, tmp_path):
     conn = await asyncpg.connect(postgres.url.replace("+asyncpg", ""))
     await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")

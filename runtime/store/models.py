@@ -106,8 +106,9 @@ class Call(Base):
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), index=True)
     direction: Mapped[str] = mapped_column(String(16))
-    from_number: Mapped[str | None] = mapped_column(String(32))
-    to_number: Mapped[str | None] = mapped_column(String(32))
+    # Carrier addresses: E.164 numbers, but also `sip:` URIs and `client:` names (telephony/twilio/fields.py caps them).
+    from_number: Mapped[str | None] = mapped_column(String(255))
+    to_number: Mapped[str | None] = mapped_column(String(255))
     twilio_call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     stream_sid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), index=True)

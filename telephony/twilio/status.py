@@ -4,9 +4,15 @@ Callbacks may come late, out of order or twice: each only moves the call forward
 final one closes a call whose media stream never started, with the reason the carrier gives; a call that had a
 stream keeps its session's reason and only gains the duration. With answering machine detection, a call a machine
 answered is hung up and closed `voicemail`.
+
+Fields are checked before they reach the database (`telephony.twilio.fields`): a callback whose CallSid is no SID is
+ignored; a CallDuration or AnsweredBy that does not fit is dropped with a warning, and the rest still recorded, since
+Twilio does not retry and a lost final status would leave the call open.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from loguru import logger
@@ -16,7 +22,7 @@ from runtime.context import Runtime, runtime_of
 from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
 from runtime.store.models import Call
-from telephony.twilio import signature
+from telephony.twilio import fields, signature
 from telephony.twilio.rest import CarrierError, TwilioCalls
 
 router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
@@ -38,10 +44,16 @@ def _machine(answered_by: str | None) -> bool:
     return bool(answered_by) and answered_by.startswith("machine")
 
 
-def _seconds(raw: str | None) -> int | None:
+def _optional(params: dict[str, str], name: str, check, about: str):
+    """A field the callback may carry, checked; None (and a warning) when it does not fit, so that the rest of the
+    callback, a final status above all, is still recorded."""
+    raw = params.get(name)
+    if not raw:
+        return None
     try:
-        return max(0, int(raw)) if raw else None
-    except ValueError:
+        return check(name, raw)
+    except fields.BadField as exc:
+        logger.warning(f"status callback for {about}: {exc}; that field is ignored")
         return None
 
 
@@ -100,29 +112,37 @@ async def call_status(request: Request) -> Response:
     url = signature.public_url(request, rt.settings)
     if not signature.is_valid(rt.settings, url, params, request.headers.get("x-twilio-signature")):
         logger.warning(f"status callback: invalid or missing X-Twilio-Signature for {url} "
-                       f"(CallSid={params.get('CallSid')!r})")
+                       f"(CallSid={fields.shown(params.get('CallSid'))})")
         return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
 
     call_sid, status = params.get("CallSid", ""), params.get("CallStatus", "")
-    answered_by = params.get("AnsweredBy") or None
     # Twilio does not retry a refused callback, so refusing teaches nobody anything: log it and answer 204.
     if not call_sid or status not in repo.CARRIER_RANK:
-        logger.warning(f"status callback: ignored (CallSid={call_sid!r}, CallStatus={status!r})")
+        logger.warning(f"status callback: ignored (CallSid={fields.shown(call_sid)}, "
+                       f"CallStatus={fields.shown(status)})")
+        return Response(status_code=204)
+    try:
+        fields.sid("CallSid", call_sid)
+    except fields.BadField as exc:  # not a SID Twilio sends; looking it up would only fail in the database
+        logger.warning(f"status callback: ignored: {exc} (CallStatus={status})")
         return Response(status_code=204)
     call = await _find(rt, request.query_params.get("call_id"), call_sid)
     if call is None:
         logger.warning(f"status callback: no call for CallSid {call_sid} ({status})")
         return Response(status_code=204)
 
-    fields = dict(call_sid=call_sid, duration_secs=_seconds(params.get("CallDuration")), answered_by=answered_by)
+    about = f"call {call.id} (CallSid {call_sid}, {status})"
+    answered_by = _optional(params, "AnsweredBy", partial(fields.word, limit=fields.ANSWERED_BY_MAX), about)
+    duration = _optional(params, "CallDuration", partial(fields.count, maximum=fields.CALL_SECS_MAX), about)
+    columns = dict(call_sid=call_sid, duration_secs=duration, answered_by=answered_by)
     closed = False
     if status in repo.CARRIER_FINAL:
         reason, detail = (R.VOICEMAIL, f"answered by a machine ({answered_by})") if _machine(answered_by) \
             else UNCONNECTED_ENDINGS[status]
         # A call whose media stream never started ends here, with the carrier's status, in one transaction.
-        moved, closed = await repo.final_call_status(rt.db, call.id, status, _closing(reason, detail), **fields)
+        moved, closed = await repo.final_call_status(rt.db, call.id, status, _closing(reason, detail), **columns)
     else:
-        moved = await repo.update_call_status(rt.db, call.id, status, **fields)
+        moved = await repo.update_call_status(rt.db, call.id, status, **columns)
     logger.info(f"call {call.id}: carrier status {status}" + (f", answered by {answered_by}" if answered_by else "")
                 + ("" if moved else " (not newer than what we had: kept)"))
     if status == "in-progress" and _machine(answered_by):
