@@ -188,10 +188,15 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         """Prometheus text format. With VOXLINE_METRICS_TOKEN set, scrapers send `Authorization: Bearer TOKEN`."""
         token = settings.metrics_token
         if token is not None:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-                return JSONResponse({"error": {"code": "unauthorized", "message": "metrics token required"}},
-                                    status_code=401)
+            # Only the Bearer scheme (any case, as for API keys): a bare token is refused.
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            is_bearer = scheme.lower() == "bearer"
+            # compare_digest runs in constant time whatever the scheme: a timing difference tells a prober nothing.
+            matches = hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+            if not (is_bearer and matches):
+                return errors.error_response(401, "unauthorized",
+                                             "send the metrics token as Authorization: Bearer TOKEN",
+                                             headers={"WWW-Authenticate": "Bearer"})
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")

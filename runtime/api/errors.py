@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,6 +53,37 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or str(loc[-1] if loc else "")
 
 
+def _detail(error: dict, body: Any) -> dict:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        # FastAPI's loc is ("body", character offset): the offset is no field; say where the JSON breaks instead.
+        reason = (error.get("ctx") or {}).get("error") or "not valid JSON"
+        pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+        where = ""
+        if pos is not None and isinstance(body, str):
+            line, column = body.count("\n", 0, pos) + 1, pos - body.rfind("\n", 0, pos)
+            where = f" at line {line}, column {column} (char {pos})"
+        elif pos is not None:
+            where = f" at char {pos}"
+        return {"field": "body", "message": f"invalid JSON: {reason}{where}"}
+    return {"field": _field(loc), "message": str(error.get("msg", "")).removeprefix("Value error, ")}
+
+
+# uvicorn logs every exception that reaches it ("Exception in ASGI application"), and Starlette re-raises each one
+# after our handler has answered 500 and logged it with its request: the handler marks what it logged, and this
+# drops uvicorn's second copy of it (anything else it reports, a WebSocket handler's crash, still gets through).
+_LOGGED = "_voxline_logged"
+
+
+class _DropLoggedTwice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, _LOGGED, False)
+
+
+_drop_logged_twice = _DropLoggedTwice()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
@@ -59,10 +91,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
-        details = [
-            {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", "")).removeprefix("Value error, ")}
-            for e in exc.errors()
-        ]
+        details = [_detail(e, exc.body) for e in exc.errors()]
         summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details)
         return error_response(400, "validation_error", summary or "invalid request", details)
 
@@ -75,7 +104,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         logger.opt(exception=exc).error(f"{request.method} {request.url.path}: unhandled error")
+        try:
+            setattr(exc, _LOGGED, True)
+        except AttributeError:  # an exception type without a __dict__: logged twice, which is no harm
+            pass
         return error_response(500, "internal_error", "internal server error")
+
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if _drop_logged_twice not in uvicorn_errors.filters:
+        uvicorn_errors.addFilter(_drop_logged_twice)
 
 
 # What every /api operation documents besides its success response.

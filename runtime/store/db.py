@@ -11,13 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 
+# A failed statement's error names its SQL but not its bound values: those are row contents (API key hashes, caller
+# numbers, text from unauthenticated webhooks) that have no place in a log.
+_ENGINE_OPTIONS = {"hide_parameters": True}
+
 
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **_ENGINE_OPTIONS)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL lets readers run beside the one writer
@@ -28,7 +32,7 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, **_ENGINE_OPTIONS)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
