@@ -13,6 +13,12 @@ from config import catalog
 
 Architecture = Literal["pipeline", "realtime", "text"]
 
+# Upper bounds on what a client may store (the request body limit alone allows 1 MB of prompt): far above any real
+# agent, low enough that one agent cannot make every call and every LLM request it starts absurdly large.
+MAX_PROMPT_CHARS = 100_000  # system_prompt: a long prompt with inlined reference material still fits
+MAX_SPOKEN_CHARS = 2_000  # welcome_message and script replies: about two minutes of speech
+MAX_LLM_TOKENS = 128_000  # llm.max_tokens: the largest completion any current model produces
+
 
 # Which config sections each architecture needs and refuses (the seed platform's rules).
 REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {"pipeline": ("transcriber", "llm", "tts"), "realtime": ("realtime",),
@@ -37,7 +43,8 @@ class ScriptRule(_Strict):
     model would); `{result}` in `reply` is then replaced by the tool's result, and a failed call gets an apology."""
 
     keywords: list[str] = Field(min_length=1)
-    reply: str = Field(min_length=1, description="With `tool`: said once the tool has answered")
+    reply: str = Field(min_length=1, max_length=MAX_SPOKEN_CHARS,
+                       description="With `tool`: said once the tool has answered")
     tool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     arguments: dict[str, object] = Field(default_factory=dict, description="The tool's arguments")
 
@@ -52,7 +59,8 @@ class ScriptConfig(_Strict):
     """Drives the `scripted` LLM: rules in order, the first match wins; `goodbye` ends the call after its reply."""
 
     rules: list[ScriptRule] = []
-    fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
+    fallback: str = Field(default="Sorry, I didn't catch that. Could you say it another way?",
+                          max_length=MAX_SPOKEN_CHARS)
     goodbye: ScriptRule | None = None
 
     @model_validator(mode="after")
@@ -66,7 +74,7 @@ class LLMConfig(_Strict):
     provider: str = "scripted"
     model: str | None = None
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_LLM_TOKENS)
     base_url: str | None = None
     script: ScriptConfig | None = None
 
@@ -169,8 +177,8 @@ class CallConfig(_Strict):
 class AgentConfig(_Strict):
     name: str = Field(min_length=1, max_length=120)
     architecture: Architecture = "pipeline"
-    system_prompt: str = Field(min_length=1)
-    welcome_message: str | None = None
+    system_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    welcome_message: str | None = Field(default=None, max_length=MAX_SPOKEN_CHARS)
     transcriber: TranscriberConfig | None = None
     llm: LLMConfig | None = None
     tts: TTSConfig | None = None
@@ -179,6 +187,13 @@ class AgentConfig(_Strict):
     interruption: InterruptionConfig = InterruptionConfig()
     turn: TurnConfig = TurnConfig()
     call: CallConfig = CallConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # the name is a text column, and PostgreSQL cannot store NUL in one
+            raise ValueError("must not contain NUL characters")
+        return value
 
     @model_validator(mode="after")
     def _check_architecture(self) -> AgentConfig:

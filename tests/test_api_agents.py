@@ -345,3 +345,69 @@ def test_put_switches_architecture(api):
         refused(c.put(url, json={"agent_model_config": {"temperature": 0.5}}), "agent_model_config.temperature")
         back = c.put(url, json={"agent": {"architecture": "pipeline"}}).json()
         assert back["transcriber"]["provider"] == "whisper" and back["tts"]["provider"] == "piper"
+
+
+# --- input limits (QA #4, #8, #11, #18) -----------------------------------------------------------------------------
+
+def test_nul_in_names_and_name_searches_is_refused_naming_the_field(api):
+    # PostgreSQL cannot store or compare NUL in a text column: these were 500s there (and stored on SQLite).
+    with api.client("admin") as c:
+        refused(c.post("/api/v1/agents", json=pipeline("a\x00b")), "name")
+        refused(c.post("/api/v1/agents/simple", json={"name": "s\x00"}), "name")
+        agent = create_agent(c, pipeline(unique("nul")))
+        url = f"/api/v1/agents/{agent['id']}"
+        refused(c.patch(url, json={"name": "p\x00"}), "name")
+        refused(c.put(url, json={"agent": {"name": "k\x00"}}), "agent.name")
+        assert c.get(url).json() == agent
+        refused(c.get("/api/v1/agents", params={"name_search": "a\x00b"}), "name_search")
+        refused(c.get("/api/v1/agents/summary", params={"name_search": "a\x00b"}), "name_search")
+
+
+def test_page_numbers_are_bounded(api):
+    with api.client("admin") as c:
+        for path in ("/api/v1/agents", "/api/v1/agents/summary"):
+            for page in ("99999999999999999999", "9223372036854775807", "100001"):  # were 500s (integer overflow)
+                refused(c.get(path, params={"page": page}), "page")
+            last = c.get(path, params={"page": 100_000})
+            assert last.status_code == 200 and last.json()["data"] == [], last.text
+
+
+def test_a_mapped_agent_cannot_become_a_text_agent(api):
+    from tests.test_api_phone import MAPPING, register
+
+    with api.client("admin") as c:
+        agent = create_agent(c, pipeline(unique("mapped")))
+        url = f"/api/v1/agents/{agent['id']}"
+        phone = register(c)
+        assert c.post(MAPPING, json={"agent_id": agent["id"], "phone_number_id": phone["id"]}).status_code == 200
+        message = refused(c.patch(url, json={"architecture": "text", "transcriber": None, "tts": None}),
+                          "architecture")
+        assert f"mapped to a phone number ({phone['number']})" in message
+        assert "text agents cannot take phone calls" in message
+        assert "mapped to a phone number" in refused(c.put(url, json={"agent": {"architecture": "text"}}),
+                                                     "agent.architecture")
+        assert c.get(url).json() == agent  # nothing changed
+        assert c.get(f"{MAPPING}/{phone['id']}").json()["agent_id"] == agent["id"]
+        # Unmapped, it may switch.
+        assert c.delete(f"{MAPPING}/{phone['id']}").status_code == 200
+        switched = c.put(url, json={"agent": {"architecture": "text"}})
+        assert switched.status_code == 200 and switched.json()["architecture"] == "text", switched.text
+
+
+def test_prompts_spoken_texts_and_max_tokens_have_maxima(api):
+    with api.client("admin") as c:
+        refused(c.post("/api/v1/agents", json=pipeline(unique(), system_prompt="p" * 100_001)), "system_prompt")
+        refused(c.post("/api/v1/agents", json=pipeline(unique(), welcome_message="w" * 2_001)), "welcome_message")
+        long_reply = {"provider": "scripted", "script": {"rules": [{"keywords": ["x"], "reply": "r" * 2_001}]}}
+        refused(c.post("/api/v1/agents", json=pipeline(unique(), llm=long_reply)), "llm.script.rules.0.reply")
+        long_fallback = {"provider": "scripted", "script": {"fallback": "f" * 2_001}}
+        refused(c.post("/api/v1/agents", json=pipeline(unique(), llm=long_fallback)), "llm.script.fallback")
+        absurd = {"provider": "scripted", "max_tokens": 99999999999999999999999}
+        refused(c.post("/api/v1/agents", json=pipeline(unique(), llm=absurd)), "llm.max_tokens")
+        at_limits = create_agent(c, pipeline(unique("limits"), system_prompt="p" * 100_000,
+                                             welcome_message="w" * 2_000,
+                                             llm={"provider": "scripted", "max_tokens": 128_000}))
+        url = f"/api/v1/agents/{at_limits['id']}"
+        refused(c.put(url, json={"agent_model_config": {"max_tokens": 128_001}}), "agent_model_config.max_tokens")
+        refused(c.patch(url, json={"system_prompt": "p" * 100_001}), "system_prompt")
+        assert c.get(url).json() == at_limits

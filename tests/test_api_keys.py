@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from tests.api_helpers import refused
+
 
 def test_me_names_workspace_key_and_role(api):
     with api.client("developer") as c:
@@ -82,3 +84,12 @@ def test_keys_are_stored_hashed(api):
         dump = "\n".join(con.iterdump())
         con.close()
         assert secret not in dump and secret[12:] not in dump
+
+
+def test_nul_in_a_key_name_is_refused_naming_the_field(api):
+    # PostgreSQL cannot store NUL in a text column: this was a 500 there (and stored on SQLite).
+    with api.client("admin") as c:
+        refused(c.post("/api/v1/api-keys", json={"name": "n\x00ul"}), "name")
+        key = c.post("/api/v1/api-keys", json={"name": "clean"}).json()
+        refused(c.patch(f"/api/v1/api-keys/{key['id']}", json={"name": "re\x00named"}), "name")
+        assert next(k for k in c.get("/api/v1/api-keys").json()["data"] if k["id"] == key["id"])["name"] == "clean"

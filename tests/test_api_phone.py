@@ -82,6 +82,23 @@ def test_register_refuses_an_invalid_number_naming_the_field(api):
         refused(c.post(PHONE, json={}), "number")
 
 
+def test_register_refuses_extensions_letters_uris_and_odd_characters(api):
+    # phonenumbers reads all of these leniently: the extension was dropped, the letters converted, and so on.
+    n = unique_number()
+    arabic_indic = "+" + "".join(chr(0x0660 + int(d)) for d in n[1:])
+    cases = {f"{n} ext. 99": "has an extension (99)", f"{n};ext=5": "has an extension (5)",
+             f"{n}#99": "has an extension (99)", "+1-800-FLOWERS": "contains letters", f"tel:{n}": "tel: URI",
+             f"{n}\x00": "NUL", f"+{n}": "contains '+'", arabic_indic: "ASCII digits",
+             f"{n[:5]}\u200b{n[5:]}": "ASCII digits"}
+    with api.client("admin") as c:
+        for raw, why in cases.items():
+            assert why in refused(c.post(PHONE, json={"number": raw}), "number"), raw
+        phone = register(c, f"+1 {n[2:5]}-{n[5:8]}-{n[8:]}")  # the usual separators still work
+        assert phone["number"] == n
+        assert "has an extension" in refused(c.patch(f"{PHONE}/{phone['id']}", json={"number": f"{n} x7"}), "number")
+        assert c.get(f"{PHONE}/{phone['id']}").json() == phone
+
+
 def test_a_number_is_registered_once_across_workspaces(api):
     number = unique_number()
     with api.client("admin") as c:

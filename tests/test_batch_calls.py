@@ -269,6 +269,38 @@ def test_variables_can_change_before_start_and_start_checks_every_row(api):
         assert c.get(f"{BATCH}/{b}").json()["data"]["status"] == "not_started"
 
 
+def test_after_variable_names_change_upserts_fix_the_rows(api):
+    with api.client("admin") as c:
+        batch = new_batch(c, agent=pipeline_agent(c, "Say hello to {{first}}."))
+        b = batch["id"]
+        item = upload(c, b, [{"to_phonenumber": unique_number(), "name": "Ada"}])["items"][0]
+        assert c.patch(f"{BATCH}/{b}/variables", json={"variable_names": ["first"]}).status_code == 200
+        r = c.post(f"{BATCH}/start/{b}")
+        assert r.status_code == 400 and "upsert them first" in r.json()["error"]["message"], r.text
+        # The stale `name` was merged into the row and refused as an unknown column: the row could not be fixed.
+        r = c.post(f"{BATCH}/{b}/data/upsert", json={"items": [{"id": item["id"], "first": "Ada"}]})
+        assert r.status_code == 200, r.text
+        out = r.json()["data"]
+        assert out["updated"] == 1 and out["rejected"] == [], out
+        assert out["items"][0]["variables"] == {"first": "Ada"}
+        assert c.get(f"{BATCH}/{b}/data").json()["data"][0]["variables"] == {"first": "Ada"}
+        assert c.post(f"{BATCH}/start/{b}").status_code == 200
+
+
+def test_non_finite_numbers_are_refused_as_values(api):
+    with api.client("admin") as c:
+        batch = new_batch(c)
+        rows = (b'{"records": [{"to_phonenumber": "+1 555 010 4253", "name": 1e400}, '
+                b'{"to_phonenumber": "+1 555 010 4254", "name": NaN}, '
+                b'{"to_phonenumber": "+1 555 010 4255", "name": 2.5}]}')
+        r = c.post(f"{BATCH}/upload-json/{batch['id']}", content=rows, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        out = r.json()["data"]
+        assert out["added"] == 1 and out["items"][0]["variables"] == {"name": "2.5"}
+        assert [(x["index"], x["field"], x["message"]) for x in out["rejected"]] == [
+            (0, "name", "must be a finite number"), (1, "name", "must be a finite number")]
+
+
 def test_start_refuses_an_agent_whose_prompt_needs_a_variable_the_batch_lacks(api):
     with api.client("admin") as c:
         agent = pipeline_agent(c, "Remind {{name}} of the appointment at {{ slot }}.")

@@ -276,6 +276,16 @@ def test_any_architecture_may_be_chatted_with(chat):
         assert said(turn(c, new_session(c, phone_agent)["id"], "hi")) == "Phone agent here."
 
 
+def test_an_agent_without_an_llm_is_refused_a_session(chat):
+    # A realtime agent has no `llm`: every turn of its session was an SSE `no_llm` error; now the session is refused.
+    with chat.client() as c:
+        agent = create_agent(c, {"name": unique("realtime"), "architecture": "realtime", "system_prompt": "p",
+                                 "realtime": {"provider": "openai"}})
+        message = refused(c.post(SESSIONS, json={"agent_id": agent["id"]}), "agent_id", code="invalid_request")
+        assert message == f"agent_id: agent {agent['name']!r} has no `llm` section to chat with"
+        assert all(s["agent_id"] != agent["id"] for s in c.get(SESSIONS).json()["data"])
+
+
 def test_other_workspaces_get_404(chat):
     with chat.client() as c, chat.client("other") as o:
         agent = scripted_agent(c, [])

@@ -62,7 +62,8 @@ class Softphone:
 def phone(tmp_path_factory) -> Softphone:
     base = tmp_path_factory.mktemp("softphone")
     # Short stream tokens: a browser presents its token within a second, and an abandoned call is closed sooner.
-    extra = {"VOXLINE_RATE_LIMIT_PER_MINUTE": "100000", "VOXLINE_STREAM_TOKEN_TTL_SECS": str(TOKEN_TTL_SECS)}
+    extra = {"VOXLINE_RATE_LIMIT_PER_MINUTE": "100000", "VOXLINE_STREAM_TOKEN_TTL_SECS": str(TOKEN_TTL_SECS),
+             "VOXLINE_CALL_HEARTBEAT_SECS": "1"}  # the sweep that closes a call whose stream never came
     server = start_server(base, auth_token=AUTH_TOKEN, extra_env=extra)
     env = server_env(base, extra)
     try:
@@ -272,6 +273,14 @@ def test_the_page_and_its_scripts_are_served_from_the_package(phone):
     assert missing.status_code == 404 and unknown.status_code == 404
 
 
+def test_an_unknown_softphone_file_gets_the_json_error_body(phone):
+    with httpx.Client(base_url=phone.server.url) as c:
+        r = c.get("/softphone/secrets.txt")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json", r.text
+    assert r.json() == {"error": {"code": "not_found", "message": "softphone file not found", "status": 404,
+                                  "details": []}}
+
+
 # --- the route ------------------------------------------------------------------------------------------------------
 
 def test_placing_a_softphone_call_returns_the_stream_and_event_socket(phone):
@@ -396,4 +405,5 @@ def test_a_call_whose_stream_never_opens_is_closed_and_its_listeners_told(phone)
     assert ended["type"] == "ended" and ended["reason"] == "error_carrier", ended
     row = phone.server.call_row(placed["call_id"])
     assert row["status"] == "failed" and row["disconnection_reason"] == "error_carrier"
-    assert row["error_detail"] == "the softphone never opened its media stream"
+    assert row["error_detail"] == (f"the softphone never opened its media stream; its stream token expired after "
+                                   f"{TOKEN_TTL_SECS} s")

@@ -130,12 +130,17 @@ def test_bad_fields_are_refused_by_name(hooks):
         refused(c.post(HOOKS, json={**good, "url": "ftp://example.com/x"}), "url")
         refused(c.post(HOOKS, json={**good, "url": "not a url"}), "url")
         refused(c.post(HOOKS, json={**good, "url": "http://example.com:99999/"}), "url")
+        for bad_host in ("http://exa mple.com/", "http://exa%20mple.com/", "https://-a.example.com/",
+                         "https://a_b.example.com/", "https://ex!ample.com/"):  # were accepted, then never delivered
+            assert "not a valid DNS name" in refused(c.post(HOOKS, json={**good, "url": bad_host}), "url"), bad_host
+        assert create(c, "https://ex\u00e4mple.com/hooks")["url"] == "https://ex\u00e4mple.com/hooks"  # IDN: fine
         refused(c.post(HOOKS, json={**good, "secret": "mine"}), "secret")
         refused(c.post(HOOKS, json={"events": ["call.ended"]}), "url")
         hook = create(c, "https://example.com/hooks")
         refused(c.patch(f"{HOOKS}/{hook['id']}", json={"url": None}), "url")
         refused(c.patch(f"{HOOKS}/{hook['id']}", json={"active": None}), "active")
         refused(c.patch(f"{HOOKS}/{hook['id']}", json={"events": ["nope"]}), "events.0")
+        refused(c.patch(f"{HOOKS}/{hook['id']}", json={"url": "http://exa mple.com/"}), "url")
         assert c.get(f"{HOOKS}/{hook['id']}").json() == shown(hook)  # nothing changed
 
 

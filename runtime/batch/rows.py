@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -62,6 +63,8 @@ def check_variable_names(names: list[str]) -> list[str]:
 def _text(field: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise RowError(field, "must be a string or a number")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 in JSON is inf: never a value anyone meant
+        raise RowError(field, "must be a finite number")
     text = str(value).strip()
     if len(text) > MAX_VALUE_CHARS:
         raise RowError(field, f"longer than {MAX_VALUE_CHARS} characters")

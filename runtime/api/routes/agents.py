@@ -21,11 +21,15 @@ from pipelines.providers import local_models
 from runtime.api.auth import Caller
 from runtime.api.errors import COMMON_ERRORS, ApiError
 from runtime.api.lookup import commit_or_conflict, name_taken, owned
+from runtime.api.query_text import NoNul
 from runtime.api.schemas import Page, Pagination, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, Call, PhoneNumber, utcnow
 
 router = APIRouter(prefix="/api/v1", tags=["agents"], responses=COMMON_ERRORS)
+
+MAX_PAGE = 100_000  # as call-analytics: the offset must stay within the database's integers
+NameSearch = Annotated[str | None, Query(max_length=120, description="Case-insensitive substring"), NoNul]
 
 DEFAULT_PROMPT = "You are a helpful phone assistant."
 # AgentConfig's architecture rule, so a Kupe PUT that switches architecture can fill in or drop sections.
@@ -240,11 +244,23 @@ async def _create(request: Request, p, cfg: AgentConfig) -> AgentDetail:
     return _detail(agent)
 
 
-async def _update(request: Request, p, agent_id: str, change) -> AgentDetail:
+async def _refuse_text_if_mapped(s, agent: Agent, field: str) -> None:
+    """A text agent cannot take calls, so a mapped agent may not become one (as the mapping route refuses to map
+    one): its numbers would answer every caller with a refusal. The mapping route locks the agent too."""
+    numbers = list(await s.scalars(select(PhoneNumber.number).where(PhoneNumber.agent_id == agent.id)
+                                   .order_by(PhoneNumber.number)))
+    if numbers:
+        raise _refuse(field, f"agent {agent.name!r} is mapped to a phone number ({', '.join(numbers)}); text agents "
+                             "cannot take phone calls: unmap it first (DELETE /api/v1/phone/mapping/{id})")
+
+
+async def _update(request: Request, p, agent_id: str, change, architecture_field: str) -> AgentDetail:
     """Apply `change(stored config dict) -> AgentConfig` to the agent, under a row lock."""
     async with runtime_of(request).db() as s:
         agent = await _own_agent(s, p, agent_id, lock=True)
         cfg = change(dict(agent.config))
+        if cfg.architecture == "text" and agent.architecture != "text":
+            await _refuse_text_if_mapped(s, agent, architecture_field)
         if cfg.name != agent.name and await name_taken(s, Agent, p.workspace_id, cfg.name, except_id=agent.id):
             raise _conflict(cfg.name)
         agent.name, agent.architecture = cfg.name, cfg.architecture
@@ -283,9 +299,9 @@ async def create_simple(body: SimpleCreate, p: Caller, request: Request) -> Agen
 @router.get("/agents/summary", response_model=SummaryPage, summary="List agents, paged (Kupe)")
 async def list_summary(
     p: Caller, request: Request,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    name_search: Annotated[str | None, Query(max_length=120, description="Case-insensitive substring")] = None,
+    name_search: NameSearch = None,
 ) -> SummaryPage:
     data, total = await _list(request, p, page, page_size, None, name_search)
     return SummaryPage(data=data, pagination=SummaryPagination(page=page, page_size=page_size, total=total,
@@ -295,10 +311,10 @@ async def list_summary(
 @router.get("/agents", response_model=Page[AgentSummary], summary="List the workspace's agents")
 async def list_agents(
     p: Caller, request: Request,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     architecture: Architecture | None = None,
-    name_search: Annotated[str | None, Query(max_length=120, description="Case-insensitive substring")] = None,
+    name_search: NameSearch = None,
 ) -> Page[AgentSummary]:
     data, total = await _list(request, p, page, limit, architecture, name_search)
     return Page[AgentSummary](data=data, pagination=Pagination(page=page, limit=limit, total=total,
@@ -322,12 +338,12 @@ async def get_agent(agent_id: str, p: Caller, request: Request) -> AgentDetail:
               openapi_extra=_json_body(_inlined_schema(AgentConfig, partial=True)))
 async def patch_agent(agent_id: str, body: Annotated[dict[str, Any], Body()], p: Caller,
                       request: Request) -> AgentDetail:
-    return await _update(request, p, agent_id, lambda stored: _validate(_deep_merge(stored, body)))
+    return await _update(request, p, agent_id, lambda stored: _validate(_deep_merge(stored, body)), "architecture")
 
 
 @router.put("/agents/{agent_id}", response_model=AgentDetail, summary="Update an agent from Kupe's nested shape")
 async def put_agent(agent_id: str, body: KupeUpdate, p: Caller, request: Request) -> AgentDetail:
-    return await _update(request, p, agent_id, lambda stored: _apply_kupe(stored, body))
+    return await _update(request, p, agent_id, lambda stored: _apply_kupe(stored, body), "agent.architecture")
 
 
 @router.delete("/agents/{agent_id}", response_model=AgentDeleted,

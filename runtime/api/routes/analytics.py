@@ -11,7 +11,7 @@ import os
 import tempfile
 import zipfile
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, bad_request, not_found
 from runtime.api.lookup import owned
+from runtime.api.query_text import NoNul
 from runtime.api.schemas import Page, Pagination
 from runtime.context import runtime_of
 from runtime.records import call_record
@@ -128,11 +129,10 @@ def _filters(p: Principal, *, agent_id, status, direction, batch_id, start, end,
         where.append(Call.created_at >= start)
     if end is not None:
         where.append(Call.created_at < end)
-    if text:
-        like = f"%{text.replace(chr(0), '')}%"
-        where.append(or_(Call.id.like(like), Call.request_id.like(like), Call.from_number.like(like),
-                         Call.to_number.like(like), Call.direction.like(like),
-                         Call.disconnection_reason.like(like)))
+    if text := (text or "").replace("\x00", ""):
+        # autoescape: `%` and `_` are searched for, not wildcards (as the agents' name_search)
+        where.append(or_(*(column.contains(text, autoescape=True) for column in (
+            Call.id, Call.request_id, Call.from_number, Call.to_number, Call.direction, Call.disconnection_reason))))
     return where
 
 
@@ -152,10 +152,10 @@ async def call_analytics(
     request_id: str | None = Query(default=None, max_length=64, description="The call placed by this request"),
     page: int = Query(default=1, ge=1, le=100_000),
     page_size: int = Query(default=50, ge=1, le=200),
-    agent_id: str | None = Query(default=None, max_length=64),
-    status: str | None = Query(default=None, max_length=16),
-    direction: str | None = Query(default=None, max_length=16),
-    batch_id: str | None = Query(default=None, max_length=64),
+    agent_id: Annotated[str | None, Query(max_length=64), NoNul] = None,
+    status: Annotated[str | None, Query(max_length=16), NoNul] = None,
+    direction: Annotated[str | None, Query(max_length=16), NoNul] = None,
+    batch_id: Annotated[str | None, Query(max_length=64), NoNul] = None,
     start_date: date | None = Query(default=None, description="YYYY-MM-DD, UTC, inclusive"),
     end_date: date | None = Query(default=None, description="YYYY-MM-DD, UTC, inclusive"),
     filter: str | None = Query(default=None, max_length=100,

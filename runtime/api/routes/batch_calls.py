@@ -356,8 +356,10 @@ async def upsert_items(batch_id: str, body: UpsertIn, p: Caller, request: Reques
                 if target is None:
                     checked.append((where, R.RowError("id", "no such recipient in this batch"), None))
                     continue
-                merged = {R.TO: target.to_number, **(target.variables or {}),
-                          **{k: v for k, v in raw.items() if k != "id"}}
+                # Only the batch's current variables are kept: after variable_names changed, the old ones would
+                # be refused as unknown columns, and the row could never be fixed.
+                kept = {k: v for k, v in (target.variables or {}).items() if k in names}
+                merged = {R.TO: target.to_number, **kept, **{k: v for k, v in raw.items() if k != "id"}}
                 checked.append((where, _check(merged, names), target))
             else:
                 checked.append((where, _check(raw, names), None))

@@ -7,6 +7,7 @@ caller can trace it); what we refuse before dialing is.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -73,6 +74,8 @@ class CallIn(BaseModel):
             if not PLACEHOLDER_NAME.match(name):
                 raise ValueError(f"{name[:80]!r} is not a variable name (letters, digits and _, not starting with a "
                                  "digit, at most 64 characters)")
+            if isinstance(v, float) and not math.isfinite(v):  # 1e400 in JSON is inf: never a value anyone meant
+                raise ValueError(f"{name}: must be a finite number")
             text = str(v)
             if len(text) > MAX_VALUE_CHARS:
                 raise ValueError(f"{name}: longer than {MAX_VALUE_CHARS} characters")

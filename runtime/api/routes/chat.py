@@ -23,7 +23,7 @@ from config.agent import AgentConfig
 from pipelines.architectures import text as text_arch
 from pipelines.tools import load_toolset, payload_text
 from runtime.api.auth import Caller, Principal
-from runtime.api.errors import COMMON_ERRORS, ApiError
+from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request
 from runtime.api.lookup import ROW_ID, owned
 from runtime.api.schemas import DataList, UTCDatetime
 from runtime.context import Runtime, runtime_of
@@ -126,6 +126,9 @@ async def _own_session(s, p: Principal, session_id: str) -> ChatSession:
 async def create_session(body: SessionIn, p: Caller, request: Request) -> ChatSessionOut:
     async with runtime_of(request).db() as s:
         agent = await owned(s, Agent, body.agent_id, p, "agent")
+        if not (agent.config or {}).get("llm"):  # a realtime agent: every turn would fail, so refuse it here, once
+            message = f"agent {agent.name!r} has no `llm` section to chat with"
+            raise bad_request(f"agent_id: {message}", [{"field": "agent_id", "message": message}])
         session = ChatSession(workspace_id=p.workspace_id, agent_id=agent.id, status="active")
         s.add(session)
         await s.commit()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import select
 
+from pipelines.tools.attachment import no_nul
 from runtime.api.auth import Admin, Caller, create_key
 from runtime.api.errors import COMMON_ERRORS
 from runtime.api.lookup import owned
@@ -50,13 +51,17 @@ class KeyCreated(KeyOut):
     )
 
 
+# A text column: PostgreSQL cannot store NUL in one.
+KeyName = Annotated[str, Field(max_length=120), AfterValidator(no_nul)]
+
+
 class KeyCreate(BaseModel):
-    name: str = Field(default="", max_length=120)
+    name: KeyName = ""
     role: Literal["admin", "developer"] = "developer"
 
 
 class KeyRename(BaseModel):
-    name: str = Field(max_length=120)
+    name: KeyName
 
 
 def _out(key: ApiKey) -> KeyOut:

@@ -110,9 +110,8 @@ async def _own_number(s, p: Principal, phone_id: str, *, lock: bool = False) -> 
     return await owned(s, PhoneNumber, phone_id, p, "phone number", lock=lock)
 
 
-async def _own_agent(s, p: Principal, agent_id: str) -> Agent:
-    agent = await owned(s, Agent, agent_id, p, "agent")
-    return agent
+async def _own_agent(s, p: Principal, agent_id: str, *, lock: bool = False) -> Agent:
+    return await owned(s, Agent, agent_id, p, "agent", lock=lock)
 
 
 def _conflict(number: str) -> ApiError:
@@ -141,7 +140,8 @@ async def _commit(s, number: str) -> None:
              summary="Map a number to an agent (replaces the number's previous mapping)")
 async def map_number(body: MappingIn, p: Caller, request: Request) -> MappingOut:
     async with runtime_of(request).db() as s:
-        agent = await _own_agent(s, p, body.agent_id)
+        # The agent's lock keeps a concurrent switch to `text` (refused for a mapped agent) from slipping past.
+        agent = await _own_agent(s, p, body.agent_id, lock=True)
         row = await _own_number(s, p, body.phone_number_id, lock=True)
         if agent.architecture == "text":
             message = f"agent {agent.name!r} is a text agent; text agents cannot take phone calls"

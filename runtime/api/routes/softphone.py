@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from config.agent import AgentConfig
 from runtime import call_feed
 from runtime.api.auth import Caller
-from runtime.api.errors import COMMON_ERRORS, bad_request
+from runtime.api.errors import COMMON_ERRORS, bad_request, not_found
 from runtime.api.lookup import owned
 from runtime.context import Runtime, runtime_of
-from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
 from runtime.store.models import Agent
 from runtime.tokens import StreamTokens, TokenError
@@ -40,8 +39,6 @@ EVENTS_SALT = "voxline.softphone-events.v1"
 # the stream has to start.
 EVENTS_TOKEN_TTL_SECS = 4 * 3600 + 300
 POLICY_VIOLATION = 1008
-# A softphone that never opens its stream (a closed tab) leaves no ringing row behind for long.
-_UNSTREAMED_GRACE_SECS = 5
 
 
 class SoftphoneCallIn(BaseModel):
@@ -51,14 +48,16 @@ class SoftphoneCallIn(BaseModel):
 
 class StreamParameters(BaseModel):
     call_id: str
-    token: str = Field(description="The signed stream token: `start.customParameters.token`")
+    token: str | None = Field(description="The signed stream token: `start.customParameters.token`; null in an "
+                                          "idempotent replay (credentials are not kept for replays)")
 
 
 class SoftphoneCallOut(BaseModel):
     call_id: str = Field(description="The call's id (GET /api/v1/calls/{id})")
     stream_url: str = Field(description="The Media Streams socket to open (ws:// or wss://)")
     parameters: StreamParameters = Field(description="What the `start` message carries as `customParameters`")
-    events_url: str = Field(description="The call's live event socket (transcript, speaking, ended), token included")
+    events_url: str | None = Field(description="The call's live event socket (transcript, speaking, ended), token "
+                                               "included; null in an idempotent replay")
 
 
 def events_tokens(rt: Runtime) -> StreamTokens:
@@ -69,18 +68,6 @@ def _ws_base(request: Request) -> str:
     rt = runtime_of(request)
     base = rt.settings.public_url.rstrip("/") if rt.settings.public_url else str(request.base_url).rstrip("/")
     return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-
-
-async def _close_if_never_streamed(rt: Runtime, call_id: str) -> None:
-    await asyncio.sleep(rt.settings.stream_token_ttl_secs + _UNSTREAMED_GRACE_SECS)
-    detail = "the softphone never opened its media stream"
-    if await repo.end_call(rt.db, call_id, status="failed", reason=R.ERROR_CARRIER, detail=detail,
-                           ended_by=R.ERROR_CARRIER.ended_by, unless_streamed=True):
-        logger.info(f"call {call_id}: {detail}")
-        call_feed.publish(call_id, {"type": "ended", "reason": str(R.ERROR_CARRIER), "detail": detail})
-
-
-_sweepers: set[asyncio.Task] = set()
 
 
 @router.post("/api/v1/softphone/calls", response_model=SoftphoneCallOut, status_code=201,
@@ -95,9 +82,7 @@ async def create_softphone_call(body: SoftphoneCallIn, p: Caller, request: Reque
         raise bad_request(f"agent_id: {message}", [{"field": "agent_id", "message": message}])
     call = await repo.create_call(rt.db, workspace_id=p.workspace_id, agent_id=agent.id, direction=SOFTPHONE,
                                   from_number=None, to_number=None, status="ringing")
-    sweeper = asyncio.create_task(_close_if_never_streamed(rt, call.id), name=f"softphone-unstreamed-{call.id}")
-    _sweepers.add(sweeper)
-    sweeper.add_done_callback(_sweepers.discard)
+    # If its stream never comes, the periodic unstreamed-call sweep closes it (runtime/recovery.py), on any server.
     base = _ws_base(request)
     logger.info(f"call {call.id}: softphone → agent {cfg.name!r} ({agent.id}), key {p.key_id}")
     return SoftphoneCallOut(
@@ -178,5 +163,5 @@ async def softphone_page(request: Request) -> HTMLResponse:
 @router.get("/softphone/{name}", include_in_schema=False)
 async def softphone_asset(name: str, request: Request):
     if name not in _FILES:
-        return HTMLResponse("not found", status_code=404)
+        raise not_found("softphone file")  # the documented JSON error body, as for any unknown route
     return FileResponse(STATIC / name, media_type=_FILES[name], headers=_page_headers(request))

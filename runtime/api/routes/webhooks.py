@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import idna
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
@@ -62,8 +63,13 @@ def _target(value: str) -> str:
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        if len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
-            raise ValueError("the host is not a valid DNS name") from None
+        # httpx percent-encodes what a host cannot hold (`exa mple.com` → `exa%20mple.com`) instead of refusing it;
+        # idna checks every label (letters, digits, hyphens; lengths; A-labels), so a delivery can only fail later
+        # on DNS, not on a host that cannot exist.
+        try:
+            idna.encode(host.rstrip("."))
+        except idna.IDNAError:
+            raise ValueError(f"the host {parts.hostname!r} is not a valid DNS name") from None
     return value
 
 
