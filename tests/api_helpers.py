@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -26,3 +27,17 @@ def refused(r: httpx.Response, field: str, code: str = "validation_error") -> st
     assert f"{field}:" in error["message"], error
     assert field in [d["field"] for d in error["details"]], error
     return error["message"]
+
+
+def chat_turn(c: httpx.Client, session_id: str, message: str) -> list[tuple[str, dict]]:
+    """POST /api/v1/chat/turn and read its Server-Sent Events: [(event, data)] in order."""
+    events, name = [], None
+    with c.stream("POST", "/api/v1/chat/turn", json={"session_id": session_id, "message": message}) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    return events

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loguru import logger
 
 from telephony.audio import wav_to_ulaw
 
@@ -469,3 +470,12 @@ def redis_url(tmp_path_factory) -> str:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def logged():
+    """The WARNING and worse lines this process logs while the test runs (loguru's messages alone)."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING", format="{message}")
+    yield lines
+    logger.remove(sink)

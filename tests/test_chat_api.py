@@ -4,7 +4,6 @@ closed sessions, workspaces and validation; and the store's migration 0003."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -16,7 +15,7 @@ from sqlalchemy import inspect, text
 
 from runtime.store import db as store_db
 from runtime.store import repo
-from tests.api_helpers import create_agent, refused, unique
+from tests.api_helpers import chat_turn, create_agent, refused, unique
 from tests.conftest import free_port, start_api_server, start_server, stop_server
 from tests.tool_server import ToolServer
 
@@ -46,21 +45,7 @@ def chat(request, tmp_path_factory):
 
 # --- helpers --------------------------------------------------------------------------------------------------------
 
-def events_of(r: httpx.Response) -> list[tuple[str, dict]]:
-    events, name = [], None
-    for line in r.iter_lines():
-        if line.startswith("event: "):
-            name = line[len("event: "):]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: "):])))
-    return events
-
-
-def turn(c: httpx.Client, session_id: str, message: str) -> list[tuple[str, dict]]:
-    with c.stream("POST", TURN, json={"session_id": session_id, "message": message}) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        return events_of(r)
+turn = chat_turn
 
 
 def names(events) -> list[str]:

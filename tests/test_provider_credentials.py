@@ -20,7 +20,7 @@ from config.settings import Settings
 from pipelines.providers import registry
 from runtime.analysis.extract import Turn, extract
 from runtime.analysis.rules import RuleDefinition, Wanted
-from tests.api_helpers import create_agent, unique
+from tests.api_helpers import chat_turn, create_agent, unique
 from tests.conftest import start_api_server, stop_server
 
 SECRET = "sk-SERVER-SECRET-42"
@@ -98,19 +98,11 @@ def server(listener, tmp_path_factory):
     stop_server(srv.server)
 
 
-def chat_turn(c, llm: dict) -> list[tuple[str, dict]]:
+def agent_turn(c, llm: dict) -> list[tuple[str, dict]]:
     agent = create_agent(c, {"name": unique("cred"), "architecture": "text", "system_prompt": "p", "llm": llm})
     session = c.post("/api/v1/chat/sessions", json={"agent_id": agent["id"]})
     assert session.status_code == 201, session.text
-    events, name = [], None
-    with c.stream("POST", "/api/v1/chat/turn", json={"session_id": session.json()["id"], "message": "hi"}) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[len("data: "):])))
-    return events
+    return chat_turn(c, session.json()["id"], "hi")
 
 
 # --- chat turns through a real server -------------------------------------------------------------------------------
@@ -118,7 +110,7 @@ def chat_turn(c, llm: dict) -> list[tuple[str, dict]]:
 def test_a_developer_chosen_base_url_gets_no_server_key_and_still_works_keyless(server, listener):
     path = f"/{unique('elsewhere')}"
     with server.client("developer") as c:
-        events = chat_turn(c, {"provider": "openai", "model": "llama3.1", "base_url": f"{listener.url}{path}/v1"})
+        events = agent_turn(c, {"provider": "openai", "model": "llama3.1", "base_url": f"{listener.url}{path}/v1"})
     assert events[-1][0] == "done", events
     assert "".join(d["text"] for n, d in events if n == "message_delta") == REPLY
     assert listener.auths(path) == [WITHHELD_AUTH]
@@ -135,7 +127,7 @@ def test_trusted_endpoints_get_the_server_key(server, listener, base_url):
     if base_url:
         llm["base_url"] = base_url.format(url=listener.url)
     with server.client() as c:
-        events = chat_turn(c, llm)
+        events = agent_turn(c, llm)
     assert events[-1][0] == "done", events
     assert [auth for _, auth in listener.seen[before:]] == [SERVER_AUTH]
 
@@ -147,7 +139,7 @@ def test_trusted_endpoints_get_the_server_key(server, listener, base_url):
 ])
 def test_look_alikes_of_trusted_urls_get_no_server_key(server, listener, base_url, path):
     with server.client("developer") as c:
-        events = chat_turn(c, {"provider": "openai", "model": "llama3.1", "base_url": base_url.format(url=listener.url)})
+        events = agent_turn(c, {"provider": "openai", "model": "llama3.1", "base_url": base_url.format(url=listener.url)})
     assert events[-1][0] == "done", events
     assert listener.auths(path) and set(listener.auths(path)) == {WITHHELD_AUTH}
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
-from loguru import logger
 
 from pipelines.tools import HttpToolSpec, ToolSet, call_http_tool
 from pipelines.tools.attachment import ToolAttachment
 from pipelines.tools.schema import UncheckableSchema, errors, ref_problems
-from tests.api_helpers import create_agent, refused, unique
+from tests.api_helpers import chat_turn, create_agent, refused, unique
 from tests.tool_server import ToolServer
 
 TOOLS = "/api/v1/tool-endpoint-defs"
@@ -41,12 +39,6 @@ def secret_file(tmp_path):
     return path.as_uri()
 
 
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING", format="{message}")
-    yield lines
-    logger.remove(sink)
 
 
 def with_ref(ref: str) -> dict:
@@ -174,18 +166,6 @@ async def _store_parameters(database_url: str, tool_id: str, parameters: dict) -
         await engine.dispose()
 
 
-def _turn(c: httpx.Client, session_id: str, message: str) -> list[tuple[str, dict]]:
-    events, name = [], None
-    with c.stream("POST", "/api/v1/chat/turn", json={"session_id": session_id, "message": message}) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[len("data: "):])))
-    return events
-
-
 def test_a_definition_stored_with_a_remote_ref_fetches_nothing(api, fetch_probe, secret_file):
     before = len(fetch_probe.requests)
     with api.client("developer") as c:
@@ -206,7 +186,7 @@ def test_a_definition_stored_with_a_remote_ref_fetches_nothing(api, fetch_probe,
         assert c.post(path, json=[{"tool_id": http_tool["id"]}]).status_code == 200
         session = c.post("/api/v1/chat/sessions", json={"agent_id": agent["id"]})
         assert session.status_code == 201, session.text
-        events = _turn(c, session.json()["id"], "Can I book?")
+        events = chat_turn(c, session.json()["id"], "Can I book?")
     done = next(data for name, data in events if name == "tool_done")
     assert done["result"]["error"]["code"] == "invalid_arguments" and "could not be checked" in done["error"], done
     assert fetch_probe.requests[before:] == []

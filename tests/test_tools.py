@@ -7,7 +7,6 @@ import ipaddress
 import time
 
 import pytest
-from loguru import logger
 
 from pipelines.tools import HttpToolSpec, ToolEvent, ToolSet, call_http_tool, is_public
 from pipelines.tools.attachment import ToolAttachment
@@ -231,12 +230,6 @@ async def test_an_agents_attachment_fixes_arguments_headers_wording_and_deadline
     assert (await plain.call("book", {"party": 2})).code == "invalid_arguments"
 
 
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING", format="{message}")
-    yield lines
-    logger.remove(sink)
 
 
 def test_stored_attachment_settings_that_no_longer_apply_are_logged_not_fatal(logged):
