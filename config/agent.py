@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config import catalog
+from config.text import no_nul
 
 Architecture = Literal["pipeline", "realtime", "text"]
 
@@ -191,9 +192,7 @@ class AgentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:  # the name is a text column, and PostgreSQL cannot store NUL in one
-            raise ValueError("must not contain NUL characters")
-        return value
+        return no_nul(value)  # the name is a text column too
 
     @model_validator(mode="after")
     def _check_architecture(self) -> AgentConfig:

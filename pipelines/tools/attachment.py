@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from config.text import no_nul
+
 from pipelines.tools.schema import UncheckableSchema, errors
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -27,12 +29,6 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"{key!r} is not a valid header name")
         if not item.isascii() or any(c in item for c in "\r\n\x00"):
             raise ValueError(f"the value of {key!r} must be ASCII without CR, LF or NUL")
-    return value
-
-
-def no_nul(value: str) -> str:
-    if "\x00" in value:  # never meant, and it would cut short the prompt or request the text ends up in
-        raise ValueError("must not contain NUL characters")
     return value
 
 

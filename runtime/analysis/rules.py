@@ -18,15 +18,13 @@ from pydantic import (
     field_validator,
 )
 
+from config.text import no_nul
+
 FieldType = Literal["string", "number", "boolean", "enum"]
 MAX_FIELDS = 50
 MAX_CHOICES = 50
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
 
 
 class RuleField(BaseModel):
@@ -46,7 +44,7 @@ class RuleField(BaseModel):
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return _no_nul(value)
+        return no_nul(value)
 
     @field_validator("choices")
     @classmethod
@@ -74,7 +72,7 @@ class RuleField(BaseModel):
         for word in value:
             if not word.strip() or len(word) > 100:
                 raise ValueError("each keyword must be 1 to 100 characters, not blank")
-            _no_nul(word)
+            no_nul(word)
         return value
 
 
@@ -90,7 +88,7 @@ class RuleDefinition(BaseModel):
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return _no_nul(value)
+        return no_nul(value)
 
     @field_validator("fields")
     @classmethod

@@ -21,7 +21,7 @@ from pipelines.providers import local_models
 from runtime.api.auth import Caller
 from runtime.api.errors import COMMON_ERRORS, ApiError
 from runtime.api.lookup import commit_or_conflict, name_taken, owned
-from runtime.api.query_text import NoNul
+from config.text import NoNul
 from runtime.api.schemas import Page, Pagination, UTCDatetime
 from runtime.context import runtime_of
 from runtime.store.models import Agent, Call, PhoneNumber, utcnow

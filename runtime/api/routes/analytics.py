@@ -22,7 +22,7 @@ from starlette.background import BackgroundTask
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, bad_request, not_found
 from runtime.api.lookup import owned
-from runtime.api.query_text import NoNul
+from config.text import NoNul
 from runtime.api.schemas import Page, Pagination
 from runtime.context import runtime_of
 from runtime.records import call_record

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import select
 
-from pipelines.tools.attachment import no_nul
+from config.text import no_nul
 from runtime.api.auth import Admin, Caller, create_key
 from runtime.api.errors import COMMON_ERRORS
 from runtime.api.lookup import owned

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from pipelines.tools.attachment import ToolAttachment, check_headers, no_nul
+from config.text import no_nul
+from pipelines.tools.attachment import ToolAttachment, check_headers
 from pipelines.tools.schema import check_schema, ref_problems
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request, not_found
