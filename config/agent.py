@@ -77,6 +77,14 @@ class LLMConfig(_Strict):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0, le=MAX_LLM_TOKENS)
     base_url: str | None = None
+    # 10 s: a real model's first token comes in 0.3-3 s, and a long prompt or a busy server can take several times
+    # that, so 10 s leaves room for a slow answer; beyond it a caller has sat in silence long enough that an apology
+    # and a hang-up beat waiting (without a bound, only call.max_duration_secs would end the call).
+    timeout_secs: float = Field(
+        default=10.0, gt=0, le=120,
+        description="OpenAI: how long a reply may take to start, and may pause between chunks, before the turn "
+                    "fails (a call then gets `call.apology` and ends `error_llm`; a chat turn ends in `error`)",
+    )
     script: ScriptConfig | None = None
 
 

@@ -1,19 +1,30 @@
-"""pipecat's OpenAI LLM service, with one TLS context for every call's client.
+"""pipecat's OpenAI LLM service, with one TLS context for every call's client and a bound on a silent LLM.
 
 pipecat builds an AsyncOpenAI client per service, and its HTTP client loads the system's CA store into a new TLS
 context (~60 ms, on the event loop, while every other call's audio waits). The context holds no per-connection
 state, so calls share one, made once; each call still has its own client and connection pool.
+
+An OpenAI-compatible server that accepts the request and then sends nothing (hung, overloaded) would otherwise hold
+the turn for the SDK's 600 s read timeout, three times over with its retries, and the caller would hear silence
+until call.max_duration_secs. Here the reply must start within `timeout_secs` and may not pause longer than that
+between chunks; past either, the turn fails with `LLMResponseTimeout`, which takes the path of every other LLM
+failure (on a call: the apology, then `error_llm`; in a chat: an `error` event).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpcore2
-from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+from openai import APITimeoutError, AsyncOpenAI, DefaultAsyncHttpxClient
 from pipecat.services.openai.llm import OpenAILLMService
-from pipecat.utils.http import connection_limits
+from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
+
+DEFAULT_TIMEOUT_SECS = 10.0  # as LLMConfig.timeout_secs, which explains it
 
 _lock = threading.Lock()
 _tls: ssl.SSLContext | None = None
@@ -29,10 +40,26 @@ def tls_context() -> ssl.SSLContext:
     return _tls
 
 
+class LLMResponseTimeout(TimeoutError):
+    """The LLM sent nothing for `timeout_secs`: before the first chunk of its reply, or between two chunks.
+
+    A TimeoutError, so pipecat files it as a connectivity fault. Not one of httpx's timeouts, so pipecat reports it
+    with this message ("Error during completion: no response within 10 s") instead of a bare "LLM completion
+    timeout", and the call's `error_detail` says what happened and after how long."""
+
+
 class SharedTLSOpenAILLMService(OpenAILLMService):
+    def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, **kwargs: Any):
+        # Before the base __init__, which calls create_client.
+        self._timeout_secs = timeout_secs
+        super().__init__(**kwargs)
+
     def create_client(self, api_key=None, base_url=None, organization=None, project=None, default_headers=None,
                       **kwargs):
-        # As pipecat 1.14's BaseOpenAILLMService.create_client, with `verify` given.
+        # As pipecat 1.14's BaseOpenAILLMService.create_client, with `verify` given, and the SDK's own timeouts
+        # (600 s read) cut to timeout_secs, so that no read on this client's sockets outlasts the bound that
+        # get_chat_completions enforces. The SDK keeps its 2 quick retries (a refused connection, a 5xx): they run
+        # inside that bound, which still ends the turn on time.
         return AsyncOpenAI(
             api_key=api_key, base_url=base_url, organization=organization, project=project,
             http_client=DefaultAsyncHttpxClient(
@@ -40,4 +67,55 @@ class SharedTLSOpenAILLMService(OpenAILLMService):
                 limits=connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None),
             ),
             default_headers=default_headers,
+            timeout=self._timeout_secs,
         )
+
+    async def get_chat_completions(self, context):
+        """The reply's chunk stream, its first chunk due within timeout_secs of the request, each next one within
+        timeout_secs of the one before (raising LLMResponseTimeout otherwise)."""
+        limit = self._timeout_secs
+        first_by = asyncio.get_running_loop().time() + limit
+        try:
+            # The SDK returns the stream once the response headers are in: a server that never answers stops here.
+            async with asyncio.timeout_at(first_by):
+                stream = await super().get_chat_completions(context)
+        except (TimeoutError, APITimeoutError) as exc:
+            raise LLMResponseTimeout(f"no response within {limit:g} s") from exc
+        return _BoundedStream(stream, first_by, limit)
+
+
+class _BoundedStream:
+    """An SDK chunk stream, as pipecat's _process_context uses it (`__aiter__` and `close`), with deadlines.
+
+    The first chunk must come by `first_by` (event-loop time: the same deadline as the response headers, so the
+    whole wait for the reply to start is bounded once), each later one within `gap` seconds of the consumer asking
+    for it: the time pipecat spends pushing a chunk's text downstream is not the LLM's."""
+
+    def __init__(self, stream: Any, first_by: float, gap: float):
+        self._stream, self._first_by, self._gap = stream, first_by, gap
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        chunks = self._stream.__aiter__()
+        deadline, late = self._first_by, f"no response within {self._gap:g} s"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                # The client's own read timeout (the same length) may fire first: the same fault, the same message.
+                except (TimeoutError, *TIMEOUT_EXCEPTIONS) as exc:
+                    raise LLMResponseTimeout(late) from exc
+                yield chunk
+                deadline, late = loop.time() + self._gap, f"the reply stalled: nothing for {self._gap:g} s"
+        finally:
+            if hasattr(chunks, "aclose"):
+                await chunks.aclose()
+
+    async def close(self) -> None:
+        await self._stream.close()

@@ -159,6 +159,9 @@ def _openai(section, ctx: BuildContext) -> FrameProcessor:
     return OpenAILLMService(
         api_key=_key_for(ctx, "llm", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_base_url,
+        # A reply that does not start (or stalls) within this fails the turn like any other LLM outage, instead of
+        # leaving a caller in silence for the SDK's 600 s (pipecat's retry_on_timeout would retry without a bound).
+        timeout_secs=section.timeout_secs,
         settings=OpenAILLMService.Settings(
             model=section.model or _default("llm", "openai", "default_model"),
             temperature=section.temperature,
