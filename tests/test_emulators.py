@@ -210,6 +210,21 @@ async def test_deepgram_refuses_a_missing_key_at_upgrade():
     assert json.loads(refused.value.response.body)["err_code"] == "INVALID_AUTH"
 
 
+async def test_deepgram_deeply_nested_json_gets_its_error_and_the_stream_goes_on():
+    async with await deepgram.start() as emulator:
+        async with websockets.connect(emulator.url + "/v1/listen?encoding=mulaw&sample_rate=8000&model=nova-3",
+                                      additional_headers={"Authorization": "Token test-key"}) as ws:
+            await ws.send("[" * 50000)  # a RecursionError in json.loads, once the end of the socket
+            nested = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send("not json")
+            garbage = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send(json.dumps({"type": "Finalize"}))  # the same stream still answers
+            final = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert nested["type"] == "Error" and nested["message"] == garbage["message"] == "Invalid message type"
+    assert nested["variant"] == garbage["variant"] == "DATA-0000"
+    assert final["type"] == "Results" and final["from_finalize"]
+
+
 # --- OpenAI chat completions ---------------------------------------------------------------------------------
 
 
@@ -296,6 +311,51 @@ async def test_openai_pipecat_llm_service_speaks_the_reply():
     assert "".join(f.text for f in down if isinstance(f, LLMTextFrame)) == "You said: Book a table"
 
 
+async def test_openai_chat_refuses_wrong_types_with_its_json_400(monkeypatch):
+    user = [{"role": "user", "content": "hi"}]
+    refused = [  # (request body, the param the error names)
+        ({"tools": 5}, "tools"),
+        ({"tools": [5]}, "tools[0]"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {"name": 5}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+         "tools[0].function.parameters"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": 5}, "stream_options"),
+        ({"tool_choice": 5}, "tool_choice"),
+        ({"messages": [{"role": "assistant", "tool_calls": ["x"]}, {"role": "tool", "content": "r"}]},
+         "messages[0].tool_calls[0]"),
+        ({"messages": [5]}, "messages[0]"),
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"model": ["gpt-4o-mini"]}, "model"),
+    ]
+    async with await openai_chat.start() as emulator:
+        client = openai.AsyncOpenAI(api_key="test-key", base_url=emulator.url, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as sdk:  # the SDK passes a wrong type through as it is
+            await client.chat.completions.create(model="gpt-4o-mini", messages=user, tools=5)
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer test-key"}) as http:
+            answers = [await http.post(emulator.url + "/chat/completions",
+                                       json={"model": "gpt-4o-mini", "messages": user, **body})
+                       for body, _ in refused]
+            nested = await http.post(emulator.url + "/chat/completions", content="[" * 50000)
+            valid = await http.post(emulator.url + "/chat/completions", json={"model": "gpt-4o-mini",
+                                                                              "messages": user, "stream": False})
+            # A fault of the emulator's own is a JSON 500 in the same shape, not Starlette's plain-text page.
+            monkeypatch.setattr(openai_chat._Completion, "whole", lambda self: 1 / 0)
+            crashed = await http.post(emulator.url + "/chat/completions", json={"model": "m", "messages": user})
+    assert sdk.value.status_code == 400 and sdk.value.body["param"] == "tools"
+    for (body, param), answer in zip(refused, answers, strict=True):
+        assert answer.status_code == 400, (body, answer.text)
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"], (body, error)
+    assert answers[0].json()["error"]["code"] == "invalid_type"
+    assert "expected an array, but got an integer" in answers[0].json()["error"]["message"]
+    assert nested.status_code == 400 and nested.json()["error"]["type"] == "invalid_request_error"
+    assert valid.status_code == 200 and valid.json()["choices"][0]["message"]["content"] == "You said: hi"
+    assert crashed.status_code == 500 and crashed.json()["error"]["type"] == "server_error"
+    assert len(emulator.emulator.requests) == 2  # only the valid request, and the one that crashed, were accepted
+
+
 # --- Cartesia ------------------------------------------------------------------------------------------------
 
 
@@ -338,6 +398,40 @@ async def test_cartesia_mulaw_contexts_cancel_and_errors():
     assert 0.5 < len(ulaw) / 8000 < 2.5 and ulaw_rms(ulaw) > 500  # one byte a sample: μ-law at 8 kHz
     error = next(m for m in messages if m["type"] == "error")
     assert error["context_id"] == "c" and error["status_code"] == 400 and "encoding" in error["error"]
+
+
+async def test_cartesia_malformed_requests_fail_their_context_only():
+    async with await cartesia.start() as emulator:
+        async with websockets.connect(emulator.url + "?api_key=test-key&cartesia_version=2026-03-01") as ws:
+            base = {"model_id": "sonic-2", "voice": {"mode": "id", "id": CARTESIA_VOICE},
+                    "output_format": {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}}
+            await ws.send(json.dumps({**base, "context_id": "a", "transcript": "Good ", "continue": True}))
+            # A context under way that a malformed message ends: its buffered words are never spoken.
+            await ws.send(json.dumps({**base, "context_id": "f", "transcript": "Hello ", "continue": True,
+                                      "max_buffer_delay_ms": 300}))
+            bad = {"b": {"max_buffer_delay_ms": "abc", "transcript": "Hi ", "continue": True},
+                   "c": {"transcript": 5, "continue": False},
+                   "d": {"transcript": "Hi.", "continue": "yes"},
+                   "e": {"transcript": "Hi ", "continue": True, "max_buffer_delay_ms": 1e9},
+                   "f": {"transcript": "there", "continue": True, "add_timestamps": "true"}}
+            for context_id, fields in bad.items():
+                await ws.send(json.dumps({**base, "context_id": context_id, **fields}))
+            await ws.send("[" * 50000)
+            await ws.send(json.dumps({**base, "context_id": ["g"], "transcript": "Hi.", "continue": False}))
+            await ws.send(json.dumps({**base, "context_id": "a", "transcript": "morning.", "continue": False}))
+            await ws.send(json.dumps({**base, "context_id": "h", "transcript": "Thank you.", "continue": False}))
+            messages = []
+            while len([m for m in messages if m["type"] == "done"]) < 2:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 15)))
+            with pytest.raises(TimeoutError):  # nothing more: the ended context "f" never speaks
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["context_id"] for e in errors] == [*bad, "", ""]
+    assert all(e["status_code"] == 400 and e["done"] is True and e["error"] for e in errors)
+    assert "max_buffer_delay_ms" in errors[0]["error"] and "transcript" in errors[1]["error"]
+    assert "continue" in errors[2]["error"] and "Invalid JSON" in errors[5]["error"]
+    assert {m["context_id"] for m in messages if m["type"] in ("chunk", "done")} == {"a", "h"}
+    assert sorted(m["context_id"] for m in messages if m["type"] == "done") == ["a", "h"]  # contexts run side by side
 
 
 # --- OpenAI Realtime -----------------------------------------------------------------------------------------
@@ -497,6 +591,89 @@ async def test_realtime_refuses_a_missing_key():
             async with websockets.connect(emulator.url + "?model=gpt-realtime"):
                 pass
     assert refused.value.response.status_code == 401
+
+
+async def test_realtime_malformed_events_get_errors_and_the_session_goes_on():
+    deep_tracing = {"type": "session.update", "session": {"tracing": {"x": json.loads("[" * 500 + "]" * 500)}}}
+    bad = [  # (the raw client event, the error code, the error param)
+        (json.dumps({"type": ["x"]}), "invalid_type", "type"),
+        (json.dumps({"event_id": "evt_2", "type": "session.update", "session": {"audio": "x"}}),
+         "invalid_type", "session.audio"),
+        (json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+            "silence_duration_ms": "x"}}}}}), "invalid_type", "session.audio.input.turn_detection.silence_duration_ms"),
+        (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": ["audio/pcmu"]}}}}}),
+         "invalid_value", "session.audio.input.format.type"),
+        (json.dumps({"type": "session.update", "session": {"input_audio_format": ["g711_ulaw"]}}),
+         "invalid_type", "session.input_audio_format"),
+        (json.dumps({"type": "session.update", "session": {"modalities": 5}}), "invalid_type", "session.modalities"),
+        (json.dumps({"type": "session.update", "session": {"tools": 5}}), "invalid_type", "session.tools"),
+        (json.dumps({"type": "session.update", "session": {"tools": [{"type": "function"}]}}),
+         "missing_required_parameter", "session.tools[0].name"),
+        (json.dumps({"type": "response.create", "response": "x"}), "invalid_type", "response"),
+        (json.dumps({"type": "response.create", "response": {"tools": [5]}}), "invalid_type", "response.tools[0]"),
+        (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "id": ["a"]}}),
+         "invalid_type", "item.id"),
+        (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "assistant",
+                                                                  "content": "hi"}}), "invalid_type", "item.content"),
+        (json.dumps({"type": "conversation.item.retrieve", "item_id": ["a"]}), "invalid_type", "item_id"),
+        (json.dumps({"type": "conversation.item.delete", "item_id": {"a": 1}}), "invalid_type", "item_id"),
+        (json.dumps({"type": "conversation.item.truncate", "item_id": "asst_1", "content_index": 0,
+                     "audio_end_ms": "x"}), "invalid_type", "audio_end_ms"),
+        ("[" * 50000, "invalid_json", None),
+        (json.dumps(deep_tracing), "invalid_json", None),
+    ]
+    async with await openai_realtime.start() as emulator:
+        async with websockets.connect(emulator.url + "?model=gpt-realtime",
+                                      additional_headers={"Authorization": "Bearer test-key"}) as ws:
+            rt = RealtimeClient(ws)
+            created = await rt.until("session.created")
+            await rt.send("conversation.item.create", item={  # what the truncate above is aimed at
+                "id": "asst_1", "type": "message", "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello."}]})
+            await rt.until("conversation.item.done")
+            errors = []
+            for raw, _, _ in bad:
+                await ws.send(raw)
+                errors.append(await rt.until("error"))
+            # The same socket still works, and nothing of the refused updates was kept.
+            await rt.send("session.update", session={"type": "realtime", "output_modalities": ["text"]})
+            updated = await rt.until("session.updated")
+            await rt.send("conversation.item.create", item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Still there?"}]})
+            await rt.send("response.create")
+            answered = await rt.until("response.done")
+    for (raw, code, param), error in zip(bad, errors, strict=True):
+        assert error["error"]["type"] == "invalid_request_error", (raw[:120], error)
+        assert (error["error"]["code"], error["error"]["param"]) == (code, param), (raw[:120], error)
+        assert error["error"]["message"] and error["event_id"], (raw[:120], error)
+    assert errors[1]["error"]["event_id"] == "evt_2" and errors[0]["error"]["event_id"] is None
+    assert "expected an object, but got a string" in errors[1]["error"]["message"]
+    assert not rt.of("session.updated")[:-1]  # none of the malformed updates was taken
+    session = updated["session"]
+    assert session["tools"] == [] and session["audio"] == created["session"]["audio"]
+    assert "tracing" not in session or session["tracing"] is None
+    assert answered["response"]["status"] == "completed", answered
+    assert answered["response"]["output"][0]["content"][0]["text"] == "You said: Still there?"
+
+
+async def test_realtime_a_failing_handler_is_a_server_error_not_a_dead_socket(monkeypatch, logged):
+    async def broken(self, evt):
+        raise RuntimeError("emulator bug")
+
+    monkeypatch.setattr(openai_realtime._Session, "_item_retrieve", broken)
+    async with await openai_realtime.start() as emulator:
+        async with websockets.connect(emulator.url + "?model=gpt-realtime",
+                                      additional_headers={"Authorization": "Bearer test-key"}) as ws:
+            rt = RealtimeClient(ws)
+            await rt.until("session.created")
+            await rt.send("conversation.item.retrieve", event_id="evt_7", item_id="item_x")
+            failed = await rt.until("error")
+            await rt.send("session.update", session={"type": "realtime", "instructions": "Be brief."})
+            updated = await rt.until("session.updated")
+    assert failed["error"]["type"] == "server_error" and failed["error"]["code"] == "server_error"
+    assert failed["error"]["event_id"] == "evt_7"
+    assert updated["session"]["instructions"] == "Be brief."
+    assert any("conversation.item.retrieve" in line for line in logged), logged
 
 
 # --- rules and the CLI ---------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from websockets.http11 import Request, Response
 from pipelines.providers import local_models
 from pipelines.providers.emulators import audio
 from pipelines.providers.emulators.server import Running, json_response, start_ws, url_host
+from pipelines.providers.emulators.validation import parse_json
 
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw")
 RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+MAX_BUFFER_DELAY_MS = 5000  # Cartesia's documented range is 0 to 5000
 CHUNK_SECS = 0.1
 _SENTENCE_END = re.compile(r"[.!?]\s*$")
 
@@ -73,26 +75,33 @@ class _Session:
 
     async def _handle(self, message: str | bytes) -> None:
         try:
-            req = json.loads(message)
+            req = parse_json(message)
             if not isinstance(req, dict):
                 raise ValueError
         except ValueError:
             await self._error("", "Invalid JSON: each message is one generation request object.")
             return
-        context_id = str(req.get("context_id") or uuid.uuid4())
+        if not isinstance(req.get("context_id"), str | None):
+            await self._error("", f"context_id must be a string, not {type(req['context_id']).__name__}")
+            return
+        context_id = req.get("context_id") or str(uuid.uuid4())
+        if not isinstance(req.get("cancel"), bool | None):
+            await self._error(context_id, "cancel must be a boolean")
+            return
         if req.get("cancel"):
-            ctx = self.contexts.pop(context_id, None)
-            if ctx and ctx.task:
-                ctx.task.cancel()
+            self._drop(context_id)
             return
         if problem := _invalid(req):
+            # The error is `done` for its context (clients end it there), so the emulator ends it too; the other
+            # contexts on the socket go on.
+            self._drop(context_id)
             await self._error(context_id, problem)
             return
         ctx = self.contexts.get(context_id)
         if ctx is None or ctx.closed:
             ctx = self.contexts[context_id] = _Context(context_id, req)
             ctx.task = asyncio.create_task(self._speak(ctx))
-        ctx.text += str(req.get("transcript") or "")
+        ctx.text += req.get("transcript") or ""
         if not req.get("continue", False):
             self._release(ctx)
             ctx.closed = True
@@ -104,8 +113,15 @@ class _Session:
             self._release(ctx)
         elif ctx.text.strip() and ctx.timer is None:
             delay = req.get("max_buffer_delay_ms")
-            delay = 3000 if delay is None else int(delay)
+            delay = 3000 if delay is None else delay
             ctx.timer = asyncio.get_running_loop().call_later(delay / 1000, self._release, ctx)
+
+    def _drop(self, context_id: str) -> None:
+        ctx = self.contexts.pop(context_id, None)
+        if ctx and ctx.timer:
+            ctx.timer.cancel()
+        if ctx and ctx.task:
+            ctx.task.cancel()
 
     def _release(self, ctx: _Context) -> None:
         if ctx.timer:
@@ -163,11 +179,21 @@ class _Session:
 
 
 def _invalid(req: dict) -> str | None:
-    if not req.get("model_id"):
-        return "model_id is required"
+    if not req.get("model_id") or not isinstance(req["model_id"], str):
+        return "model_id is required (a string)"
     voice = req.get("voice")
     if not isinstance(voice, dict) or not voice.get("id") and not voice.get("embedding"):
         return "voice is required: {mode: id, id: <voice id>}"
+    if not isinstance(voice.get("id") or "", str) or not isinstance(voice.get("embedding") or [], list):
+        return "voice.id must be a string (voice.embedding a list of numbers)"
+    for key, kind in (("transcript", str), ("language", str), ("continue", bool), ("flush", bool),
+                      ("add_timestamps", bool), ("add_phoneme_timestamps", bool)):
+        if req.get(key) is not None and not isinstance(req[key], kind):
+            return f"{key} must be a {'string' if kind is str else 'boolean'}, not {type(req[key]).__name__}"
+    delay = req.get("max_buffer_delay_ms")
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool)
+                              or not 0 <= delay <= MAX_BUFFER_DELAY_MS):
+        return f"max_buffer_delay_ms must be an integer from 0 to {MAX_BUFFER_DELAY_MS}, not {delay!r:.40}"
     fmt = req.get("output_format")
     if not isinstance(fmt, dict):
         return "output_format is required"

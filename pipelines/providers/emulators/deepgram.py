@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 from pipelines.providers import local_models
 from pipelines.providers.emulators import audio
 from pipelines.providers.emulators.server import Running, json_response, start_ws, url_host
+from pipelines.providers.emulators.validation import parse_json
 
 ENCODINGS = ("linear16", "mulaw", "alaw")
 INTERIM_EVERY_SECS = 1.0
@@ -120,7 +121,7 @@ class _Session:
     async def _control(self, text: str) -> bool:
         """A text message; True when the stream is over."""
         try:
-            kind = json.loads(text).get("type")
+            kind = parse_json(text).get("type")  # too deep a nesting is malformed JSON too, not a dead socket
         except (ValueError, AttributeError):
             kind = None
         if kind == "KeepAlive":

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from pipelines.providers.emulators.rules import FAULTS, Decision, Rules, estimate_tokens, message_text, tool_names
 from pipelines.providers.emulators.server import Running, start_asgi, url_host
+from pipelines.providers.emulators.validation import Invalid, expect, one_of, optional, parse_json
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
 
@@ -63,6 +64,11 @@ class ChatEmulator:
         async def not_found(request: Request, exc: HTTPException) -> Response:
             return error(exc.status_code, f"Invalid URL ({request.method} {request.url.path})")
 
+        async def crashed(request: Request, exc: Exception) -> Response:
+            # A fault of the emulator's still answers in OpenAI's shape (Starlette logs the traceback as well).
+            return error(500, "The server had an error while processing your request. Sorry about that!",
+                         "server_error")
+
         inner = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._completions, methods=["POST"]),
@@ -70,7 +76,7 @@ class ChatEmulator:
                 Route("/v1/models/{model:path}", self._model, methods=["GET"]),
                 Route("/_emulator/faults", self._inject, methods=["POST"]),
             ],
-            exception_handlers={HTTPException: not_found},
+            exception_handlers={HTTPException: not_found, Exception: crashed},
         )
 
         async def app(scope, receive, send):
@@ -111,7 +117,7 @@ class ChatEmulator:
         if refused := self._unauthorized(request):
             return refused
         try:
-            body = json.loads(await request.body())
+            body = parse_json(await request.body())
         except ValueError:
             return error(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                               "using your HTTP library correctly.)")
@@ -121,6 +127,10 @@ class ChatEmulator:
         if not isinstance(messages, list) or not messages:
             return error(400, "Missing required parameter: 'messages'.", code="missing_required_parameter",
                          param="messages")
+        try:
+            _check_body(body)
+        except Invalid as exc:
+            return error(400, str(exc), code=exc.code, param=exc.param)
         self.requests.append(body)
         tools = set() if body.get("tool_choice") == "none" else tool_names(body.get("tools"))
         decision = self.rules.decide(messages, tools)
@@ -133,6 +143,49 @@ class ChatEmulator:
         if body.get("stream"):
             return StreamingResponse(completion.chunks(drop=fault == "drop_stream"), media_type="text/event-stream")
         return JSONResponse(completion.whole())
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _check_body(body: dict) -> None:
+    """The request fields the emulator reads, type-checked as the API does before it answers: a wrong type is a
+    400 naming the field, not a 500 from deep inside the reply, nor a value read as something it is not."""
+    expect(body["model"], "model", "a string")
+    for i, message in enumerate(body["messages"]):
+        at = f"messages[{i}]"
+        expect(message, at, "an object")
+        if "role" not in message:
+            raise Invalid(f"Missing required parameter: '{at}.role'.", "missing_required_parameter", at + ".role")
+        one_of(message["role"], at + ".role", _ROLES)
+        optional(message, "content", at + ".", "a string", "an array", "null")
+        optional(message, "tool_call_id", at + ".", "a string")
+        for j, call in enumerate(optional(message, "tool_calls", at + ".", "an array") or []):
+            expect(call, f"{at}.tool_calls[{j}]", "an object")
+            function = expect(call.get("function"), f"{at}.tool_calls[{j}].function", "an object")
+            optional(call, "id", f"{at}.tool_calls[{j}].", "a string")
+            optional(function, "name", f"{at}.tool_calls[{j}].function.", "a string")
+            optional(function, "arguments", f"{at}.tool_calls[{j}].function.", "a string")
+    for i, tool in enumerate(optional(body, "tools", "", "an array") or []):
+        at = f"tools[{i}]"
+        expect(tool, at, "an object")
+        if "type" not in tool:
+            raise Invalid(f"Missing required parameter: '{at}.type'.", "missing_required_parameter", at + ".type")
+        kind = one_of(tool["type"], at + ".type", ("function", "custom"))
+        spec = tool.get(kind)
+        if spec is None:
+            raise Invalid(f"Missing required parameter: '{at}.{kind}'.", "missing_required_parameter", f"{at}.{kind}")
+        expect(spec, f"{at}.{kind}", "an object")
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise Invalid(f"Missing required parameter: '{at}.{kind}.name'.", "missing_required_parameter",
+                          f"{at}.{kind}.name")
+        optional(spec, "parameters", f"{at}.{kind}.", "an object")
+    choice = optional(body, "tool_choice", "", "a string", "an object")
+    if isinstance(choice, str):
+        one_of(choice, "tool_choice", ("none", "auto", "required"))
+    optional(body, "stream", "", "a boolean", "null")
+    options = optional(body, "stream_options", "", "an object", "null") or {}
+    optional(options, "include_usage", "stream_options.", "a boolean")
 
 
 def _model(name: str) -> dict:

@@ -26,10 +26,11 @@ from pipelines.providers import local_models
 from pipelines.providers.emulators import audio
 from pipelines.providers.emulators.realtime_response import ActiveResponse, Responding
 from pipelines.providers.emulators.realtime_session import (
-    FORMATS, SessionError, default_session, new_id as _id, update_session,
+    FORMATS, SessionError, check_item, default_session, new_id as _id, update_session,
 )
 from pipelines.providers.emulators.rules import Rules
 from pipelines.providers.emulators.server import Running, json_response, start_ws, url_host
+from pipelines.providers.emulators.validation import Invalid, expect, optional, parse_json
 
 
 def _error_body(message: str, code: str, type_: str = "invalid_request_error") -> dict:
@@ -82,22 +83,30 @@ class _Session(Responding):
             await self._send("session.created", session=self.session)
             async for message in self.ws:
                 try:
-                    evt = json.loads(message)
+                    evt = parse_json(message)
                     if not isinstance(evt, dict):
                         raise ValueError
                 except ValueError:
                     await self._error("Invalid JSON: each client event is one JSON object.", "invalid_json")
                     continue
-                handler = handlers.get(evt.get("type"))
-                if handler is None:
-                    await self._error(f"Invalid value: {evt.get('type')!r}. Supported values are: "
-                                      f"{', '.join(map(repr, handlers))}.", "invalid_value", "type",
-                                      evt.get("event_id"))
-                    continue
+                # The error names the client's event_id only when it is one (a string), as the API echoes it.
+                event_id = evt.get("event_id") if isinstance(evt.get("event_id"), str) else None
                 try:
+                    expect(evt.get("type"), "type", "a string")
+                    optional(evt, "event_id", "", "a string")
+                    handler = handlers.get(evt["type"])
+                    if handler is None:
+                        raise SessionError(f"Invalid value: {evt['type']!r}. Supported values are: "
+                                           f"{', '.join(map(repr, handlers))}.", "invalid_value", "type")
                     await handler(evt)
-                except SessionError as exc:
-                    await self._error(str(exc), exc.code, exc.param, evt.get("event_id"))
+                except Invalid as exc:
+                    await self._error(str(exc), exc.code, exc.param, event_id)
+                except ConnectionClosed:
+                    raise
+                except Exception:  # a fault of the emulator's fails this event, as the API's would, not the session
+                    logger.exception(f"realtime emulator: {evt.get('type')!r} event failed")
+                    await self._error("The server had an error while processing your request.", "server_error",
+                                      event_id=event_id, type_="server_error")
         except ConnectionClosed:
             pass
         finally:
@@ -114,9 +123,10 @@ class _Session(Responding):
         with contextlib.suppress(ConnectionClosed):
             await self._send(type_, **payload)
 
-    async def _error(self, message: str, code: str, param: str | None = None, event_id: str | None = None) -> None:
-        await self._send("error", error={"type": "invalid_request_error", "code": code, "message": message,
-                                         "param": param, "event_id": event_id})
+    async def _error(self, message: str, code: str, param: str | None = None, event_id: str | None = None,
+                     type_: str = "invalid_request_error") -> None:
+        await self._send("error", error={"type": type_, "code": code, "message": message, "param": param,
+                                         "event_id": event_id})
 
     def _format(self, direction: str) -> tuple[str, int]:
         fmt = self.session["audio"][direction]["format"]
@@ -237,6 +247,7 @@ class _Session(Responding):
                                "'function_call_output'.", "invalid_value", "item.type")
         if kind == "message" and item.get("role") not in ("user", "assistant", "system"):
             raise SessionError("Invalid 'item.role'.", "invalid_value", "item.role")
+        check_item(item)
         if kind != "message" and not item.get("call_id"):
             raise SessionError("Missing required parameter: 'item.call_id'.", "missing_required_parameter",
                                "item.call_id")
@@ -245,23 +256,28 @@ class _Session(Responding):
         item = {**item, "id": item.get("id") or _id("item"), "object": "realtime.item", "status": "completed"}
         await self._add(item)
 
+    @staticmethod
+    def _item_id(evt: dict) -> str | None:
+        return optional(evt, "item_id", "", "a string")
+
     async def _item_truncate(self, evt: dict) -> None:
-        item = self.items.get(evt.get("item_id"))
+        item = self.items.get(self._item_id(evt))
         if not item or item.get("role") != "assistant":
             raise SessionError(f"Item {evt.get('item_id')!r} is not an assistant message.", "invalid_value", "item_id")
-        end_ms = max(0, int(evt.get("audio_end_ms") or 0))
+        optional(evt, "content_index", "", "an integer")
+        end_ms = max(0, optional(evt, "audio_end_ms", "", "an integer") or 0)
         for part in item.get("content") or []:
             part["transcript"] = None  # as the API does: the text no longer matches what was heard
         await self._send("conversation.item.truncated", item_id=item["id"],
                          content_index=evt.get("content_index", 0), audio_end_ms=end_ms)
 
     async def _item_delete(self, evt: dict) -> None:
-        if self.items.pop(evt.get("item_id"), None) is None:
+        if self.items.pop(self._item_id(evt), None) is None:
             raise SessionError(f"Item {evt.get('item_id')!r} does not exist.", "invalid_value", "item_id")
         await self._send("conversation.item.deleted", item_id=evt["item_id"])
 
     async def _item_retrieve(self, evt: dict) -> None:
-        item = self.items.get(evt.get("item_id"))
+        item = self.items.get(self._item_id(evt))
         if item is None:
             raise SessionError(f"Item {evt.get('item_id')!r} does not exist.", "item_retrieve_invalid_item_id",
                                "item_id")

@@ -17,8 +17,11 @@ from websockets.exceptions import ConnectionClosed
 
 from pipelines.providers import local_models
 from pipelines.providers.emulators import audio
-from pipelines.providers.emulators.realtime_session import FORMATS, SessionError, item_messages, new_id
+from pipelines.providers.emulators.realtime_session import (
+    FORMATS, SessionError, check_response_fields, item_messages, new_id,
+)
 from pipelines.providers.emulators.rules import ToolCall, tool_names
+from pipelines.providers.emulators.validation import optional
 
 DELTA_SECS = 0.1
 
@@ -39,7 +42,13 @@ class Responding:
             raise SessionError(f"Conversation already has an active response in progress: {self.response.id}. Wait "
                                "until the response is finished before creating a new one.",
                                "conversation_already_has_active_response")
-        self._start_response(evt.get("response") or {})
+        # Checked here, where the client hears of it, rather than failing the response it would start.
+        props = optional(evt, "response", "", "an object", "null") or {}
+        check_response_fields(props, "response.")
+        optional(props, "metadata", "response.", "an object", "null")
+        optional(props, "conversation", "response.", "a string")
+        optional(props, "input", "response.", "an array")
+        self._start_response(props)
 
     async def _response_cancel(self, evt: dict) -> None:
         if not self.response:
