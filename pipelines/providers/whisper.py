@@ -52,6 +52,18 @@ class LocalWhisperSTTService(SegmentedSTTService):
         early.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped run's error is not lost
         self._early = (pause, speech, early)
 
+    async def cleanup(self):
+        """pipecat's SegmentedSTTService starts its `_segment_task_handler` on the StartFrame and ends it only in
+        stop() (EndFrame) and cancel() (CancelFrame). A call that ends while its pipeline is still starting (the
+        caller hangs up at once) gets neither: pipecat then only cleans the processors up, and the task, waiting on
+        an empty queue, was left for the runner's "dangling tasks" warning and later "Task was destroyed but it is
+        pending!". After an EndFrame or a CancelFrame the task is already gone and this does nothing."""
+        await self._cancel_segment_task()  # the base class's own cancel() helper (pipecat 1.14, pinned)
+        if self._early is not None:
+            self._early[2].cancel()  # an early run nobody will read: its result is dropped, not its thread
+            self._early = None
+        await super().cleanup()
+
     @property
     def wants_wav_segments(self) -> bool:
         return False

@@ -18,9 +18,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, or_, select
 from starlette.background import BackgroundTask
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from runtime.api.auth import Caller, Principal
-from runtime.api.errors import COMMON_ERRORS, bad_request, not_found
+from runtime.api.errors import COMMON_ERRORS, ApiError, ErrorResponse, bad_request, not_found
 from runtime.api.lookup import owned
 from config.text import NoNul
 from runtime.api.schemas import Page, Pagination
@@ -100,9 +101,46 @@ async def get_call(call_id: str, p: Caller, request: Request) -> dict:
         return await _record(s, call)
 
 
+class _RecordingResponse(FileResponse):
+    """Starlette's FileResponse, with its two range answers brought in line with RFC 9110 and the API.
+
+    Starlette answers a Range header it cannot parse with a plain-text 400, and one that lies past the end of the
+    file with an empty plain-text 416. RFC 9110 §14.2 lets a server ignore an invalid Range (and requires it for a
+    range unit it does not know): the whole recording is served, 200, as if no Range had been sent. An
+    unsatisfiable range stays a 416 with `Content-Range: bytes */<size>` (§15.5.17), in the API's error body.
+    Starlette only parses the Range when it would honour it (GET or HEAD, no stale If-Range), so this does too.
+    """
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []  # Starlette serves the whole file for no ranges
+        except RangeNotSatisfiable:
+            # Raised before the response has started: FastAPI's exception handlers answer it (errors.py), with
+            # the same headers for a HEAD, whose body the server drops.
+            raise ApiError(416, "range_not_satisfiable",
+                           f"Range: a range starts at or past the end of the recording ({file_size} bytes)",
+                           [{"field": "Range", "message": f"each range must start before byte {file_size}"}],
+                           headers={"Content-Range": f"bytes */{file_size}"}) from None
+
+
 @router.get("/api/v1/calls/{call_id}/recording", summary="The call's stereo WAV (caller left, agent right)",
+            description="Byte ranges (`Range: bytes=…`) are honoured, one (206) or several (206 "
+                        "multipart/byteranges); a range that starts at or past the end answers 416 with "
+                        "`Content-Range: bytes */<size>`, and a Range header that cannot be parsed is ignored "
+                        "(the whole file, 200), as RFC 9110 allows. `HEAD` answers the same status and headers "
+                        "without the body.",
             response_class=FileResponse,
-            responses={200: {"content": {"audio/wav": {}}, "description": "The recording"}})
+            responses={200: {"content": {"audio/wav": {}}, "description": "The recording"},
+                       206: {"content": {"audio/wav": {}, "multipart/byteranges": {}},
+                             "description": "The requested range(s) of the recording"},
+                       416: {"model": ErrorResponse, "description": "A requested range starts at or past the end"}})
+# HEAD (download managers probe with it) is the same route: same key, workspace and 404 rules, FileResponse sends
+# the headers alone. Left out of the OpenAPI document: its contract checks (schemathesis) expect each documented
+# error's JSON body, which a HEAD answer never carries.
+@router.head("/api/v1/calls/{call_id}/recording", include_in_schema=False)
 async def get_recording(call_id: str, p: Caller, request: Request):
     rt = runtime_of(request)
     async with rt.db() as s:
@@ -112,7 +150,7 @@ async def get_recording(call_id: str, p: Caller, request: Request):
     path = rt.settings.resolved_recordings_dir / os.path.basename(call.recording_path)
     if not path.is_file():
         raise not_found("recording")  # deleted by retention
-    return FileResponse(path, media_type="audio/wav", filename=f"{call.id}.wav")
+    return _RecordingResponse(path, media_type="audio/wav", filename=f"{call.id}.wav")
 
 
 def _filters(p: Principal, *, agent_id, status, direction, batch_id, start, end, text) -> list:
