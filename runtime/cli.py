@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -20,7 +21,7 @@ app.add_typer(keys_app, name="keys")
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
-    port: int = typer.Option(8080, help="TCP port"),
+    port: int = typer.Option(8080, min=1, max=65535, help="TCP port"),
     workers: int = typer.Option(None, min=1, max=64, help="Server processes sharing the port, one event loop each "
                                 "(default: VOXLINE_WORKERS, 1). About one per core; see runtime/workers.py"),
 ) -> None:
@@ -105,9 +106,16 @@ def keys_create(
     from runtime.store import db as store_db
     from runtime.store import repo
 
+    from runtime.store.models import ApiKey, Workspace
+
     if role not in ("admin", "developer"):
         typer.echo("error: --role must be admin or developer", err=True)
         raise typer.Exit(2)
+    for option, value, column, blank_ok in (("--workspace", workspace, Workspace.name, False),
+                                            ("--name", name, ApiKey.name, True)):
+        if why := _name_problem(value, column.type.length, blank_ok=blank_ok):
+            typer.echo(f"error: {option} {why}", err=True)
+            raise typer.Exit(2)
     settings = get_settings()
     configure_logging("WARNING")
 
@@ -125,10 +133,37 @@ def keys_create(
     typer.echo(asyncio.run(run()))
 
 
+def _name_problem(value: str, max_length: int, *, blank_ok: bool) -> str | None:
+    """Why a name given on the command line cannot be stored as one (it is shown in the API and the UI)."""
+    import unicodedata
+
+    if not value.strip() and not (blank_ok and not value):
+        return "must not be empty or blank"
+    if any(unicodedata.category(c) == "Cc" for c in value):  # NUL breaks PostgreSQL; the rest breaks every display
+        return "must not contain control characters"
+    if len(value) > max_length:
+        return f"is {len(value)} characters long; at most {max_length}"
+    return None
+
+
+def _server_problem(server: str) -> str | None:
+    import httpx
+
+    try:
+        url = httpx.URL(server)
+    except httpx.InvalidURL as exc:
+        return f"--server {server!r}: {exc}"
+    if url.scheme not in ("http", "https") or not url.host:
+        return f"--server {server!r}: not an http:// or https:// URL"
+    return None
+
+
 @app.command()
 def call(
     wav: Path | None = typer.Option(None, "--wav", exists=True, dir_okay=False,
-                                    help="What the caller says (any WAV): one turn, then hang up"),
+                                    help="What the caller says (any WAV): one turn, then hang up. Without an API "
+                                         "key the call's record is not read, so a call the server ended as failed "
+                                         "(e.g. a provider error answered with an apology) is not reported as one"),
     script: Path | None = typer.Option(None, "--script", exists=True, dir_okay=False,
                                        help="YAML steps: say, interrupt (spoken over the agent), play, wait_agent, "
                                             "pause, dtmf, tone, hangup"),
@@ -137,31 +172,47 @@ def call(
                                                            "needed (uses the API: --api-key)"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="VOXLINE_API_KEY",
                                        help="An API key of the agent's workspace: --agent, and the call's record "
-                                            "in the summary"),
+                                            "(its status and end reason; exit 1 when it failed) in the summary"),
     out: Path | None = typer.Option(None, "--out", help="Write what the agent said to this WAV (--wav)"),
     to: str = typer.Option("+15550100000", "--to", help="The number dialed"),
     from_: str = typer.Option("+15550199999", "--from", help="The caller's number"),
     server: str = typer.Option("http://127.0.0.1:8080", "--server", help="The voxline server"),
-    reply_timeout: float = typer.Option(20.0, help="Seconds to wait for the agent's reply (--wav)"),
+    reply_timeout: float = typer.Option(20.0, help="Seconds to wait for the agent's reply (--wav), > 0"),
 ) -> None:
     """Call an agent the way Twilio does (webhook, media stream, real-time audio) and print what happened. The exit
-    status is non-zero when the call could not be placed or failed."""
+    status is 1 when the call could not be placed or failed (as far as the caller can tell: the record with an API
+    key), 2 for bad options or input files."""
+    import math
+
     from telephony import softphone_cli
+    from telephony.audio import AudioFileError, wav_to_ulaw
+
+    def refuse(why: str) -> NoReturn:
+        typer.echo(f"error: {why}", err=True)
+        raise typer.Exit(2)
 
     if sum(x is not None and x is not False for x in (wav, script, mic or None)) != 1:
-        typer.echo("error: say what the caller does: one of --wav, --script or --mic", err=True)
-        raise typer.Exit(2)
+        refuse("say what the caller does: one of --wav, --script or --mic")
+    if why := _server_problem(server):
+        refuse(why)
+    if not (math.isfinite(reply_timeout) and reply_timeout > 0):  # click's FloatRange lets NaN through
+        refuse(f"--reply-timeout must be a number of seconds > 0, not {reply_timeout:g}")
     settings = get_settings()
     configure_logging("WARNING")
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     if wav is not None:
-        if agent:
-            typer.echo("error: --wav calls a number; use --script with --agent", err=True)
-            raise typer.Exit(2)
-        from telephony.caller_report import run_call
+        from telephony.caller_report import out_problem, run_call
 
-        raise typer.Exit(asyncio.run(run_call(server, wav, out, to, from_, token, settings.public_url,
-                                              reply_timeout)))
+        if agent:
+            refuse("--wav calls a number; use --script with --agent")
+        try:
+            utterance = wav_to_ulaw(wav)
+        except AudioFileError as exc:
+            refuse(str(exc))
+        if out is not None and (why := out_problem(out)):
+            refuse(why)
+        raise typer.Exit(asyncio.run(run_call(server, utterance, out, to, from_, token, settings.public_url,
+                                              reply_timeout, api_key)))
     if mic:
         if why := softphone_cli.mic_unavailable():
             typer.echo(f"error: {why}", err=True)
@@ -181,7 +232,8 @@ def call(
 def emulate(
     provider: str = typer.Argument(..., help="deepgram | openai | cartesia | openai-realtime | twilio"),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
-    port: int | None = typer.Option(None, help="TCP port (default: 8101 deepgram, 8102 openai, 8103 cartesia, "
+    port: int | None = typer.Option(None, min=0, max=65535,
+                                    help="TCP port (default: 8101 deepgram, 8102 openai, 8103 cartesia, "
                                                "8104 openai-realtime, 8105 twilio; 0 picks a free one)"),
     rules: Path | None = typer.Option(None, "--rules", exists=True, dir_okay=False,
                                       help="YAML/JSON rules: replies (openai, openai-realtime; default: echo) or "
@@ -195,7 +247,8 @@ def emulate(
         return _emulate_twilio(host, 8105 if port is None else port, rules)
     spec = emulators.PROVIDERS.get(provider)
     if spec is None:
-        typer.echo(f"error: unknown provider {provider!r}; choose from {', '.join(emulators.PROVIDERS)}", err=True)
+        typer.echo(f"error: unknown provider {provider!r}; choose from {', '.join([*emulators.PROVIDERS, 'twilio'])}",
+                   err=True)
         raise typer.Exit(2)
     if rules is not None and not spec.uses_rules:
         typer.echo(f"error: --rules applies to openai and openai-realtime, not {provider}", err=True)
@@ -205,6 +258,8 @@ def emulate(
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {rules}: {exc}", err=True)
         raise typer.Exit(2) from exc
+    port = spec.default_port if port is None else port
+    _check_listen(host, port)  # before the models load, which takes seconds
     configure_logging(get_settings().log_level)
 
     def ready(running) -> None:
@@ -213,10 +268,26 @@ def emulate(
             typer.echo(f"  {line}")
 
     try:
-        asyncio.run(emulators.serve(provider, host=host, port=spec.default_port if port is None else port,
-                                    rules=parsed, latency_ms=latency_ms, ready=ready))
+        asyncio.run(emulators.serve(provider, host=host, port=port, rules=parsed, latency_ms=latency_ms, ready=ready))
     except KeyboardInterrupt:
         pass
+
+
+def _check_listen(host: str, port: int) -> int:
+    """The port (a free one for 0) if `host:port` can be listened on; else exit 1 with uvicorn's one-line kind of
+    error rather than a traceback from deep in asyncio."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+            sock.bind(address)
+            return sock.getsockname()[1]
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _emulate_twilio(host: str, port: int, rules: Path | None = None) -> None:
@@ -237,12 +308,7 @@ def _emulate_twilio(host: str, port: int, rules: Path | None = None) -> None:
         typer.echo(f"error: {rules}: {exc}", err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level)
-    if port == 0:  # pick it now, so that the URL printed is the one to use
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
+    port = _check_listen(host, port)  # port 0 is picked now, so that the URL printed is the one to use
     url = f"http://{host}:{port}"
     typer.echo(f"twilio emulator listening on {url}\n"
                f"  point voxline at it: TWILIO_API_BASE_URL={url} (same TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)\n"

@@ -14,12 +14,58 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 SILENCE_ULAW = b"\xff" * FRAME_BYTES
 
 
+class AudioFileError(ValueError):
+    """A file that cannot be read as a WAV: the message names the file and says why."""
+
+
+def _read_wav(path: Path) -> tuple[bytes, int, int]:
+    """(interleaved 16-bit PCM, rate, channels) of a WAV file with some audio in it."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except wave.Error as exc:  # `wave` reads integer PCM only
+        raw, rate, channels = _read_other_wav(path, exc)
+    except EOFError:
+        raise AudioFileError(f"{path}: not a WAV file (it ends inside its header)") from None
+    except OSError as exc:
+        raise AudioFileError(f"{path}: {exc.strerror or exc}") from None
+    else:
+        raw = raw[:len(raw) - len(raw) % (width * channels)]  # a file cut short mid-frame: its whole frames
+        if width == 1:
+            raw = audioop.bias(raw, 1, -128)  # 8-bit WAV is unsigned (silence is 128); audioop's is signed
+        if width != 2:
+            raw = audioop.lin2lin(raw, width, 2)
+    if rate <= 0:
+        raise AudioFileError(f"{path}: not a WAV file (sample rate {rate})")
+    if not raw:
+        raise AudioFileError(f"{path}: the WAV file holds no audio")
+    return raw, rate, channels
+
+
+def _read_other_wav(path: Path, refused: wave.Error) -> tuple[bytes, int, int]:
+    """What `wave` refuses: float samples (Audacity's default export), μ-law, A-law, read by libsndfile (the
+    soundfile package, which pipecat depends on)."""
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError):  # not something libsndfile reads either: wave says why best
+        raise AudioFileError(f"{path}: cannot be read as a WAV file ({refused})") from None
+    # Float samples may go past full scale: clipped here, not wrapped around by the integer cast.
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+    return pcm.tobytes(), int(rate), samples.shape[1]
+
+
+def check_wav(path: str | Path) -> None:
+    """Raise AudioFileError unless `wav_to_ulaw` can read the file: checked before a call, not in the middle."""
+    _read_wav(Path(path))
+
+
 def wav_to_ulaw(path: str | Path) -> bytes:
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
-    if width != 2:
-        raw = audioop.lin2lin(raw, width, 2)
+    """Any WAV (integer PCM of any width, float, μ-law, A-law; any rate; mono or not) → 8 kHz mono μ-law.
+    AudioFileError says why a file cannot be read."""
+    raw, rate, channels = _read_wav(Path(path))
     pcm = np.frombuffer(raw, dtype=np.int16)
     if channels > 1:
         pcm = pcm.reshape(-1, channels).mean(axis=1).astype(np.int16)

@@ -5,12 +5,15 @@ the transcript, each turn's latency, each barge-in's latency, and how the call e
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import typer
+import websockets
 
 from telephony.audio import speech_bounds
 from telephony.twilio.caller import Answer, MediaStreamCaller, post_incoming_call
@@ -25,6 +28,34 @@ class CallFailed(Exception):
     """The call could not be placed: the message says why."""
 
 
+class RecordUnavailable(Exception):
+    """The call's record could not be read, so how the call ended is unknown: the message says why."""
+
+
+# What opening a media stream raises when it cannot: refused or dropped connection, a timeout, an HTTP refusal.
+STREAM_OPEN_ERRORS = (OSError, websockets.InvalidHandshake, websockets.InvalidURI)
+
+
+def stream_error(exc: BaseException) -> str:
+    return f"the media stream could not be opened: {exc or type(exc).__name__}"
+
+
+def http_error(server: str, exc: httpx.HTTPError) -> str:
+    """One line for a request that got no HTTP answer (server down, dropped connection, timeout)."""
+    if isinstance(exc, httpx.ConnectError):
+        cause: BaseException | None = exc  # the OS's reason ("connection refused") is further down the chain
+        while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return f"cannot reach {server} ({exc})"
+        # asyncio words a refusal "Connect call failed ('127.0.0.1', 8080)"; the errno's own text is plainer.
+        reason = os.strerror(cause.errno) if isinstance(cause.errno, int) and cause.errno > 0 else cause.strerror
+        return f"cannot reach {server} ({reason.lower()})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{server} did not answer in time ({type(exc).__name__})"
+    return f"{server}: {exc or type(exc).__name__}"
+
+
 def load_script(path: Path) -> tuple[Step, ...]:
     """A list of steps, the Twilio emulator's callee language: say, interrupt, play, wait_agent, pause, dtmf, tone,
     hangup (see telephony/twilio/emulator/rules.py)."""
@@ -36,7 +67,10 @@ def load_script(path: Path) -> tuple[Step, ...]:
         raise ValueError(f"{path}: {exc}") from exc
     if isinstance(raw, dict) and "steps" in raw:
         raw = raw["steps"]
-    return parse_script(str(path), raw, path.parent)
+    steps = parse_script(str(path), raw, path.parent)
+    if not steps:  # a call that hangs up at once and reports nothing is never what was meant
+        raise ValueError(f"{path}: the script has no steps")
+    return steps
 
 
 async def place_softphone_call(server: str, api_key: str, agent: str) -> Answer:
@@ -53,11 +87,7 @@ async def place_softphone_call(server: str, api_key: str, agent: str) -> Answer:
             raise CallFailed(f"the API refused the key: HTTP {listed.status_code}")
         r = await client.post(SOFTPHONE_CALLS, json={"agent_id": agent_id})
     if r.status_code not in (200, 201):
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        raise CallFailed(f"the server refused the call: HTTP {r.status_code}: {message}")
+        raise CallFailed(f"the server refused the call: HTTP {r.status_code}: {_message(r)}")
     body = r.json()
     return Answer(status_code=200, twiml="", stream_url=body["stream_url"], parameters=body["parameters"])
 
@@ -105,26 +135,59 @@ async def _time_barge_in(caller: MediaStreamCaller, ulaw: bytes, clears_before: 
         played.notes.append("interrupt: no clear came: the agent was not silenced")
 
 
-async def fetch_record(server: str, api_key: str, call_id: str) -> dict | None:
-    """The call's record once the server has closed it (it closes just after the stream ends)."""
+async def fetch_record(server: str, api_key: str, call_id: str) -> dict:
+    """The call's record once the server has closed it (it closes just after the stream ends). RecordUnavailable
+    when it cannot be read: the server went away, or refused the key."""
     deadline = time.monotonic() + RECORD_WAIT_SECS
-    async with httpx.AsyncClient(base_url=server, headers={"x-api-key": api_key}, timeout=10) as client:
-        while True:
-            r = await client.get(f"/api/v1/calls/{call_id}")
-            if r.status_code != 200:
-                return None
-            record = r.json()
-            if record.get("ended_at") or time.monotonic() > deadline:
-                return record
-            await asyncio.sleep(0.2)
+    try:
+        async with httpx.AsyncClient(base_url=server, headers={"x-api-key": api_key}, timeout=10) as client:
+            while True:
+                r = await client.get(f"/api/v1/calls/{call_id}")
+                if r.status_code != 200:
+                    raise RecordUnavailable(f"cannot read the call's record: HTTP {r.status_code}: {_message(r)}")
+                record = r.json()
+                if record.get("ended_at") or time.monotonic() > deadline:
+                    return record
+                await asyncio.sleep(0.2)
+    except httpx.HTTPError as exc:
+        raise RecordUnavailable(f"cannot read the call's record: {http_error(server, exc)}") from exc
+
+
+async def closing_record(server: str, api_key: str | None, call_id: str | None) -> tuple[dict | None, int]:
+    """The call's record (None without a key) and the exit status it makes: 1 when the server recorded the call
+    `failed` or the record could not be read (how the call ended is then unknown). Prints why when it is 1."""
+    if not (api_key and call_id):
+        return None, 0
+    try:
+        record = await fetch_record(server, api_key, call_id)
+    except RecordUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return None, 1
+    if record["status"] == "failed":
+        detail = f" ({record['error_detail']})" if record.get("error_detail") else ""
+        typer.echo(f"error: the call failed: {record.get('disconnection_reason') or 'no reason recorded'}{detail}",
+                   err=True)
+        return record, 1
+    return record, 0
+
+
+def status_line(record: dict) -> str:
+    return (f"call {record['id']} ({record['direction']}): {record['status']}, "
+            f"{record.get('disconnection_reason') or 'not closed yet'}"
+            f"{' (' + record['error_detail'] + ')' if record.get('error_detail') else ''}")
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200]
 
 
 def summary_lines(record: dict | None, played: Played) -> list[str]:
     lines = []
     if record is not None:
-        lines.append(f"call {record['id']} ({record['direction']}): {record['status']}, "
-                     f"{record.get('disconnection_reason') or 'not closed yet'}"
-                     f"{' (' + record['error_detail'] + ')' if record.get('error_detail') else ''}")
+        lines.append(status_line(record))
         for entry in record.get("transcript") or []:
             who = {"user": "caller", "assistant": "agent", "tool": "tool"}[entry["role"]]
             text = entry["text"] if entry["role"] != "tool" else f"{entry['tool']['name']}({entry['tool']['arguments']})"
@@ -161,27 +224,31 @@ async def run_script_call(server: str, steps: tuple[Step, ...], *, agent: str | 
                 raise CallFailed(f"the agent did not answer: HTTP {answer.status_code}: "
                                  f"{' '.join(answer.said) or answer.twiml[:200]}")
             signed_token = token
-    except (CallFailed, httpx.HTTPError) as exc:
+    except CallFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {http_error(server, exc)}", err=True)
+        return 1
     signed = _stream_signing_url(public_url) if signed_token else None
-    async with MediaStreamCaller(answer, auth_token=signed_token, signed_url=signed) as caller:
-        script = asyncio.create_task(play_script(caller, steps))
-        closed = asyncio.create_task(caller.closed.wait())
-        await asyncio.wait({script, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not script.done():
-            script.cancel()
-            played = Played(notes=["the call ended before the script did"])
-        else:
-            played = script.result()
-        closed.cancel()
-    call_id = answer.parameters.get("call_id")
-    record = await fetch_record(server, api_key, call_id) if api_key and call_id else None
+    try:
+        async with MediaStreamCaller(answer, auth_token=signed_token, signed_url=signed) as caller:
+            script = asyncio.create_task(play_script(caller, steps))
+            closed = asyncio.create_task(caller.closed.wait())
+            await asyncio.wait({script, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not script.done() or isinstance(script.exception(), websockets.ConnectionClosed):
+                script.cancel()  # a step that sent as the server closed the stream ends like one cut short
+                played = Played(notes=["the call ended before the script did"])
+            else:
+                played = script.result()
+            closed.cancel()
+    except STREAM_OPEN_ERRORS as exc:
+        typer.echo(f"error: {stream_error(exc)}", err=True)
+        return 1
+    record, status = await closing_record(server, api_key, answer.parameters.get("call_id"))
     for line in summary_lines(record, played):
         typer.echo(line)
-    if record is not None and record["status"] == "failed":
-        return 1
-    return 0
+    return status
 
 
 def _stream_signing_url(public_url: str | None) -> str | None:
@@ -223,8 +290,11 @@ async def run_mic_call(server: str, *, agent: str | None, api_key: str | None, t
             if not answer.stream_url:
                 raise CallFailed(f"the agent did not answer: {' '.join(answer.said) or answer.twiml[:200]}")
             signed_token = token
-    except (CallFailed, httpx.HTTPError) as exc:
+    except CallFailed as exc:
         typer.echo(f"error: {exc}", err=True)
+        return 1
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {http_error(server, exc)}", err=True)
         return 1
     loop = asyncio.get_running_loop()
     rate = int(sd.query_devices(kind="input")["default_samplerate"])
@@ -232,8 +302,14 @@ async def run_mic_call(server: str, *, agent: str | None, api_key: str | None, t
     speaker = bytearray()  # agent PCM at the output device's rate, waiting to play
     state_in = state_out = None
 
-    async with MediaStreamCaller(answer, auth_token=signed_token, signed_url=_stream_signing_url(public_url)
-                                 if signed_token else None) as caller:
+    stream = contextlib.AsyncExitStack()
+    try:
+        caller = await stream.enter_async_context(MediaStreamCaller(
+            answer, auth_token=signed_token, signed_url=_stream_signing_url(public_url) if signed_token else None))
+    except STREAM_OPEN_ERRORS as exc:
+        typer.echo(f"error: {stream_error(exc)}", err=True)
+        return 1
+    async with stream:
         pending = bytearray()
 
         def heard(indata, _frames, _time, _status) -> None:  # PortAudio's thread
@@ -267,8 +343,7 @@ async def run_mic_call(server: str, *, agent: str | None, api_key: str | None, t
                 await caller.closed.wait()
             except (KeyboardInterrupt, asyncio.CancelledError):
                 pass
-    call_id = answer.parameters.get("call_id")
-    record = await fetch_record(server, api_key, call_id) if api_key and call_id else None
+    record, status = await closing_record(server, api_key, answer.parameters.get("call_id"))
     for line in summary_lines(record, Played()):
         typer.echo(line)
-    return 1 if record is not None and record["status"] == "failed" else 0
+    return status

@@ -25,6 +25,7 @@ A top-level list is read as `rules`. JSON works too (it is YAML).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from telephony.audio import AudioFileError, check_wav
 
 OUTCOMES = ("answer", "busy", "no-answer", "failed", "machine")
 STEP_KINDS = ("say", "interrupt", "play", "wait_agent", "pause", "dtmf", "tone", "hangup")
@@ -90,9 +93,14 @@ class Rule:
 
 
 def _number(where: str, raw: Any, *, minimum: float = 0.0) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < minimum:
-        raise ValueError(f"{where}: must be a number >= {minimum:g}")
-    return float(raw)
+    try:
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+    except OverflowError:  # an int past float's range
+        value = None
+    # isfinite: NaN passes `value < minimum` (every comparison with it is false), and infinity is no duration.
+    if value is None or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{where}: must be a finite number >= {minimum:g}")
+    return value
 
 
 def parse_step(where: str, raw: Any, base_dir: Path) -> Step:
@@ -114,6 +122,10 @@ def parse_step(where: str, raw: Any, base_dir: Path) -> Step:
         value = path if path.is_absolute() else base_dir / path
         if not value.is_file():  # found now rather than in the middle of a call
             raise ValueError(f"{where}: no such WAV file {value}")
+        try:
+            check_wav(value)  # likewise a file that is not a WAV, or not one that can be read
+        except AudioFileError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     elif kind == "wait_agent":
         value = DEFAULT_WAIT_AGENT_SECS if value is True else _number(where + " wait_agent", value, minimum=0.1)
     elif kind in ("pause", "tone"):
