@@ -99,6 +99,16 @@ class RealtimeConfig(_Strict):
     model: str | None = None
     voice: str | None = None
     base_url: str | None = None
+    # 10 s: a Realtime server answers within a second or two (session.created at once, a reply's first audio in
+    # 0.3-2 s, then deltas every few tens of ms), so 10 s without a single event while one is owed is no slow
+    # answer but a hung server; by then a caller has sat in silence long enough that an apology and a hang-up beat
+    # waiting (without a bound, only call.max_duration_secs would end the call). As llm.timeout_secs.
+    timeout_secs: float = Field(
+        default=10.0, gt=0, le=120,
+        description="OpenAI Realtime: how long the server may send nothing while an answer is owed (after "
+                    "connecting, after a response is asked for or the caller's turn ends) before the call gets "
+                    "`call.apology` and ends `error_realtime`",
+    )
 
 
 class VADConfig(_Strict):

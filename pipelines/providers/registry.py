@@ -191,6 +191,7 @@ def _openai_realtime(section, ctx: BuildContext) -> FrameProcessor:
     return PhoneRealtimeService(
         api_key=_key_for(ctx, "realtime", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_realtime_url,
+        timeout_secs=section.timeout_secs,
         settings=PhoneRealtimeService.Settings(
             model=section.model or _default("realtime", "openai", "default_model"),
             session_properties=session_properties(ctx.agent, section),
