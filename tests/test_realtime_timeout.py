@@ -27,6 +27,7 @@ from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_se
 TIMEOUT = 2.0  # the agents' realtime.timeout_secs: short, so a test waits little; production's default is 10 s
 MUTE_NUMBER = "+15550100050"
 RELAY_NUMBER = "+15550100051"
+CLOSER_NUMBER = "+15550100052"
 DETAIL = f"openai: openai realtime: no response within {TIMEOUT:g} s"
 
 
@@ -40,13 +41,15 @@ class Servers:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.connections = {"mute": 0, "relay": 0}
+        self.connections = {"mute": 0, "relay": 0, "closer": 0}
         self.muted_after_speech = 0
         self._emulator = self._run(emulators.start("openai-realtime"))
         self._mute = self._run(self._serve(self._silent))
         self._relay = self._run(self._serve(self._relayed))
+        self._closer = self._run(self._serve(self._closing))
         self.mute_url = f"ws://127.0.0.1:{self._mute.sockets[0].getsockname()[1]}/v1/realtime"
         self.relay_url = f"ws://127.0.0.1:{self._relay.sockets[0].getsockname()[1]}/v1/realtime"
+        self.closer_url = f"ws://127.0.0.1:{self._closer.sockets[0].getsockname()[1]}/v1/realtime"
 
     @staticmethod
     async def _serve(handler):
@@ -58,6 +61,10 @@ class Servers:
     async def _silent(self, ws):
         self.connections["mute"] += 1
         await ws.wait_closed()
+
+    async def _closing(self, ws):
+        self.connections["closer"] += 1
+        await ws.close(1000)  # a clean close while session.created is still due
 
     async def _relayed(self, ws):
         self.connections["relay"] += 1
@@ -86,7 +93,7 @@ class Servers:
 
     def close(self):
         async def _close():
-            for server in (self._mute, self._relay):
+            for server in (self._mute, self._relay, self._closer):
                 server.close()
             await self._emulator.close()
 
@@ -100,7 +107,8 @@ def realtime_server(tmp_path_factory, twilio_api):
     servers = Servers()
     base = tmp_path_factory.mktemp("realtime-timeout")
     (base / "agents").mkdir()
-    for name, number, url in (("mute", MUTE_NUMBER, servers.mute_url), ("relay", RELAY_NUMBER, servers.relay_url)):
+    for name, number, url in (("mute", MUTE_NUMBER, servers.mute_url), ("relay", RELAY_NUMBER, servers.relay_url),
+                              ("closer", CLOSER_NUMBER, servers.closer_url)):
         (base / "agents" / f"{name}.yaml").write_text(f"""
 name: {name}-realtime
 architecture: realtime
@@ -176,3 +184,20 @@ async def test_a_realtime_server_that_hangs_after_the_callers_turn_gets_the_apol
     assert heard > 3.0, heard
     assert closed_after < TIMEOUT + 15, closed_after
     assert server.turns(call_id)[0]["text"] == "Hello there."
+
+
+async def test_a_realtime_server_that_closes_cleanly_while_an_answer_is_due_gets_the_apology(realtime_server):
+    server, servers = realtime_server
+    caller = await dial(server, CLOSER_NUMBER)
+    call_id = caller.answer.parameters["call_id"]
+    async with caller:
+        heard_at = await caller.wait_agent_audio(0.0, 10.0)
+        assert heard_at is not None, "the caller heard nothing"
+        await asyncio.wait_for(caller.closed.wait(), 30)
+        heard = _heard_secs(caller, 0.0)
+    row = server.wait_ended(call_id)
+    assert servers.connections["closer"] >= 1, "the agent never connected to the server"
+    assert (row["status"], row["disconnection_reason"]) == ("failed", "error_realtime"), dict(row)
+    assert row["error_detail"] == ("openai: openai realtime: the server closed the connection (1000) while an "
+                                   "answer was due"), dict(row)
+    assert heard > 3.0, heard

@@ -117,10 +117,20 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
         try:
             await super()._receive_task_handler()
         finally:
-            # Nothing more can arrive. Whatever ended the loop is our own disconnect or a failure pipecat reports
-            # itself (the socket's exception, a fatal `error` event): a second report would apologise twice.
+            # Nothing more can arrive. An exception here (a dropped socket) pipecat reports itself, and so a fatal
+            # `error` event (_handle_evt_error settles what was owed first); our own disconnect settles it too.
+            owed, self._owed = self._owed, set()
             self._listening = False
-            self._owed.clear()
+        if owed and not self._disconnecting:
+            # The loop ended without an error while an answer was due: the server closed its socket cleanly
+            # (1000), which pipecat's loop takes as the end of the session and reports to nobody.
+            code = getattr(self._websocket, "close_code", None)
+            message = f"openai realtime: the server closed the connection ({code}) while an answer was due"
+            await self.push_error(error_msg=message, exception=ConnectionError(message))
+
+    async def _handle_evt_error(self, evt):
+        self._owed.clear()  # pipecat reports this fatal error itself: one apology, not two
+        await super()._handle_evt_error(evt)
 
     async def _watch(self):
         loop = asyncio.get_running_loop()
