@@ -45,5 +45,11 @@ def media_payloads(caller: MediaStreamCaller) -> list[bytes]:
     return [base64.b64decode(r.message["media"]["payload"], validate=True) for r in caller.events("media")]
 
 
+def heard_secs(caller: MediaStreamCaller, after: float) -> float:
+    """Seconds of agent audio that arrived after monotonic time `after` (8 kHz μ-law: a byte a sample)."""
+    return sum(len(base64.b64decode(r.message["media"]["payload"])) for r in caller.events("media")
+               if r.at > after) / 8000
+
+
 def loud(ulaw: bytes) -> bool:
     return ulaw_rms(ulaw) > 300

@@ -5,7 +5,6 @@ with μ-law in and out, a text chat on OpenAI with the same tool, and what the c
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from pipelines.architectures.realtime import welcome_instruction
 from pipelines.providers import emulators
-from tests.calls import dial, hung_up_by_rest
+from tests.calls import dial, heard_secs, hung_up_by_rest
 from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
 from tests.tool_server import ToolServer
 
@@ -224,8 +223,7 @@ async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provi
         spoke_at = await caller.say(speech["table"])  # the OpenAI emulator answers this with 500s
         assert await caller.wait_agent_audio(spoke_at, 30.0), "no apology"
         await asyncio.wait_for(caller.closed.wait(), 30)
-        apology_secs = sum(len(base64.b64decode(r.message["media"]["payload"])) for r in caller.events("media")
-                           if r.at > spoke_at) / 8000
+        apology_secs = heard_secs(caller, spoke_at)
     row = server.wait_ended(call_id)
     assert row["status"] == "failed" and row["disconnection_reason"] == "error_llm", dict(row)
     assert row["error_detail"].startswith("openai:") and row["ended_by"] == "system"

@@ -6,7 +6,6 @@ on loopback, a real server, a caller on a real media stream."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
 import threading
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 
 from config.agent import AgentConfig
 from tests.api_helpers import chat_turn
-from tests.calls import dial
+from tests.calls import dial, heard_secs
 from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
 
 TIMEOUT = 2.0  # the agents' llm.timeout_secs: short, so a test waits little; production's default is 10 s
@@ -153,13 +152,12 @@ async def test_a_call_whose_llm_goes_quiet_gets_the_apology_and_ends_error_llm(l
         # The apology (about 5 s of speech) plays out, then the server hangs up.
         await asyncio.wait_for(caller.closed.wait(), 30)
         closed_after = time.monotonic() - spoke_at
-        heard_secs = sum(len(base64.b64decode(r.message["media"]["payload"])) for r in caller.events("media")
-                         if r.at > spoke_at) / 8000
+        heard = heard_secs(caller, spoke_at)
     row = server.wait_ended(call_id)
     assert listeners[mode].requests > asked, "the LLM server was never asked"
     assert (row["status"], row["disconnection_reason"]) == ("failed", "error_llm"), dict(row)
     assert row["error_detail"] == f"openai: {detail}" and row["ended_by"] == "system", dict(row)
-    assert heard_secs > 3.0, heard_secs  # the apology, not a click
+    assert heard > 3.0, heard  # the apology, not a click
     assert closed_after < TIMEOUT + 20, closed_after
 
 
