@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 from telephony.audio import ulaw_rms
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call, sid
@@ -53,3 +55,12 @@ def heard_secs(caller: MediaStreamCaller, after: float) -> float:
 
 def loud(ulaw: bytes) -> bool:
     return ulaw_rms(ulaw) > 300
+
+
+async def apology_then_hang_up(caller: MediaStreamCaller, since: float, within: float,
+                               what: str = "the caller heard nothing") -> tuple[float, float]:
+    """A provider failure as the caller lives it: agent audio (the apology) within `within` s of `since`, then the
+    server hangs up. (seconds from `since` to the hang-up, seconds of agent audio heard after `since`)."""
+    assert await caller.wait_agent_audio(since, within) is not None, what
+    await asyncio.wait_for(caller.closed.wait(), 30)  # the apology (about 5 s of speech) plays out first
+    return time.monotonic() - since, heard_secs(caller, since)

@@ -5,7 +5,6 @@ on loopback, a real server, a caller on a real media stream."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from config.agent import AgentConfig
 from tests.api_helpers import chat_turn
-from tests.calls import dial, heard_secs
+from tests.calls import apology_then_hang_up, dial
 from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
 
 TIMEOUT = 2.0  # the agents' llm.timeout_secs: short, so a test waits little; production's default is 10 s
@@ -147,12 +146,8 @@ async def test_a_call_whose_llm_goes_quiet_gets_the_apology_and_ends_error_llm(l
         spoke_at = await caller.say(speech["located"])
         # Transcribing takes about a second, then the LLM has TIMEOUT to start its reply. Without a bound the SDK
         # would wait 600 s (x3 with its retries): the caller would hear nothing here.
-        heard_at = await caller.wait_agent_audio(spoke_at, TIMEOUT + 8)
-        assert heard_at is not None, "the caller heard nothing after speaking"
-        # The apology (about 5 s of speech) plays out, then the server hangs up.
-        await asyncio.wait_for(caller.closed.wait(), 30)
-        closed_after = time.monotonic() - spoke_at
-        heard = heard_secs(caller, spoke_at)
+        closed_after, heard = await apology_then_hang_up(caller, spoke_at, TIMEOUT + 8,
+                                                         "the caller heard nothing after speaking")
     row = server.wait_ended(call_id)
     assert listeners[mode].requests > asked, "the LLM server was never asked"
     assert (row["status"], row["disconnection_reason"]) == ("failed", "error_llm"), dict(row)

@@ -20,7 +20,7 @@ from websockets.asyncio.server import serve
 
 from config.agent import AgentConfig
 from pipelines.providers import emulators
-from tests.calls import dial, heard_secs
+from tests.calls import apology_then_hang_up, dial
 from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
 
 TIMEOUT = 2.0  # the agents' realtime.timeout_secs: short, so a test waits little; production's default is 10 s
@@ -146,11 +146,7 @@ async def test_a_realtime_server_that_never_speaks_gets_the_apology_and_error_re
     async with caller:
         started = time.monotonic()
         # No session.created, so no welcome: the first audio is the apology, TIMEOUT after connecting.
-        heard_at = await caller.wait_agent_audio(0.0, TIMEOUT + 8)
-        assert heard_at is not None, "the caller heard nothing"
-        await asyncio.wait_for(caller.closed.wait(), 30)  # the apology (about 5 s) plays out, then the hang-up
-        closed_after = time.monotonic() - started
-        heard = heard_secs(caller, 0.0)
+        closed_after, heard = await apology_then_hang_up(caller, started, TIMEOUT + 8)
     row = server.wait_ended(call_id)
     assert servers.connections["mute"] >= 1, "the agent never connected to the server"
     assert (row["status"], row["disconnection_reason"]) == ("failed", "error_realtime"), dict(row)
@@ -170,11 +166,8 @@ async def test_a_realtime_server_that_hangs_after_the_callers_turn_gets_the_apol
         await asyncio.sleep(TIMEOUT + 1.5)
         assert not caller.closed.is_set(), "the call ended while nothing was owed"
         spoke_at = await caller.say(speech["located"])
-        heard_at = await caller.wait_agent_audio(spoke_at, TIMEOUT + 8)
-        assert heard_at is not None, "the caller heard nothing after speaking"
-        await asyncio.wait_for(caller.closed.wait(), 30)
-        closed_after = time.monotonic() - spoke_at
-        heard = heard_secs(caller, spoke_at)
+        closed_after, heard = await apology_then_hang_up(caller, spoke_at, TIMEOUT + 8,
+                                                         "the caller heard nothing after speaking")
     row = server.wait_ended(call_id)
     assert servers.muted_after_speech >= 1, "the server's VAD never ended the caller's turn"
     assert (row["status"], row["disconnection_reason"]) == ("failed", "error_realtime"), dict(row)
@@ -189,10 +182,7 @@ async def test_a_realtime_server_that_closes_cleanly_while_an_answer_is_due_gets
     caller = await dial(server, CLOSER_NUMBER)
     call_id = caller.answer.parameters["call_id"]
     async with caller:
-        heard_at = await caller.wait_agent_audio(0.0, 10.0)
-        assert heard_at is not None, "the caller heard nothing"
-        await asyncio.wait_for(caller.closed.wait(), 30)
-        heard = heard_secs(caller, 0.0)
+        _, heard = await apology_then_hang_up(caller, 0.0, 10.0)
     row = server.wait_ended(call_id)
     assert servers.connections["closer"] >= 1, "the agent never connected to the server"
     assert (row["status"], row["disconnection_reason"]) == ("failed", "error_realtime"), dict(row)
