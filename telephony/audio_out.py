@@ -1,0 +1,98 @@
+"""The call's output transport without two costs per 20 ms chunk of agent audio that buy nothing on a phone call.
+
+pipecat 1.14's output transport, for every chunk it writes:
+- pushes the chunk on downstream "in case anyone else needs it". After the output a call has only the heard-text
+  gate and the assistant aggregator, and neither reads audio (they keep text; recording taps the serializer), so
+  each chunk was two more queue hops and three observer hand-offs, 50 times a second per speaking call;
+- takes the chunk from its queue, and then writes it, each under `asyncio.wait_for`, which in Python 3.11 runs
+  what it waits for in a task of its own: two tasks created, scheduled and awaited per chunk.
+
+Here the chunk stops at the transport once written, and the same two deadlines are kept with `asyncio.timeout` in
+the sender's own task (a chunk already queued is taken without one): the bot-stopped-speaking fallback when no
+audio comes, and pipecat's error when a peer stops reading. `bench/output_path.py` measures a chunk's way through
+the output, the heard-text gate and the assistant aggregator: 122 → 51 µs of CPU with the first two (this VM).
+Tied to pipecat 1.14's media senders (`_media_senders`, `_next_frame`, `_internal_write_audio_frame`, the
+fallback's `_bot_stopped_speaking`), pinned like the other seams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipecat.frames.frames import Frame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_output import BOT_VAD_STOP_FALLBACK_SECS
+
+
+def trim(output) -> None:
+    """`output`: a call's pipecat output transport (before the pipeline starts)."""
+    push_frame = output.push_frame
+
+    async def push_unless_written_audio(frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, OutputAudioRawFrame):
+            return
+        await push_frame(frame, direction)
+
+    output.push_frame = push_unless_written_audio
+    output._media_senders = _TrimmedSenders(output._media_senders)
+
+
+class _TrimmedSenders(dict):
+    """The transport makes its media senders as it starts and starts each at once, which starts its audio task:
+    they are changed as they are stored, before that."""
+
+    def __setitem__(self, destination, sender) -> None:
+        sender._internal_write_audio_frame = _write_inline(sender)
+        sender._next_frame = _next_frame_inline(sender)
+        super().__setitem__(destination, sender)
+
+
+def _next_frame_inline(sender):
+    pipecats = sender._next_frame
+
+    def next_frame():
+        return pipecats() if sender._mixer else _frames(sender, BOT_VAD_STOP_FALLBACK_SECS)
+
+    return next_frame
+
+
+async def _frames(sender, vad_stop_secs: float):
+    """pipecat's `without_mixer` frames, without a task per frame."""
+    while True:
+        queue = sender._audio_queue
+        try:
+            frame = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(vad_stop_secs):
+                    frame = await queue.get()
+            except TimeoutError:
+                # pipecat's fallback: no audio for this long, so the bot has stopped speaking
+                await sender._bot_stopped_speaking()
+                continue
+        await sender._filter_audio(frame)
+        sender._apply_volume(frame)
+        yield frame
+        queue.task_done()
+
+
+def _write_inline(sender):
+    transport = sender._transport
+
+    async def write(frame: OutputAudioRawFrame) -> bool:
+        if not transport.is_usable:
+            return False
+        timeout = sender._params.audio_out_write_timeout_secs
+        try:
+            async with asyncio.timeout(timeout):
+                return await transport.write_audio_frame(frame)
+        except TimeoutError as e:
+            await transport.push_error(
+                f"{transport} timed out after {timeout}s writing audio to the transport; the peer has stopped "
+                "reading",
+                exception=e,
+                force_treat_as_permanent=True,
+            )
+            return False
+
+    return write

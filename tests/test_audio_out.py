@@ -1,0 +1,186 @@
+"""The call's output transport, trimmed (telephony/audio_out.py): every chunk still reaches the carrier, in order and
+paced by the sender's one task; written audio goes no further; the bot's speaking frames, the no-audio fallback
+and the write deadline work as in pipecat."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import base64
+import json
+
+import pytest
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    ErrorFrame,
+    OutputAudioRawFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.workers.runner import WorkerRunner
+from starlette.websockets import WebSocketState
+
+from telephony import audio_out
+from telephony.twilio.serializer import StreamEvents, TwilioMediaSerializer
+
+CHUNK = 320  # 20 ms at 8 kHz, 16-bit
+
+
+class _Socket:
+    """The peer: what pipecat's FastAPI client uses of a starlette WebSocket. `stall_after`: messages it takes
+    before it stops reading (its sends then never return)."""
+
+    client_state = application_state = WebSocketState.CONNECTED
+
+    def __init__(self, stall_after: int | None = None):
+        self.messages: list[dict] = []
+        self._stall_after = stall_after
+
+    async def send_text(self, data: str) -> None:
+        if self._stall_after is not None and len(self.messages) >= self._stall_after:
+            await asyncio.Event().wait()
+        self.messages.append(json.loads(data))
+
+    async def send_bytes(self, data: bytes) -> None:
+        raise AssertionError("Twilio's stream is text")
+
+    async def receive(self) -> dict:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.client_state = self.application_state = WebSocketState.DISCONNECTED
+
+    def ulaw(self) -> bytes:
+        return b"".join(base64.b64decode(m["media"]["payload"]) for m in self.messages if m["event"] == "media")
+
+
+class _Seen(FrameProcessor):
+    def __init__(self, direction: FrameDirection):
+        super().__init__()
+        self.frames: list = []
+        self._direction = direction
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if direction is self._direction:
+            self.frames.append(frame)
+        await self.push_frame(frame, direction)
+
+    def named(self) -> list[str]:
+        return [type(f).__name__ for f in self.frames]
+
+
+class _Call:
+    def __init__(self, socket: _Socket, *, trimmed: bool = True, write_timeout: float = 10.0):
+        self.socket = socket
+        serializer = TwilioMediaSerializer("MZ" + "0" * 32, StreamEvents())
+        transport = FastAPIWebsocketTransport(socket, FastAPIWebsocketParams(
+            audio_in_enabled=True, audio_out_enabled=True, audio_out_10ms_chunks=2, audio_out_end_silence_secs=0,
+            audio_out_write_timeout_secs=write_timeout, serializer=serializer))
+        self.output = transport.output()
+        serializer.bind(self.output)
+        if trimmed:
+            audio_out.trim(self.output)
+        self.upstream, self.downstream = _Seen(FrameDirection.UPSTREAM), _Seen(FrameDirection.DOWNSTREAM)
+        self.worker = PipelineWorker(Pipeline([self.upstream, self.output, self.downstream]),
+                                     params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+                                     enable_rtvi=False, enable_turn_tracking=False)
+        self.tasks: list[str] = []
+
+    async def __aenter__(self) -> _Call:
+        loop = asyncio.get_running_loop()
+
+        def counting(loop_, coro, **kwargs):
+            self.tasks.append(getattr(coro, "__qualname__", ""))
+            return asyncio.Task(coro, loop=loop_, **kwargs)
+
+        loop.set_task_factory(counting)
+        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        await runner.add_workers(self.worker)
+        self._running = asyncio.create_task(runner.run())
+        await asyncio.sleep(0.2)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        asyncio.get_running_loop().set_task_factory(None)
+        if not self._running.done():
+            await self.worker.queue_frame(EndFrame())
+        await asyncio.wait_for(self._running, 10)
+
+    async def until(self, check, timeout: float = 5.0) -> None:
+        async def poll():
+            while not check():
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(poll(), timeout)
+
+
+def _speech(chunks: int) -> bytes:
+    """A rising tone, so every 20 ms chunk differs: order and loss both show in the μ-law that arrives."""
+    return b"".join(int(400 + 40 * i).to_bytes(2, "little", signed=True) * (CHUNK // 2) for i in range(chunks))
+
+
+async def test_every_chunk_reaches_the_carrier_in_order_and_goes_no_further():
+    pcm = _speech(25)
+    async with _Call(_Socket()) as call:
+        for i in range(0, len(pcm), CHUNK * 5):  # the TTS hands over 100 ms at a time
+            await call.worker.queue_frame(TTSAudioRawFrame(audio=pcm[i:i + CHUNK * 5], sample_rate=8000,
+                                                           num_channels=1))
+        await call.worker.queue_frame(TTSStoppedFrame())
+        await call.until(lambda: "BotStoppedSpeakingFrame" in call.downstream.named())
+    media = [m for m in call.socket.messages if m["event"] == "media"]
+    assert len(media) == 25 and all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
+    assert call.socket.ulaw() == audioop.lin2ulaw(pcm, 2)
+    seen = call.downstream.named()
+    assert not any(isinstance(f, OutputAudioRawFrame) for f in call.downstream.frames), seen
+    assert seen.index("BotStartedSpeakingFrame") < seen.index("BotStoppedSpeakingFrame")
+    assert "BotStartedSpeakingFrame" in call.upstream.named() and "BotStoppedSpeakingFrame" in call.upstream.named()
+
+
+async def test_pipecats_own_output_hands_written_audio_on():
+    """The baseline the trim changes: without it, each written chunk is pushed on downstream."""
+    async with _Call(_Socket(), trimmed=False) as call:
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(5), sample_rate=8000, num_channels=1))
+        await call.until(lambda: len(call.socket.messages) >= 5)
+        await call.until(lambda: sum(isinstance(f, OutputAudioRawFrame) for f in call.downstream.frames) == 5)
+
+
+@pytest.mark.parametrize("trimmed", [True, False])
+async def test_no_task_is_made_per_chunk(trimmed):
+    async with _Call(_Socket(), trimmed=trimmed) as call:
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(20), sample_rate=8000, num_channels=1))
+        await call.until(lambda: len(call.socket.messages) >= 20)
+        per_chunk = [t for t in call.tasks if t in ("FastAPIWebsocketOutputTransport.write_audio_frame", "Queue.get")]
+    if trimmed:
+        assert per_chunk == []
+    else:  # what pipecat's `asyncio.wait_for` around the queue and the write costs: a task each, per chunk
+        assert len(per_chunk) >= 40, call.tasks
+
+
+async def test_the_bot_stops_speaking_when_audio_stops_without_a_tts_stop(monkeypatch):
+    """pipecat's fallback for a TTS that never says it stopped, kept by the trimmed sender (3 s in pipecat)."""
+    monkeypatch.setattr(audio_out, "BOT_VAD_STOP_FALLBACK_SECS", 0.3)
+    async with _Call(_Socket()) as call:
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(5), sample_rate=8000, num_channels=1))
+        await call.until(lambda: any(isinstance(f, BotStartedSpeakingFrame) for f in call.downstream.frames))
+        await call.until(lambda: any(isinstance(f, BotStoppedSpeakingFrame) for f in call.downstream.frames),
+                         timeout=1.5)
+        # and speaks again, on the same sender, when audio comes back
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(5), sample_rate=8000, num_channels=1))
+        await call.until(lambda: len(call.socket.messages) >= 10)
+        await call.until(lambda: call.downstream.named().count("BotStartedSpeakingFrame") == 2)
+
+
+async def test_a_peer_that_stops_reading_is_written_off_after_the_deadline():
+    async with _Call(_Socket(stall_after=3), write_timeout=0.3) as call:
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(10), sample_rate=8000, num_channels=1))
+        await call.until(lambda: any(isinstance(f, ErrorFrame) for f in call.upstream.frames), timeout=3.0)
+        error = next(f for f in call.upstream.frames if isinstance(f, ErrorFrame))
+        assert "stopped reading" in error.error and "0.3s" in error.error
+        assert not call.output.is_usable
+        assert len(call.socket.messages) == 3
