@@ -38,7 +38,7 @@ from runtime.call_usage import UsageMeter, estimate_cost, latency_summary
 from runtime.metrics import ACTIVE_CALLS, BARGE_IN, PROVIDER_ERRORS
 from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
-from telephony import audio_out
+from telephony import audio_in, audio_out
 from telephony.pacing import LeadPacer
 from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
@@ -267,6 +267,7 @@ class CallSession(StreamEvents):
         self._serializer.bind(transport.output())
         LeadPacer(transport.output())
         audio_out.trim(transport.output())
+        audio_in.trim(transport.input())
         self._tell_carrier_before_closing(transport)
         if agent.call.record:
             self._recorder = CallRecorder(self.rt.settings.resolved_recordings_dir / f"{self.call_id}.wav")

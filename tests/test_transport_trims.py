@@ -1,6 +1,7 @@
-"""The call's output transport, trimmed (telephony/audio_out.py): every chunk still reaches the carrier, in order and
-paced by the sender's one task; written audio goes no further; the bot's speaking frames, the no-audio fallback
-and the write deadline work as in pipecat."""
+"""The call's transports, trimmed (telephony/audio_out.py, telephony/audio_in.py). Out: every chunk still reaches the
+carrier, in order, from the sender's one task; written audio goes no further; the bot's speaking frames, the
+no-audio fallback and the write deadline work as in pipecat. In: every frame of the caller's audio reaches the
+pipeline in order, without a task per frame."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     EndFrame,
     ErrorFrame,
+    InputAudioRawFrame,
     OutputAudioRawFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
@@ -26,7 +28,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
-from telephony import audio_out
+from telephony import audio_in, audio_out
 from telephony.twilio.serializer import StreamEvents, TwilioMediaSerializer
 
 CHUNK = 320  # 20 ms at 8 kHz, 16-bit
@@ -41,6 +43,7 @@ class _Socket:
     def __init__(self, stall_after: int | None = None):
         self.messages: list[dict] = []
         self._stall_after = stall_after
+        self.incoming: asyncio.Queue[str] = asyncio.Queue()
 
     async def send_text(self, data: str) -> None:
         if self._stall_after is not None and len(self.messages) >= self._stall_after:
@@ -51,7 +54,7 @@ class _Socket:
         raise AssertionError("Twilio's stream is text")
 
     async def receive(self) -> dict:
-        await asyncio.Event().wait()
+        return {"type": "websocket.receive", "text": await self.incoming.get()}
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         self.client_state = self.application_state = WebSocketState.DISCONNECTED
@@ -85,10 +88,12 @@ class _Call:
             audio_out_write_timeout_secs=write_timeout, serializer=serializer))
         self.output = transport.output()
         serializer.bind(self.output)
+        self.input = transport.input()
         if trimmed:
             audio_out.trim(self.output)
+            audio_in.trim(self.input)
         self.upstream, self.downstream = _Seen(FrameDirection.UPSTREAM), _Seen(FrameDirection.DOWNSTREAM)
-        self.worker = PipelineWorker(Pipeline([self.upstream, self.output, self.downstream]),
+        self.worker = PipelineWorker(Pipeline([self.input, self.upstream, self.output, self.downstream]),
                                      params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
                                      enable_rtvi=False, enable_turn_tracking=False)
         self.tasks: list[str] = []
@@ -184,3 +189,23 @@ async def test_a_peer_that_stops_reading_is_written_off_after_the_deadline():
         assert "stopped reading" in error.error and "0.3s" in error.error
         assert not call.output.is_usable
         assert len(call.socket.messages) == 3
+
+
+@pytest.mark.parametrize("trimmed", [True, False])
+async def test_the_callers_audio_arrives_in_order_without_a_task_per_frame(trimmed):
+    pcm = _speech(30)
+    ulaw = audioop.lin2ulaw(pcm, 2)
+    async with _Call(_Socket(), trimmed=trimmed) as call:
+        for i in range(0, len(ulaw), 160):  # Twilio's 20 ms messages
+            call.socket.incoming.put_nowait(json.dumps({"event": "media", "streamSid": "MZ" + "0" * 32, "media": {
+                "track": "inbound", "payload": base64.b64encode(ulaw[i:i + 160]).decode()}}))
+        def frames():
+            return [f for f in call.downstream.frames if isinstance(f, InputAudioRawFrame)]
+
+        await call.until(lambda: len(frames()) == 15)  # 40 ms frames
+        per_frame = [t for t in call.tasks if t == "Queue.get"]
+    assert b"".join(f.audio for f in frames()) == audioop.ulaw2lin(ulaw, 2)
+    if trimmed:
+        assert per_frame == []
+    else:  # pipecat's `asyncio.wait_for` around the queue: a task per frame
+        assert len(per_frame) >= 15, call.tasks
