@@ -1,0 +1,134 @@
+"""Two versions of the server under the same load at the same time: for changes smaller than this VM's drift.
+
+    git worktree add /tmp/wt-old <rev> && ln -s "$PWD/.venv" /tmp/wt-old/.venv
+    .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle]
+
+A shared VM's speed drifts by ±25 % from one minute to the next, so two runs one after the other cannot tell a
+10–20 % change from the drift (earlier rounds' A/B tables show it). Here both servers run at once, the working tree
+and `--old` (a checkout of another revision, its code put first on PYTHONPATH), each with `--calls` calls from the
+same generator through the same emulators, so the drift falls on both alike. Each round: connect the calls to
+both, alternating, wait 3 s, then measure each server's CPU over 10 s.
+
+- `speaking`: the agent's welcome is ~35 s long, so every call is hearing the agent and the caller is silent: the
+  outbound path (TTS → output → carrier) on top of a connected call's inbound audio.
+- `idle`: the welcome is short and over; connected calls streaming silence: the inbound path alone.
+
+Per server: CPU µs per agent `media` message received (speaking) or % of a core per call (idle), and the ratio of
+the working tree to `--old`. Figures, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import processes  # noqa: E402
+from loadgen import BenchCaller  # noqa: E402
+
+from telephony.twilio.caller import sid  # noqa: E402
+
+SENTENCE = "We are at twelve Main Street, next to the old cinema, and we are open every day from noon until ten."
+
+
+def agents(phase: str) -> None:
+    if phase == "speaking":
+        welcome = " ".join([SENTENCE] * 6)
+        processes.AGENT_FILES["bench_cloud.yaml"] = processes.AGENT_FILES["bench_cloud.yaml"].replace(
+            f"welcome_message: {processes.GREETING}", f"welcome_message: {welcome}")
+
+
+def servers(work: Path, emulators: processes.Emulators, old: Path) -> dict[str, processes.Voxline]:
+    new = processes.Voxline(work / "new", emulators, "cloud")
+    base_env = processes.base_env
+    processes.base_env = lambda extra=None: base_env({**(extra or {}), "PYTHONPATH": str(old)})
+    try:
+        return {"new": new, "old": processes.Voxline(work / "old", emulators, "cloud")}
+    finally:
+        processes.base_env = base_env
+
+
+def cpu_secs(target: processes.Voxline) -> float:
+    times = target.proc.ps.cpu_times()
+    return times.user + times.system
+
+
+async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClient, calls: int,
+                 phase: str) -> dict[str, float]:
+    callers: dict[str, list[BenchCaller]] = {name: [] for name in targets}
+    for _ in range(calls):
+        for name, target in targets.items():
+            caller = BenchCaller(await target.answer(client), call_sid=sid("CA"))
+            await caller.__aenter__()
+            callers[name].append(caller)
+        await asyncio.sleep(0.02)
+    if phase == "idle":
+        for group in callers.values():
+            for caller in group:
+                await caller.wait_agent_quiet(0.8, 30.0)
+    await asyncio.sleep(3.0)
+    cpu0 = {name: cpu_secs(t) for name, t in targets.items()}
+    media0 = {name: sum(len(c.media_times) for c in group) for name, group in callers.items()}
+    t0 = time.monotonic()
+    await asyncio.sleep(10.0)
+    secs = time.monotonic() - t0
+    cpu = {name: cpu_secs(t) - cpu0[name] for name, t in targets.items()}
+    media = {name: sum(len(c.media_times) for c in group) - media0[name] for name, group in callers.items()}
+    for group in callers.values():
+        for caller in group:
+            await caller.hang_up()
+    if phase == "speaking":
+        return {name: cpu[name] / max(1, media[name]) * 1e6 for name in targets}
+    return {name: cpu[name] / secs / calls * 100 for name in targets}
+
+
+async def main(args) -> None:
+    agents(args.phase)
+    work = Path(tempfile.mkdtemp(prefix="voxline-sbs-"))
+    emulators = processes.Emulators(work, 0)
+    targets: dict[str, processes.Voxline] = {}
+    unit = "µs CPU per agent media message" if args.phase == "speaking" else "% of a core per call"
+    figures: dict[str, list[float]] = {"new": [], "old": []}
+    try:
+        targets = servers(work, emulators, args.old)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for target in targets.values():  # warm-up: lazy imports, the emulators' caches
+                async with BenchCaller(await target.answer(client), call_sid=sid("CA")) as caller:
+                    await caller.wait_agent_audio(0.0, 30.0)
+                    await asyncio.sleep(3.0)
+            for i in range(args.rounds):
+                got = await round_(targets, client, args.calls, args.phase)
+                for name, value in got.items():
+                    figures[name].append(value)
+                print(f"round {i + 1}: this tree {got['new']:.3g}, --old {got['old']:.3g} {unit}; "
+                      f"ratio {got['new'] / got['old']:.3f}", flush=True)
+                await asyncio.sleep(3.0)
+    finally:
+        for target in targets.values():
+            target.stop()
+        emulators.stop()
+    ratios = [n / o for n, o in zip(figures["new"], figures["old"])]
+    print(f"{args.phase}, {args.calls} calls each, {args.rounds} rounds: this tree {statistics.median(figures['new']):.3g}, "
+          f"--old {statistics.median(figures['old']):.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}–{max(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", type=Path, required=True, help="a checkout of the revision to compare against")
+    ap.add_argument("--calls", type=int, default=12, help="calls to each server")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--phase", choices=("speaking", "idle"), default="speaking")
+    args = ap.parse_args()
+    if not (args.old / "runtime" / "cli.py").exists():
+        sys.exit(f"--old {args.old}: not a voxline checkout")
+    asyncio.run(main(args))
