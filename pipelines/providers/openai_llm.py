@@ -9,6 +9,11 @@ the turn for the SDK's 600 s read timeout, three times over with its retries, an
 until call.max_duration_secs. Here the reply must start within `timeout_secs` and may not pause longer than that
 between chunks; past either, the turn fails with `LLMResponseTimeout`, which takes the path of every other LLM
 failure (on a call: the apology, then `error_llm`; in a chat: an `error` event).
+
+Each streamed chunk (a reply is ~30 of them) is built by the SDK's lenient `construct_type`, pure Python walking
+the model's fields: ~54 µs a chunk on this VM, against ~2.6 µs for pydantic's own validation of the same dict,
+which gives an equal object. So a chunk is validated first, and what validation refuses (an OpenAI-compatible
+server's own shapes: another `object`, an unknown `finish_reason`) still gets the SDK's lenient construction.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpcore2
+import pydantic
 from openai import APITimeoutError, AsyncOpenAI, DefaultAsyncHttpxClient
+from openai.types.chat import ChatCompletionChunk
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
 
@@ -48,6 +55,16 @@ class LLMResponseTimeout(TimeoutError):
     timeout", and the call's `error_detail` says what happened and after how long."""
 
 
+class ChunkValidatingAsyncOpenAI(AsyncOpenAI):
+    def _process_response_data(self, *, data: object, cast_to: Any, **kwargs: Any) -> Any:
+        if cast_to is ChatCompletionChunk and type(data) is dict:
+            try:
+                return ChatCompletionChunk.model_validate(data)
+            except pydantic.ValidationError:
+                pass
+        return super()._process_response_data(data=data, cast_to=cast_to, **kwargs)
+
+
 class SharedTLSOpenAILLMService(OpenAILLMService):
     def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, **kwargs: Any):
         # Before the base __init__, which calls create_client.
@@ -60,7 +77,7 @@ class SharedTLSOpenAILLMService(OpenAILLMService):
         # (600 s read) cut to timeout_secs, so that no read on this client's sockets outlasts the bound that
         # get_chat_completions enforces. The SDK keeps its 2 quick retries (a refused connection, a 5xx): they run
         # inside that bound, which still ends the turn on time.
-        return AsyncOpenAI(
+        return ChunkValidatingAsyncOpenAI(
             api_key=api_key, base_url=base_url, organization=organization, project=project,
             http_client=DefaultAsyncHttpxClient(
                 verify=tls_context(),
