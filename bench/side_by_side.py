@@ -1,7 +1,7 @@
 """Two versions of the server under the same load at the same time: for changes smaller than this VM's drift.
 
     git worktree add /tmp/wt-old <rev> && ln -s "$PWD/.venv" /tmp/wt-old/.venv
-    .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle]
+    .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle|talking]
 
 A shared VM's speed drifts by ±25 % from one minute to the next, so two runs one after the other cannot tell a
 10–20 % change from the drift (earlier rounds' A/B tables show it). Here both servers run at once, the working tree
@@ -12,9 +12,13 @@ both, alternating, wait 3 s, then measure each server's CPU over 10 s.
 - `speaking`: the agent's welcome is ~35 s long, so every call is hearing the agent and the caller is silent: the
   outbound path (TTS → output → carrier) on top of a connected call's inbound audio.
 - `idle`: the welcome is short and over; connected calls streaming silence: the inbound path alone.
+- `talking`: the load benchmark's cycle, once per call, the calls starting within 3 s: a question, and 0.3 s into
+  the reply an interruption, then silence until the agent is quiet. The server's CPU from the first question to
+  the last quiet, divided by the cycles: everything a turn costs (VAD, STT, turn rules, LLM, TTS, output,
+  barge-in), and the connected calls' inbound audio over that window.
 
-Per server: CPU µs per agent `media` message received (speaking) or % of a core per call (idle), and the ratio of
-the working tree to `--old`. Figures, never assertions.
+Per server: CPU µs per agent `media` message received (speaking), % of a core per call (idle), or CPU ms per
+cycle (talking), and the ratio of the working tree to `--old`. Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import random
+
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import processes  # noqa: E402
-from loadgen import BenchCaller  # noqa: E402
+from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, synthesize  # noqa: E402
 
 from telephony.twilio.caller import sid  # noqa: E402
 
@@ -61,8 +67,31 @@ def cpu_secs(target: processes.Voxline) -> float:
     return times.user + times.system
 
 
+async def cycle(caller: BenchCaller, question: Utterance, interruption: Utterance) -> bool:
+    await asyncio.sleep(random.uniform(0.0, 3.0))
+    sent_at = await caller.say(question.ulaw)
+    if await caller.wait_agent_audio(sent_at, 20.0) is None:
+        return False
+    await asyncio.sleep(0.3)
+    await caller.say(interruption.ulaw)
+    return await caller.wait_agent_quiet(1.0, 30.0)
+
+
+async def talk(callers: dict[str, list[BenchCaller]], targets: dict[str, processes.Voxline],
+               speech: tuple[Utterance, Utterance]) -> dict[str, float]:
+    for group in callers.values():
+        for caller in group:
+            await caller.wait_agent_quiet(0.8, 30.0)
+    cpu0 = {name: cpu_secs(t) for name, t in targets.items()}
+    done = await asyncio.gather(*(cycle(c, *speech) for group in callers.values() for c in group))
+    cpu = {name: cpu_secs(t) - cpu0[name] for name, t in targets.items()}
+    if not all(done):
+        raise RuntimeError(f"{done.count(False)} cycles got no reply or never went quiet")
+    return {name: cpu[name] / len(callers[name]) * 1000 for name in targets}
+
+
 async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClient, calls: int,
-                 phase: str) -> dict[str, float]:
+                 phase: str, speech: tuple[Utterance, Utterance] | None) -> dict[str, float]:
     callers: dict[str, list[BenchCaller]] = {name: [] for name in targets}
     for _ in range(calls):
         for name, target in targets.items():
@@ -70,6 +99,13 @@ async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClien
             await caller.__aenter__()
             callers[name].append(caller)
         await asyncio.sleep(0.02)
+    if phase == "talking":
+        try:
+            return await talk(callers, targets, speech)
+        finally:
+            for group in callers.values():
+                for caller in group:
+                    await caller.hang_up()
     if phase == "idle":
         for group in callers.values():
             for caller in group:
@@ -95,7 +131,9 @@ async def main(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="voxline-sbs-"))
     emulators = processes.Emulators(work, 0)
     targets: dict[str, processes.Voxline] = {}
-    unit = "µs CPU per agent media message" if args.phase == "speaking" else "% of a core per call"
+    unit = {"speaking": "µs CPU per agent media message", "idle": "% of a core per call",
+            "talking": "ms CPU per cycle"}[args.phase]
+    speech = (synthesize(QUESTION), synthesize(INTERRUPTION)) if args.phase == "talking" else None
     figures: dict[str, list[float]] = {"new": [], "old": []}
     try:
         targets = servers(work, emulators, args.old)
@@ -105,7 +143,7 @@ async def main(args) -> None:
                     await caller.wait_agent_audio(0.0, 30.0)
                     await asyncio.sleep(3.0)
             for i in range(args.rounds):
-                got = await round_(targets, client, args.calls, args.phase)
+                got = await round_(targets, client, args.calls, args.phase, speech)
                 for name, value in got.items():
                     figures[name].append(value)
                 print(f"round {i + 1}: this tree {got['new']:.3g}, --old {got['old']:.3g} {unit}; "
@@ -127,7 +165,7 @@ if __name__ == "__main__":
     ap.add_argument("--old", type=Path, required=True, help="a checkout of the revision to compare against")
     ap.add_argument("--calls", type=int, default=12, help="calls to each server")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--phase", choices=("speaking", "idle"), default="speaking")
+    ap.add_argument("--phase", choices=("speaking", "idle", "talking"), default="speaking")
     args = ap.parse_args()
     if not (args.old / "runtime" / "cli.py").exists():
         sys.exit(f"--old {args.old}: not a voxline checkout")
