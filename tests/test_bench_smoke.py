@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,29 @@ def test_the_servers_ran_on_their_cpus_and_the_load_on_the_others(smoke):
         assert pinned["server"] == [SERVER_CPU], pinned
         assert all(cpus == harness for name, cpus in pinned.items() if name != "server"), pinned
     assert f"ran on CPUs [{SERVER_CPU}]" in md
+
+
+def _figures(line: str) -> list[float]:
+    return [float(x) for x in re.findall(r"(\d+(?:\.\d+)?) (?:µs|ms)", line)]
+
+
+def test_the_transport_path_bench_measures_both_directions():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "transport_path.py"), "--secs", "1", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if " µs per 20 ms " in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "pipecat's output transport", "with audio_out.trim", "pipecat's input transport", "with audio_in.trim"]
+    assert all(_figures(line) and all(0 < v < 100_000 for v in _figures(line)) for line in lines), lines
+
+
+def test_side_by_side_runs_two_servers_through_the_talking_cycle():
+    """This tree against itself (`--old` the same checkout): one call each through a question and an interruption."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--old", str(ROOT), "--calls", "1",
+                           "--rounds", "1", "--phase", "talking"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("talking, 1 calls each, 1 rounds"))
+    figures = re.search(r"this tree ([\d.e+]+), --old ([\d.e+]+) ms CPU per cycle", summary)
+    assert figures and float(figures[1]) > 0 and float(figures[2]) > 0, summary
+    assert re.search(r"ratio median \d+\.\d{3}", summary), summary
