@@ -154,9 +154,9 @@ async def main(args) -> None:
             target.stop()
         emulators.stop()
     ratios = [n / o for n, o in zip(figures["new"], figures["old"])]
-    print(f"{args.phase}, {args.calls} calls each, {args.rounds} rounds: this tree {statistics.median(figures['new']):.3g}, "
-          f"--old {statistics.median(figures['old']):.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, "
-          f"range {min(ratios):.3f}–{max(ratios):.3f}")
+    new, old = statistics.median(figures["new"]), statistics.median(figures["old"])
+    print(f"{args.phase}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, --old {old:.3g} {unit} "
+          f"(medians); ratio median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}")
 
 
 if __name__ == "__main__":

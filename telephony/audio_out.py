@@ -9,8 +9,8 @@ pipecat 1.14's output transport, for every chunk it writes:
 
 Here the chunk stops at the transport once written, and the same two deadlines are kept with `asyncio.timeout` in
 the sender's own task (a chunk already queued is taken without one): the bot-stopped-speaking fallback when no
-audio comes, and pipecat's error when a peer stops reading. `bench/transport_path.py` measures a chunk's way through
-the output, the heard-text gate and the assistant aggregator: 122 → 51 µs of CPU with the first two (this VM).
+audio comes, and pipecat's error when a peer stops reading. `bench/transport_path.py` measures a chunk's way
+through the output, the heard-text gate and the assistant aggregator: 124 → 33 µs of CPU (this VM).
 Tied to pipecat 1.14's media senders (`_media_senders`, `_next_frame`, `_internal_write_audio_frame`, the
 fallback's `_bot_stopped_speaking`), pinned like the other seams.
 """
