@@ -1,13 +1,13 @@
 """Two versions of the server under the same load at the same time: for changes smaller than this VM's drift.
 
-    git worktree add /tmp/wt-old <rev> && ln -s "$PWD/.venv" /tmp/wt-old/.venv
+    git worktree add /tmp/wt-old <rev>
     .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle|talking]
 
 A shared VM's speed drifts by ±25 % from one minute to the next, so two runs one after the other cannot tell a
 10–20 % change from the drift (earlier rounds' A/B tables show it). Here both servers run at once, the working tree
 and `--old` (a checkout of another revision, its code put first on PYTHONPATH), each with `--calls` calls from the
-same generator through the same emulators, so the drift falls on both alike. Each round: connect the calls to
-both, alternating, wait 3 s, then measure each server's CPU over 10 s.
+same generator through the same emulators, so the drift falls on both alike. Each round connects the calls to
+both, alternating; `speaking` and `idle` then wait 3 s and measure each server's CPU over 10 s.
 
 - `speaking`: the agent's welcome is ~35 s long, so every call is hearing the agent and the caller is silent: the
   outbound path (TTS → output → carrier) on top of a connected call's inbound audio.
@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import random
 
 import httpx
 
@@ -129,6 +129,7 @@ async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClien
 async def main(args) -> None:
     agents(args.phase)
     work = Path(tempfile.mkdtemp(prefix="voxline-sbs-"))
+    print(f"servers' logs in {work} (removed after a run that completes)", flush=True)
     emulators = processes.Emulators(work, 0)
     targets: dict[str, processes.Voxline] = {}
     unit = {"speaking": "µs CPU per agent media message", "idle": "% of a core per call",
@@ -153,6 +154,7 @@ async def main(args) -> None:
         for target in targets.values():
             target.stop()
         emulators.stop()
+    shutil.rmtree(work, ignore_errors=True)  # kept when a round fails: the servers' logs are there
     ratios = [n / o for n, o in zip(figures["new"], figures["old"])]
     new, old = statistics.median(figures["new"]), statistics.median(figures["old"])
     print(f"{args.phase}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, --old {old:.3g} {unit} "
