@@ -112,3 +112,28 @@ def test_side_by_side_runs_two_servers_through_the_talking_cycle():
     figures = re.search(r"this tree ([\d.e+]+), --old ([\d.e+]+) ms CPU per cycle", summary)
     assert figures and float(figures[1]) > 0 and float(figures[2]) > 0, summary
     assert re.search(r"ratio median \d+\.\d{3}", summary), summary
+
+
+def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
+    """bench/loop_busy: the sitecustomize times a child process's callbacks by task name; the report reads them."""
+    program = tmp_path / "busy_loop.py"
+    program.write_text(
+        "import asyncio, time\n"
+        "async def work():\n"
+        "    for _ in range(20):\n"
+        "        t = time.perf_counter()\n"
+        "        while time.perf_counter() - t < 0.04:\n"
+        "            pass\n"
+        "        await asyncio.sleep(0.01)\n"
+        "async def main():\n"
+        "    await asyncio.create_task(work(), name='Crunching#1')\n"
+        "    await asyncio.sleep(2.5)\n"
+        "asyncio.run(main())\n")
+    out = tmp_path / "lb"
+    env = {**os.environ, "LOOP_BUSY_OUT": str(out), "PYTHONPATH": str(ROOT / "bench" / "loop_busy")}
+    subprocess.run([sys.executable, str(program)], env=env, timeout=60, check=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loop_busy.py"), str(out), "--match", "busy_loop.py",
+                           "--busy-over", "20"], capture_output=True, text=True, timeout=60, check=True)
+    assert "busy % per second" in proc.stdout, proc.stdout
+    crunching = next(line for line in proc.stdout.splitlines() if line.endswith(" Crunching"))
+    assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work

@@ -1,0 +1,67 @@
+"""Times every asyncio callback in any Python process started with this directory first on PYTHONPATH (an absolute
+path: the benchmark's servers run in their own directories) and `LOOP_BUSY_OUT=DIR` set (not a VOXLINE_ name: the
+load benchmark keeps those from its servers): the event loop's busy milliseconds per wall-clock second and per
+task (a pipecat processor's tasks are named after it), and the garbage collector's pauses. Written to DIR/<pid>.json
+every 2 s; `bench/loop_busy.py DIR` reads them. For finding what a burst of calls spends the one event loop on:
+py-spy on this VM sampled threads blocked on a queue as busy, and cannot say which processor a task serves.
+The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's.
+"""
+
+import os
+
+if os.environ.get("LOOP_BUSY_OUT"):
+    import asyncio
+    import asyncio.events
+    import collections
+    import gc
+    import json
+    import threading
+    import time
+
+    _out = os.environ["LOOP_BUSY_OUT"]
+    _busy: collections.Counter = collections.Counter()  # (unix second, task name) -> ms
+    _gc: dict = collections.defaultdict(lambda: [0, 0.0, 0.0])  # generation -> [count, total ms, max ms]
+    _run = asyncio.events.Handle._run
+    _clock = time.perf_counter
+
+    def _name(handle) -> str:
+        task = getattr(handle._callback, "__self__", None)
+        if isinstance(task, asyncio.Task):
+            return task.get_name().split("#")[0][:60] or "task"
+        return getattr(handle._callback, "__qualname__", "callback")
+
+    def _timed_run(self):
+        t = _clock()
+        _run(self)
+        _busy[(int(time.time()), _name(self))] += (_clock() - t) * 1000
+
+    asyncio.events.Handle._run = _timed_run
+    _gc_start = [0.0]
+
+    def _on_gc(phase, info):
+        if phase == "start":
+            _gc_start[0] = _clock()
+        else:
+            ms = (_clock() - _gc_start[0]) * 1000
+            g = _gc[info["generation"]]
+            g[0], g[1], g[2] = g[0] + 1, g[1] + ms, max(g[2], ms)
+
+    gc.callbacks.append(_on_gc)
+
+    def _write():
+        import sys
+
+        os.makedirs(_out, exist_ok=True)
+        while True:
+            time.sleep(2)
+            try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
+                busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
+                data = {"argv": sys.argv, "busy": busy, "gc": {str(k): v for k, v in list(_gc.items())}}
+            except RuntimeError:
+                continue
+            tmp = f"{_out}/{os.getpid()}.json.tmp"
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, f"{_out}/{os.getpid()}.json")
+
+    threading.Thread(target=_write, daemon=True, name="loop-busy-writer").start()
