@@ -23,6 +23,8 @@ from pipecat.frames.frames import Frame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_output import BOT_VAD_STOP_FALLBACK_SECS
 
+from pipelines.queues import get_within
+
 
 def trim(output) -> None:
     """`output`: a call's pipecat output transport (before the pipeline starts)."""
@@ -61,15 +63,11 @@ async def _frames(sender, vad_stop_secs: float):
     while True:
         queue = sender._audio_queue
         try:
-            frame = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            try:
-                async with asyncio.timeout(vad_stop_secs):
-                    frame = await queue.get()
-            except TimeoutError:
-                # pipecat's fallback: no audio for this long, so the bot has stopped speaking
-                await sender._bot_stopped_speaking()
-                continue
+            frame = await get_within(queue, vad_stop_secs)
+        except TimeoutError:
+            # pipecat's fallback: no audio for this long, so the bot has stopped speaking
+            await sender._bot_stopped_speaking()
+            continue
         await sender._filter_audio(frame)
         sender._apply_volume(frame)
         yield frame

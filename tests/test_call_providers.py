@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.architectures.realtime import welcome_instruction
 from pipelines.providers import emulators
-from tests.calls import dial, heard_secs, hung_up_by_rest
+from tests.calls import apology_then_hang_up, dial, hung_up_by_rest
 from tests.conftest import AUTH_TOKEN, create_key_with_cli, server_env, start_server, stop_server
 from tests.tool_server import ToolServer
 
@@ -221,9 +221,7 @@ async def test_an_llm_failure_gets_an_apology_and_ends_the_call_naming_the_provi
         assert await caller.wait_agent_audio(0.0, 20.0)
         assert await caller.wait_agent_quiet(0.8, 30.0)
         spoke_at = await caller.say(speech["table"])  # the OpenAI emulator answers this with 500s
-        assert await caller.wait_agent_audio(spoke_at, 30.0), "no apology"
-        await asyncio.wait_for(caller.closed.wait(), 30)
-        apology_secs = heard_secs(caller, spoke_at)
+        _, apology_secs = await apology_then_hang_up(caller, spoke_at, 30.0, "no apology")
     row = server.wait_ended(call_id)
     assert row["status"] == "failed" and row["disconnection_reason"] == "error_llm", dict(row)
     assert row["error_detail"].startswith("openai:") and row["ended_by"] == "system"
@@ -265,8 +263,7 @@ async def test_a_realtime_socket_drop_gets_an_apology_and_error_realtime(cloud, 
         assert await caller.wait_agent_audio(0.0, 20.0)
         assert await caller.wait_agent_quiet(0.8, 30.0)
         spoke_at = await caller.say(speech["table"])  # the Realtime emulator drops its socket on this
-        assert await caller.wait_agent_audio(spoke_at, 30.0), "no apology"
-        await asyncio.wait_for(caller.closed.wait(), 30)
+        await apology_then_hang_up(caller, spoke_at, 30.0, "no apology")
     row = server.wait_ended(call_id)
     assert row["disconnection_reason"] == "error_realtime", dict(row)
     assert row["error_detail"].startswith("openai:")

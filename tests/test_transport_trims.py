@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import base64
+import contextlib
 import json
 
 import pytest
@@ -30,6 +31,7 @@ from starlette.websockets import WebSocketState
 
 from telephony import audio_in, audio_out
 from telephony.twilio.serializer import StreamEvents, TwilioMediaSerializer
+from tests.tasks import tasks_made
 
 CHUNK = 320  # 20 ms at 8 kHz, 16-bit
 
@@ -96,16 +98,10 @@ class _Call:
         self.worker = PipelineWorker(Pipeline([self.input, self.upstream, self.output, self.downstream]),
                                      params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
                                      enable_rtvi=False, enable_turn_tracking=False)
-        self.tasks: list[str] = []
+        self._counting = contextlib.ExitStack()
 
     async def __aenter__(self) -> _Call:
-        loop = asyncio.get_running_loop()
-
-        def counting(loop_, coro, **kwargs):
-            self.tasks.append(getattr(coro, "__qualname__", ""))
-            return asyncio.Task(coro, loop=loop_, **kwargs)
-
-        loop.set_task_factory(counting)
+        self.tasks = self._counting.enter_context(tasks_made())
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
         await runner.add_workers(self.worker)
         self._running = asyncio.create_task(runner.run())
@@ -113,7 +109,7 @@ class _Call:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        asyncio.get_running_loop().set_task_factory(None)
+        self._counting.close()
         if not self._running.done():
             await self.worker.queue_frame(EndFrame())
         await asyncio.wait_for(self._running, 10)

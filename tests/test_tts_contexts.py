@@ -16,6 +16,7 @@ from config.settings import Settings
 from pipelines.factory import build_call_pipeline
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.tts_contexts import read_inline
+from tests.tasks import tasks_made
 
 
 class _Holder:
@@ -25,14 +26,6 @@ class _Holder:
         self._audio_context_manager = AudioContextManager()
 
 
-def _counting_tasks(seen: list[str]) -> None:
-    def factory(loop, coro, **kwargs):
-        seen.append(getattr(coro, "__qualname__", ""))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    asyncio.get_running_loop().set_task_factory(factory)
-
-
 @pytest.mark.parametrize("inline", [True, False])
 async def test_items_come_in_order_and_keepalives_only_restart_the_wait(inline):
     holder = _Holder()
@@ -40,9 +33,7 @@ async def test_items_come_in_order_and_keepalives_only_restart_the_wait(inline):
         read_inline(holder)
     manager = holder._audio_context_manager
     await manager.create("c1")
-    tasks: list[str] = []
-    _counting_tasks(tasks)
-    try:
+    with tasks_made() as tasks:
         for i in range(5):
             await manager.append("c1", f"chunk {i}")
         got = [await manager.get("c1", timeout=1.0) for _ in range(5)]
@@ -59,8 +50,6 @@ async def test_items_come_in_order_and_keepalives_only_restart_the_wait(inline):
         await feeder
         with pytest.raises(TimeoutError):
             await manager.get("c1", timeout=0.1)  # a quiet context: pipecat then ends it
-    finally:
-        asyncio.get_running_loop().set_task_factory(None)
     assert got == [f"chunk {i}" for i in range(5)] + ["after the keepalives"]
     per_item = [t for t in tasks if t == "Queue.get"]
     if inline:

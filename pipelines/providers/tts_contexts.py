@@ -4,7 +4,7 @@ pipecat 1.14's TTS service plays a reply from an audio context: a queue of the p
 timestamps, each item taken under `asyncio.wait_for(queue.get(), timeout)`, which in Python 3.11 runs the `get` in
 a task of its own. A reply of a few seconds is a few hundred items, so a few hundred tasks, all while the other
 calls wait for the event loop. Here an item already queued is taken at once, and the wait for one that is not yet
-there keeps pipecat's deadline with `asyncio.timeout` in the playing task; a keepalive still restarts the wait and
+there keeps pipecat's deadline in the playing task (`pipelines/queues.py`); a keepalive still restarts the wait and
 is never returned, and a quiet context still raises TimeoutError, which ends it as in pipecat. Tied to pipecat
 1.14's `TTSService._audio_context_manager` and `AudioContextManager.get` / `_contexts` / `_KEEPALIVE`, pinned like
 the other seams.
@@ -12,8 +12,9 @@ the other seams.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
+
+from pipelines.queues import get_within
 
 
 def read_inline(tts) -> None:
@@ -26,11 +27,7 @@ def read_inline(tts) -> None:
     async def get(context_id: str, timeout: float) -> Any:
         queue = manager._contexts[context_id]
         while True:
-            try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                async with asyncio.timeout(timeout):
-                    item = await queue.get()
+            item = await get_within(queue, timeout)
             if item is not keepalive:
                 return item
 
