@@ -6,7 +6,7 @@
 
 For each process whose command line contains `--match`: the loop's busy share for every second of the run, the
 garbage collector's pauses, and the shares of the busy time by task over the last stretch of seconds busier than
-`--busy-over` percent (in a load run: the talk burst; the connect burst comes before it).
+`--busy-over` percent (in a load run: the talk burst; the connect burst comes before it), or over `--seconds A-B`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def burst(per_second: dict[int, float], over_ms: float) -> list[int]:
     return runs[-1] if runs else []
 
 
-def report(path: Path, match: str, busy_over: float) -> str:
+def report(path: Path, match: str, busy_over: float, seconds: tuple[int, int] | None = None) -> str:
     lines = []
     for file in sorted(path.glob("*.json")):
         data = json.loads(file.read_text())
@@ -46,7 +46,8 @@ def report(path: Path, match: str, busy_over: float) -> str:
                                                        for s in range(first, max(per_second) + 1)))
         lines.append("gc (generation: count, total ms, max ms): " + ", ".join(
             f"{g}: {n}, {total:.0f}, {top:.0f}" for g, (n, total, top) in sorted(data["gc"].items())))
-        window = burst(per_second, busy_over * 10)
+        window = ([first + seconds[0], first + seconds[1]] if seconds is not None
+                  else burst(per_second, busy_over * 10))
         if not window:
             lines.append(f"no second busier than {busy_over:g} %")
             continue
@@ -66,5 +67,8 @@ if __name__ == "__main__":
     ap.add_argument("dir", type=Path)
     ap.add_argument("--match", default="cli.py serve", help="part of the command line of the processes to show")
     ap.add_argument("--busy-over", type=float, default=45.0, metavar="PCT")
+    ap.add_argument("--seconds", default=None, metavar="A-B",
+                    help="report these seconds of the run instead (e.g. the silent hold: see the busy %% line)")
     args = ap.parse_args()
-    print(report(args.dir, args.match, args.busy_over))
+    seconds = tuple(int(x) for x in args.seconds.split("-")) if args.seconds else None
+    print(report(args.dir, args.match, args.busy_over, seconds))

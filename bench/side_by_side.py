@@ -2,6 +2,7 @@
 
     git worktree add /tmp/wt-old <rev>
     .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle|talking]
+    .venv/bin/python bench/side_by_side.py --old . --old-env VOXLINE_EVENT_LOOP=asyncio   # one setting, same code
 
 A shared VM's speed drifts by ±25 % from one minute to the next, so two runs one after the other cannot tell a
 10–20 % change from the drift (earlier rounds' A/B tables show it). Here both servers run at once, the working tree
@@ -52,10 +53,11 @@ def agents(phase: str) -> None:
             f"welcome_message: {processes.GREETING}", f"welcome_message: {welcome}")
 
 
-def servers(work: Path, emulators: processes.Emulators, old: Path) -> dict[str, processes.Voxline]:
+def servers(work: Path, emulators: processes.Emulators, old: Path, old_env: dict[str, str]
+            ) -> dict[str, processes.Voxline]:
     new = processes.Voxline(work / "new", emulators, "cloud")
     base_env = processes.base_env
-    processes.base_env = lambda extra=None: base_env({**(extra or {}), "PYTHONPATH": str(old)})
+    processes.base_env = lambda extra=None: base_env({**(extra or {}), "PYTHONPATH": str(old), **old_env})
     try:
         return {"new": new, "old": processes.Voxline(work / "old", emulators, "cloud")}
     finally:
@@ -137,7 +139,7 @@ async def main(args) -> None:
     speech = (synthesize(QUESTION), synthesize(INTERRUPTION)) if args.phase == "talking" else None
     figures: dict[str, list[float]] = {"new": [], "old": []}
     try:
-        targets = servers(work, emulators, args.old)
+        targets = servers(work, emulators, args.old, dict(kv.split("=", 1) for kv in args.old_env))
         async with httpx.AsyncClient(timeout=30) as client:
             for target in targets.values():  # warm-up: lazy imports, the emulators' caches
                 async with BenchCaller(await target.answer(client), call_sid=sid("CA")) as caller:
@@ -165,10 +167,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", type=Path, required=True, help="a checkout of the revision to compare against")
+    ap.add_argument("--old-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the --old server only (e.g. --old . --old-env VOXLINE_EVENT_LOOP=asyncio)")
     ap.add_argument("--calls", type=int, default=12, help="calls to each server")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--phase", choices=("speaking", "idle", "talking"), default="speaking")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.old_env):
+        sys.exit("--old-env takes KEY=VALUE")
     if not (args.old / "runtime" / "cli.py").exists():
         sys.exit(f"--old {args.old}: not a voxline checkout")
     asyncio.run(main(args))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     stall_warn_ms: float | None = Field(default=None, gt=0, description="Log the stack of whatever blocks the "
                                         "event loop longer than this (every call's audio waits meanwhile)")
     workers: int = Field(default=1, ge=1, le=64, description="Server processes sharing the port (`serve --workers`)")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="The server's event loop: uvloop (libuv) when installed, else asyncio's own")
     instance_id: str | None = Field(
         default=None, description="This server's stable name among those sharing a database (default: host:port); "
         "at start-up it closes the calls a crashed process of the same name left open")

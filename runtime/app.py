@@ -146,7 +146,9 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
         gc.collect()
         gc.freeze()
-        logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)})")
+        loop = type(asyncio.get_running_loop())
+        logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)}, "
+                    f"event loop: {loop.__module__.split('.')[0]})")
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,7 +62,14 @@ def subscribe(call_id: str) -> Iterator[asyncio.Queue]:
 async def link_to_hub(address: str) -> asyncio.Task:
     """Join the workers' hub: this process's events go out to it, the others' come in. Returns the reading task."""
     global _hub
-    reader, _hub = await asyncio.open_unix_connection(address)
+    # Connected here, then handed over: uvloop refuses an abstract address (a leading NUL) as a path.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)  # a local Unix socket: accepted or refused at once, no wait on the network
+    except OSError:
+        sock.close()
+        raise
+    reader, _hub = await asyncio.open_unix_connection(sock=sock)
 
     async def read() -> None:
         global _hub

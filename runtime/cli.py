@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
 from typing import NoReturn
 
@@ -36,10 +37,16 @@ def serve(
         # Stable across restarts, unique per listening server on a host: what finds a crashed run's calls.
         settings.instance_id = f"{socket.gethostname()}:{port}"
     configure_logging(settings.log_level, settings.log_json)
+    if settings.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        typer.echo("VOXLINE_EVENT_LOOP=uvloop, but uvloop is not installed (pip install uvloop)", err=True)
+        raise typer.Exit(2)
     options = dict(
         host=host, port=port, ws_max_size=settings.ws_max_message_bytes,
         # Compressing 20 ms of μ-law saves little and costs a zlib pass per message each way; browsers offer it.
         ws_per_message_deflate=False, ws=ws_protocol(),
+        # uvloop (the default when installed) runs the loop's own work (sockets, timers, callbacks) in C: the
+        # per-message work of every connected call's stream, and the talk burst's task hand-offs (bench/).
+        loop=settings.event_loop,
         log_level=settings.log_level.lower(), log_config=uvicorn_log_config(settings.log_level), proxy_headers=True,
     )
     if workers == 1:

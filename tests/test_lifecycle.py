@@ -10,18 +10,23 @@ import subprocess
 import sys
 import time
 
+import pytest
+import uvloop
+
 from tests.calls import dial
 from tests.conftest import free_port, server_env, start_server
 
 
-def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path):
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
+def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path, event_loop):
     """A carrier does not retry a refused status callback: while the app starts (migrations, models), connections
-    wait in the listening socket's backlog instead of being refused."""
+    wait in the listening socket's backlog instead of being refused. On either event loop (uvloop by default)."""
     port = free_port()
     log = tmp_path / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", str(port)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path,
-                            env=server_env(tmp_path, {"VOXLINE_PUBLIC_URL": f"http://127.0.0.1:{port}"}))
+                            env=server_env(tmp_path, {"VOXLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                                                      "VOXLINE_EVENT_LOOP": event_loop}))
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -40,15 +45,21 @@ def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path):
                 reply += chunk
         assert "ready (database" not in logged_when_connected, "the socket listened only once the app had started"
         assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
-        assert "ready (database" in log.read_text()
+        assert f"event loop: {'uvloop' if event_loop == 'auto' else 'asyncio'})" in log.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=15)
 
 
-async def test_connections_to_the_listening_socket_get_tcp_nodelay():
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_connections_to_the_listening_socket_get_tcp_nodelay(loop_factory):
     """Without TCP_NODELAY, Nagle's algorithm and delayed ACKs held small writes (a media message, a keep-alive
     response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_accepted_nodelay())
+
+
+async def _accepted_nodelay():
     import uvicorn
 
     from runtime.listen import listening_socket

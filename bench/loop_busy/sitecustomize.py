@@ -4,12 +4,15 @@ load benchmark keeps those from its servers): the event loop's busy milliseconds
 task (a pipecat processor's tasks are named after it), and the garbage collector's pauses. Written to DIR/<pid>.json
 every 2 s; `bench/loop_busy.py DIR` reads them. For finding what a burst of calls spends the one event loop on:
 py-spy on this VM sampled threads blocked on a queue as busy, and cannot say which processor a task serves.
-The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's.
+The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's; and the
+server runs on asyncio's own loop then, not on uvloop (whose callbacks are out of reach), which costs ~5 % more.
 """
 
 import os
 
 if os.environ.get("LOOP_BUSY_OUT"):
+    # uvloop (the server's default loop) runs its callbacks in C, out of reach of the timer below.
+    os.environ.setdefault("VOXLINE_EVENT_LOOP", "asyncio")
     import asyncio
     import asyncio.events
     import collections
