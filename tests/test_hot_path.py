@@ -313,8 +313,7 @@ async def test_an_early_whisper_run_serves_only_the_segment_whose_speech_it_tran
 async def test_a_segment_takes_the_run_started_in_its_own_pause(monkeypatch):
     stt = LocalWhisperSTTService()
     runs: list[bytes] = []
-    import time
-    monkeypatch.setattr(stt, "_transcribe", lambda pcm: (len(runs) == 1 and time.sleep(0.3)) or runs.append(pcm) or "hello")
+    monkeypatch.setattr(stt, "_transcribe", lambda pcm: runs.append(pcm) or "hello")
     vad = _Pauses()
     stt.start_on_pauses(vad)
     stt._user_speaking = True
