@@ -8,22 +8,34 @@ queues those connections in the kernel's backlog until the app takes them.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
+
+logger = logging.getLogger("uvicorn.error")
 
 
 def run(app, **options) -> None:
     """`uvicorn.run(app, **options)`, listening from the start. `app` is an ASGI app, or an import string with
-    `workers` > 1 (uvicorn's supervisor then spawns the workers over this one socket)."""
+    `workers` > 1 (the supervisor then spawns the workers, each on a listening socket of its own: supervisor.py)."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(app, **options)
-    sock = listening_socket(config)
     if config.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        from runtime.supervisor import PerWorkerSockets, reuse_port_sockets
+
+        try:
+            sockets = reuse_port_sockets(config.host, config.port, config.workers, config.backlog)
+        except OSError as exc:
+            logger.error(f"cannot listen on {config.host}:{config.port}: {exc}")
+            sys.exit(STARTUP_FAILURE)
+        host, port = sockets[0].getsockname()[:2]
+        logger.info(f"Uvicorn running on http://{host}:{port}, a socket for each of {config.workers} workers "
+                    "(Press CTRL+C to quit)")
+        PerWorkerSockets(config, sockets=sockets).run()
         return
+    sock = listening_socket(config)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

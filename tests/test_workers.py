@@ -65,6 +65,34 @@ def test_the_workers_share_one_port_under_stable_names(pool):
     assert "starting 2 workers" in pool.log()
 
 
+def test_a_burst_of_connections_is_spread_over_the_workers(pool):
+    """Each worker has a listening socket of its own (SO_REUSEPORT), and the kernel spreads connections over them by
+    address, whatever each worker is doing. Here one worker is busy (stopped for a second) when a burst comes: its
+    share waits for it. On one shared socket the other worker, awake, took every connection waiting."""
+    busy = slot_pid(pool, 0)
+    os.kill(busy, signal.SIGSTOP)
+    burst: list[socket.socket] = []
+    answered: dict[str, int] = {}
+    try:
+        try:
+            for _ in range(48):
+                burst.append(socket.create_connection(("127.0.0.1", pool.port), timeout=30))
+                burst[-1].sendall(b"GET /health HTTP/1.1\r\nHost: voxline\r\nConnection: close\r\n\r\n")
+            time.sleep(1.0)  # the awake worker's time to take what it can; short of the supervisor's health check
+        finally:
+            os.kill(busy, signal.SIGCONT)
+        for sock in burst:
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            instance = json.loads(reply.split(b"\r\n\r\n", 1)[1])["instance"]
+            answered[instance] = answered.get(instance, 0) + 1
+    finally:
+        for sock in burst:
+            sock.close()
+    assert len(answered) == WORKERS and min(answered.values()) >= 8, answered  # 24 each on average
+
+
 async def test_calls_are_served_by_both_workers_and_stored_once(pool, speech):
     served: set[str] = set()
     call_ids: list[str] = []
@@ -131,6 +159,11 @@ async def test_a_crashed_worker_is_replaced_and_its_open_call_closed(pool):
         victim = slot_pid(pool, slot)
         os.kill(victim, signal.SIGKILL)
         await asyncio.wait_for(caller.closed.wait(), 10)  # its socket died with it
+        # Connections made meanwhile are all answered: those the kernel gives the dead worker's listening socket
+        # wait in its backlog (the supervisor keeps it open) for the replacement.
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            replies = await asyncio.gather(*(client.get(pool.url + "/health") for _ in range(16)))
+        assert [r.status_code for r in replies] == [200] * 16
     # uvicorn's supervisor starts a replacement; it takes the free slot, so it is the dead worker's namesake and
     # closes the call at once (no waiting for the stale-heartbeat sweep).
     row = pool.wait_ended(call_id, timeout=60)
