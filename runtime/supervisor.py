@@ -6,7 +6,8 @@ placed at the same minute) lands mostly on one worker: 12 calls against 5 in a 3
 minutes, so the imbalance lasts too, and one worker's event loop runs late while the other idles.
 
 Here each worker serves its own socket, all bound to the one port with `SO_REUSEPORT`, and the kernel spreads new
-connections over them by their addresses, whatever each worker is doing. All sockets are made and listening in the
+connections over them by their addresses, whatever each worker is doing (Linux's behaviour, which the Docker image
+runs on; BSD and macOS accept the option without spreading). All sockets are made and listening in the
 parent before any worker starts, and the parent keeps them open: connections that come while a worker starts, or
 while a crashed one is replaced, wait in that socket's backlog for the worker that takes it over, as they wait
 for a single server starting (runtime/listen.py). A rolling restart (SIGHUP) starts each new worker on its
