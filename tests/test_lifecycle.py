@@ -51,20 +51,34 @@ def test_a_request_made_while_the_server_starts_waits_for_it(tmp_path, event_loo
         proc.wait(timeout=15)
 
 
-@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
-def test_connections_to_the_listening_socket_get_tcp_nodelay(loop_factory):
-    """Without TCP_NODELAY, Nagle's algorithm and delayed ACKs held small writes (a media message, a keep-alive
-    response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on."""
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_accepted_nodelay())
-
-
-async def _accepted_nodelay():
+def _one_server_socket() -> socket.socket:
     import uvicorn
 
     from runtime.listen import listening_socket
 
-    sock = listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0))
+    return listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0))
+
+
+def _a_worker_socket() -> socket.socket:
+    from runtime.supervisor import reuse_port_sockets
+
+    first, *others = reuse_port_sockets("127.0.0.1", 0, 2, 16)
+    for other in others:
+        other.close()
+    return first
+
+
+@pytest.mark.parametrize("make_socket", [_one_server_socket, _a_worker_socket], ids=["server", "worker"])
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_connections_to_the_listening_socket_get_tcp_nodelay(loop_factory, make_socket):
+    """Without TCP_NODELAY, Nagle's algorithm and delayed ACKs held small writes (a media message, a keep-alive
+    response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on. Both the one
+    server's socket and each worker's (`serve --workers`) say IPPROTO_TCP."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_accepted_nodelay(make_socket()))
+
+
+async def _accepted_nodelay(sock: socket.socket):
     accepted: asyncio.Future = asyncio.get_running_loop().create_future()
 
     class Probe(asyncio.Protocol):
