@@ -44,8 +44,10 @@ from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
 
 _PROVIDER_REASON = {"stt": R.ERROR_STT, "llm": R.ERROR_LLM, "tts": R.ERROR_TTS, "realtime": R.ERROR_REALTIME}
-# 20 ms output chunks: the least audio queued at the carrier when a `clear` lands, without extra messages.
-_OUT_10MS_CHUNKS = 2
+# 40 ms output chunks, the size the caller's audio comes in (serializer.INPUT_FRAME_BYTES). Every chunk costs the
+# same Python work and a socket write however short it is, and the carrier holds the pacer's 100 ms lead anyway,
+# so 20 ms chunks bought nothing at a `clear`; halving the messages took ~35 % off what speaking adds to a call.
+_OUT_10MS_CHUNKS = 4
 
 
 _CLOSE_CODES = {1000: "normal closure", 1001: "going away", 1006: "abnormal closure, no close frame",

@@ -1,9 +1,9 @@
-"""The call's output transport without two costs per 20 ms chunk of agent audio that buy nothing on a phone call.
+"""The call's output transport without two costs per chunk of agent audio that buy nothing on a phone call.
 
 pipecat 1.14's output transport, for every chunk it writes:
 - pushes the chunk on downstream "in case anyone else needs it". After the output a call has only the heard-text
   gate and the assistant aggregator, and neither reads audio (they keep text; recording taps the serializer), so
-  each chunk was two more queue hops and three observer hand-offs, 50 times a second per speaking call;
+  each chunk was two more queue hops and three observer hand-offs, 25 times a second per speaking call;
 - takes the chunk from its queue, and then writes it, each under `asyncio.wait_for`, which in Python 3.11 runs
   what it waits for in a task of its own: two tasks created, scheduled and awaited per chunk.
 

@@ -84,6 +84,44 @@ async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
     assert 0.3 * windows < sum(scored) < 0.75 * windows, (sum(scored), windows)
 
 
+def test_a_block_below_the_loudness_gate_reads_zero_without_being_measured(speech, monkeypatch):
+    """The VAD's volume skips pipecat's BS.1770 measure where an RMS proves the block below the -70 LKFS gate, and
+    reads what pipecat's tracker reads on every block: the quietest lines, a tone at the K-weighting's loudest
+    frequency just under and just over the bound, noise, speech."""
+    import pipecat.audio.volume as pipecat_volume
+
+    measured = []
+    real_measure = pipecat_volume.calculate_audio_volume
+    monkeypatch.setattr(pipecat_volume, "calculate_audio_volume",
+                        lambda audio, rate: measured.append(len(audio)) or real_measure(audio, rate))
+    rng = np.random.default_rng(3)
+    nyquist = np.where(np.arange(3200) % 2, 1, -1)
+    sparse_ulaw_steps = np.where(rng.random(3200) < 0.3, 8, 0) * nyquist  # the smallest μ-law steps, here and there
+    blocks = {
+        "digital silence": np.zeros(3200),
+        "sparse μ-law steps": sparse_ulaw_steps,
+        "Nyquist tone, RMS 5": 5 * nyquist,
+        "Nyquist tone, RMS 7": 7 * nyquist,
+        "noise, RMS 3": rng.standard_normal(3200) * 3,
+        "noise, RMS 20": rng.standard_normal(3200) * 20,
+        "speech": np.frombuffer(audioop.ulaw2lin(speech["located"], 2), np.int16)[4000:7200],
+    }
+    skipped = []
+    for name, block in blocks.items():
+        pcm = np.round(block).astype(np.int16).tobytes()
+        ours, pipecats = shared_vad._GatedVolume(), pipecat_volume.AudioVolumeTracker()
+        ours.update(pcm, 8000)
+        pipecats.update(pcm, 8000)
+        before = len(measured)
+        got = ours.volume
+        if len(measured) == before:
+            skipped.append(name)
+        assert got == pipecats.volume, name
+    assert skipped == ["digital silence", "sparse μ-law steps", "Nyquist tone, RMS 5", "noise, RMS 3"]
+    assert real_measure(np.round(blocks["Nyquist tone, RMS 7"]).astype(np.int16).tobytes(), 8000) > 0, \
+        "RMS 7 at the loudest frequency passes the gate: the bound is close to tight"
+
+
 async def test_calls_scored_together_decide_as_each_alone(speech, monkeypatch):
     """Windows of several calls that wait together go through Silero as one batch, each row with its own call's
     state: every call's decisions are those it gets when scored alone."""

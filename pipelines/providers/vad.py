@@ -27,6 +27,7 @@ before it starts.
 from __future__ import annotations
 
 import asyncio
+import audioop
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from loguru import logger
 
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.audio.volume import AudioVolumeTracker
 
 from pipelines.providers import local_models
 
@@ -122,6 +124,24 @@ def _batcher(sample_rate: int) -> _Batcher:
     return batcher
 
 
+# pipecat's volume is BS.1770 loudness over the last 400 ms (one gating block), measured for every 32 ms window
+# (~23 µs each at 8 kHz, most of what a silent caller's VAD costs). A block below the absolute gate, -70 LKFS,
+# measures -inf, which pipecat normalizes to 0. K-weighting raises no frequency by more than 4.3 dB at 8 or 16 kHz
+# (2.67× the power at most), and a filter started from rest cannot put out more energy than that gain allows. So a
+# block whose RMS is below 6 (16-bit units; `audioop.rms` rounds down, hence 5) measures at most
+# -0.691 + 10·log10(2.8 · (6/32768)²) ≈ -71 LKFS: exactly 0, known for the price of one RMS (~2 µs). That covers
+# digital silence (muted, VoIP and WebRTC lines, carriers' silence suppression) and lines quieter than ~-75 dBFS.
+_BELOW_GATE_RMS = 5
+
+
+class _GatedVolume(AudioVolumeTracker):
+    @property
+    def volume(self) -> float:
+        if self._volume is None and audioop.rms(self._buffer, 2) <= _BELOW_GATE_RMS:
+            self._volume = 0.0
+        return super().volume
+
+
 class _SharedSileroModel(SileroOnnxModel):
     def __init__(self):  # deliberately not calling super(): it would open a session of its own
         self.session = local_models.get("silero")
@@ -137,6 +157,7 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self.on_pause: Callable[[int], None] | None = None
         self.pauses = 0
         self._model = _SharedSileroModel()
+        self._volume_tracker = _GatedVolume()
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
         self._model_fresh = True  # no state carried over from earlier audio

@@ -38,7 +38,8 @@ from pipelines.call_pipeline import ULAW_METADATA_KEY
 
 TWILIO_RATE = 8000
 _BYTES_PER_SEC = TWILIO_RATE  # μ-law: one byte per sample
-# Recent outbound chunks kept for replay after a hold; ~0.5 s covers Twilio's buffer at real-time pacing.
+# Recent outbound chunks kept for replay after a hold: ~1 s of 40 ms chunks, more than Twilio's buffer ever holds
+# at real-time pacing (the pacer's lead and one chunk).
 _RECENT_CHUNKS = 25
 # Twilio sends 20 ms of caller audio a message; the pipeline gets 40 ms a frame. Every frame costs the same Python
 # work in each processor, observer and queue it passes (the audio inside costs little), so pairing messages halves
