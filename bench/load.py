@@ -80,7 +80,7 @@ async def bench_target(target: Target, args, plan: Plan, levels: list[int], log,
         res["levels"].append(level)
         log(f"  turn p50 {level['turn_ms'].get('p50')} ms, barge-in p95 {level['barge_in_ms'].get('p95')} ms, "
             f"overhead p95 {level['overhead_runtime_ms'].get('p95')} ms (total {level['overhead_ms'].get('p95')}), "
-            f"gaps {level['pacing']['gaps_over_60ms']}, underruns {level['pacing']['underruns']}, "
+            f"late gaps {level['pacing']['late_gaps']}, underruns {level['pacing']['underruns']}, "
             f"CPU/call {level['server']['cpu_pct_per_call_connected']} %, "
             f"RSS/call {level['server']['rss_mb_per_call']} MB, errors {len(level['errors'])}; "
             f"others' CPU % {level['others_cpu_pct_talking']}, generator loop lag p99 "

@@ -1,9 +1,12 @@
 """The ramp's verdict on one level (bench/report.py `holds_goals`): every way a level can miss the issue's goals
-fails it, including a barge-in whose `clear` never came (it has no latency to count in the p95)."""
+fails it, including a barge-in whose `clear` never came (it has no latency to count in the p95). And the pacing
+figures (bench/loadgen.py `pacing`) count a gap by how late it is, whatever the messages' length."""
 
 from __future__ import annotations
 
+import base64
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +14,10 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loadgen import CallResult, pacing  # noqa: E402
 from report import holds_goals  # noqa: E402
+
+from telephony.twilio.caller import Received  # noqa: E402
 
 
 def level(**changes) -> dict:
@@ -38,3 +44,28 @@ def test_a_level_inside_every_goal_holds():
 ], ids=lambda c: next(iter(c)))
 def test_each_miss_fails_the_level(changes):
     assert not holds_goals(level(**changes))
+
+
+def paced(chunk_ms: int, gaps_ms: list[float]) -> CallResult:
+    """Agent `media` messages of `chunk_ms` of audio each: three at once (the server's lead), then `gaps_ms` apart."""
+    payload = base64.b64encode(bytes(8 * chunk_ms)).decode()
+    at, received = 100.0, []
+    for gap in [0.0, 0.0, 0.0, *gaps_ms]:
+        at += gap / 1000
+        received.append(Received(at, {"event": "media", "media": {"payload": payload}}))
+    res = CallResult(index=0)
+    pacing(SimpleNamespace(received=received), res)
+    return res
+
+
+@pytest.mark.parametrize("chunk_ms, gaps_ms, late, underruns", [
+    (20, [20, 20, 59, 20], 0, 0),
+    (20, [20, 20, 61, 20], 1, 0),     # 41 ms late: a gap, as in earlier rounds (> 60 ms)
+    (40, [40, 40, 61, 40], 0, 0),     # 21 ms late between 40 ms messages: not a gap
+    (40, [40, 40, 81, 40], 1, 0),
+    (40, [40, 40, 40, 40, 200], 1, 1),  # after all it had received has played: the caller hears silence
+])
+def test_a_gap_is_counted_by_how_late_it_is(chunk_ms, gaps_ms, late, underruns):
+    res = paced(chunk_ms, gaps_ms)
+    assert (res.late_gaps, res.underruns) == (late, underruns)
+    assert res.agent_audio_secs == pytest.approx(chunk_ms * (len(gaps_ms) + 3) / 1000)
