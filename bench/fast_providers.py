@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.providers import emulators, local_models  # noqa: E402
 from pipelines.providers.emulators import audio  # noqa: E402
-import harness_loop  # noqa: E402
 
 LOUD_RMS = 300.0
 BLOCK_SECS = 0.02
@@ -133,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     patch(args.transcript)
     try:
-        harness_loop.run(serve(args.provider, args.port, args.latency_ms, args.rules))
+        asyncio.run(serve(args.provider, args.port, args.latency_ms, args.rules))
     except KeyboardInterrupt:
         pass
 

@@ -28,6 +28,7 @@ Figures, never assertions.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -44,7 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # the modules next to this one (the script's directory is on sys.path when run as `python bench/load.py`)
-import harness_loop  # noqa: E402
 from loadgen import INTERRUPTION, QUESTION, Plan, line_noise, run_level, soak, synthesize, warm_up  # noqa: E402
 from processes import Baseline, Emulators, Target, Voxline  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
@@ -142,7 +142,7 @@ async def amain(args) -> dict:
             "voxline_turn_sentence_end": args.turn_sentence_end,
             "voxline_workers": args.workers,
             "server_cpus": sorted(server_cpus) if server_cpus else None,
-            "harness_cpus": sorted(harness_cpus) if harness_cpus else None, "harness_loop": harness_loop.name()},
+            "harness_cpus": sorted(harness_cpus) if harness_cpus else None},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
     emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus)
@@ -224,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    report = harness_loop.run(amain(args))
+    report = asyncio.run(amain(args))
     print((args.out / "results.md").read_text())
     return report
 

@@ -38,7 +38,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness_loop  # noqa: E402
 import processes  # noqa: E402
 from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, synthesize  # noqa: E402
 
@@ -178,4 +177,4 @@ if __name__ == "__main__":
         sys.exit("--old-env takes KEY=VALUE")
     if not (args.old / "runtime" / "cli.py").exists():
         sys.exit(f"--old {args.old}: not a voxline checkout")
-    harness_loop.run(main(args))
+    asyncio.run(main(args))
