@@ -92,3 +92,45 @@ async def test_chunks_are_validated_and_equal_to_the_sdks(sse_server, monkeypatc
     assert fast[2].choices[0].finish_reason == "eos"
     assert fast[3].usage.total_tokens == 16 and fast[3].model_extra == {"x_server": {"queue_ms": 3}}
     assert "".join(c.choices[0].delta.content or "" for c in fast if c.choices) == "We are at twelve Main Street."
+
+
+WARMED_THEN_A_CALLS_REQUEST = """
+import asyncio, json, sys
+from openai._utils import _transform
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, warm_up
+
+cold = _transform.get_type_hints.cache_info().currsize
+text = warm_up()
+warm = _transform.get_type_hints.cache_info()
+
+async def a_calls_turn():
+    llm = SharedTLSOpenAILLMService(api_key="k", base_url=sys.argv[1], settings=SharedTLSOpenAILLMService.Settings(model="m"))
+    tools = ToolsSchema(standard_tools=[FunctionSchema(name="end_call", description="Hang up.",
+                                                       properties={"reason": {"type": "string"}}, required=[])])
+    context = LLMContext(messages=[{"role": "user", "content": "Where?"}], tools=tools)
+    return [c async for c in await llm.get_chat_completions(context)]
+
+chunks = asyncio.run(a_calls_turn())
+after = _transform.get_type_hints.cache_info()
+print(json.dumps({"cold": cold, "text": text, "chunks": len(chunks), "new": after.misses - warm.misses,
+                  "reused": after.hits - warm.hits}))
+"""
+
+
+def test_the_sdks_first_request_is_paid_at_start_up(sse_server):
+    """`warm_up()` (run by the server at start-up) streams one request through the SDK inside the process; a call's
+    first request then builds nothing new in the SDK's type-hint cache, the first-request work that otherwise
+    stalls every call's audio on the first turn after start. In a fresh interpreter, so the caches start cold."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WARMED_THEN_A_CALLS_REQUEST, sse_server], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["cold"] == 0 and got["text"] == "ok", got
+    assert got["chunks"] == len(CHUNKS), got
+    assert got["new"] == 0 and got["reused"] > 0, got

@@ -102,12 +102,14 @@ PROVIDER_MODULES = (
 
 
 def import_all() -> None:
-    """Import every provider's module, and make the shared TLS context (blocking: run it in a thread)."""
+    """Import every provider's module, make the shared TLS context and warm the OpenAI SDK's request path
+    (blocking: run it in a thread)."""
     for name in PROVIDER_MODULES:
         importlib.import_module(name)
-    from pipelines.providers.openai_llm import tls_context
+    from pipelines.providers.openai_llm import tls_context, warm_up
 
     tls_context()
+    warm_up()
 
 
 # --- local providers: bundled weights, no account ---------------------------------------------------------------
