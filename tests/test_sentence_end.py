@@ -9,7 +9,12 @@ import time
 
 import pytest
 from pipecat.clocks.system_clock import SystemClock
-from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    STTMetadataFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.utils.asyncio.task_manager import TaskManager
@@ -51,8 +56,9 @@ def test_agents_get_the_rule_unless_it_is_off_or_no_shorter():
     assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is SpeechTimeoutUserTurnStopStrategy
 
 
-async def _strategy(segmented_stt: bool = True) -> tuple[SentenceEndTurnStop, list[float]]:
-    strategy = SentenceEndTurnStop(silence_secs=3.0, sentence_end_secs=0.3, vad_stop_secs=0.2,
+async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0
+                    ) -> tuple[SentenceEndTurnStop, list[float]]:
+    strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=0.3, vad_stop_secs=0.2,
                                    segmented_stt=segmented_stt)
     # The strategy uses only the task manager; there is no pipeline around it here.
     await strategy.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
@@ -102,6 +108,26 @@ async def test_an_unfinished_sentence_waits_for_the_long_silence():
     assert not ended
     await asyncio.sleep(2.0)
     assert ended and ended[0] - stopped >= 2.7  # silence_secs minus the VAD's stop_secs
+    await strategy.cleanup()
+
+
+async def test_a_late_transcript_does_not_end_the_turn_before_the_words_after_it():
+    """Whisper's (finalized) transcript of the first words comes once the caller has gone on. At the next pause the
+    turn still waits for the STT's transcript of what followed (up to its p99 latency), not only for the silence:
+    a CI run stored "Hello?" as the caller's turn and "I would like ... a table ..." as a second one, because the
+    new words took 0.54 s against a 0.5 s silence timer."""
+    strategy, ended = await _strategy(silence_secs=0.4)  # a 0.2 s timer after the VAD's stop
+    await strategy.process_frame(STTMetadataFrame(service_name="whisper", ttfs_p99_latency=1.0))
+    await _speak_then_pause(strategy)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())  # went on
+    await strategy.process_frame(TranscriptionFrame("Hello?", "caller", "now", finalized=True))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await asyncio.sleep(0.4)
+    assert not ended, "the turn ended on the first words while the STT was still on the rest"
+    await strategy.process_frame(TranscriptionFrame(" I would like a table for two.", "caller", "now",
+                                                    finalized=True))
+    await asyncio.sleep(0)
+    assert len(ended) == 1
     await strategy.cleanup()
 
 

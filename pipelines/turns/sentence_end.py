@@ -66,7 +66,16 @@ class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
             self._short = False  # pipecat starts the long timer on the stop
             if self._segmented:
                 self._words = ""
+        late = isinstance(frame, TranscriptionFrame) and self._segmented and self._vad_user_speaking
+        if late:
+            # The transcript of the speech before the caller went on: it tells nothing of the STT's work on what
+            # they are saying now. pipecat takes a finalized transcript as "the STT is done" even here, and at the
+            # next pause skipped its wait for the STT, ending the turn on these old words alone when the new ones
+            # took longer than the silence timer (Whisper on a busy machine: 0.54 s against 0.5 s).
+            finalized = self._transcript_finalized, self._stt_wait_done
         result = await super().process_frame(frame)
+        if late:
+            self._transcript_finalized, self._stt_wait_done = finalized
         if isinstance(frame, TranscriptionFrame) and (not self._segmented or not self._vad_user_speaking):
             self._words += " " + frame.text
         if isinstance(frame, (TranscriptionFrame, VADUserStoppedSpeakingFrame)):
