@@ -9,6 +9,7 @@ import time
 
 import pytest
 from pipecat.clocks.system_clock import SystemClock
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
 from pipecat.frames.frames import (
     STTMetadataFrame,
     TranscriptionFrame,
@@ -16,11 +17,11 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy
+from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
 from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
 
 # What tiny.en wrote for espeak phrases over an 8 kHz line (complete, then cut off mid-sentence).
@@ -48,18 +49,50 @@ def test_agents_get_the_rule_unless_it_is_off_or_no_shorter():
         return AgentConfig(name="a", system_prompt="p", transcriber={"provider": "whisper"}, llm={}, tts={},
                            turn=turn)
 
-    def strategy(**turn):
-        return type(_stop_strategy(agent(**turn), segmented_stt=True))
+    def strategy(segmented_stt: bool = True, **turn):
+        built = _stop_strategy(agent(**turn), segmented_stt=segmented_stt)
+        assert built._segmented is segmented_stt  # each rule knows whether the STT's transcripts come late
+        return type(built)
 
     assert strategy() is SentenceEndTurnStop  # on by default: 0.3 s against 0.7 s
-    assert strategy(sentence_end_secs=None) is SpeechTimeoutUserTurnStopStrategy
-    assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is SpeechTimeoutUserTurnStopStrategy
+    assert strategy(segmented_stt=False) is SentenceEndTurnStop
+    assert strategy(sentence_end_secs=None) is SilenceTurnStop
+    assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is SilenceTurnStop
+    assert strategy(segmented_stt=False, sentence_end_secs=None) is SilenceTurnStop
+    assert strategy(strategy="smart_turn") is SmartTurnStop
 
 
-async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0
+class _EveryPauseEndsTheTurn(BaseTurnAnalyzer):
+    """A turn analyzer whose verdict at every pause is "complete": what the smart-turn model decides is not what is
+    tested here, only what the rule around it does with transcripts."""
+
+    @property
+    def speech_triggered(self) -> bool:
+        return False
+
+    @property
+    def params(self) -> BaseTurnParams:
+        return BaseTurnParams()
+
+    def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
+        return EndOfTurnState.INCOMPLETE
+
+    async def analyze_end_of_turn(self):
+        return EndOfTurnState.COMPLETE, None
+
+    def clear(self):
+        pass
+
+
+async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0, rule: str = "sentence_end"
                     ) -> tuple[SentenceEndTurnStop, list[float]]:
-    strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=0.3, vad_stop_secs=0.2,
-                                   segmented_stt=segmented_stt)
+    if rule == "sentence_end":
+        strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=0.3, vad_stop_secs=0.2,
+                                       segmented_stt=segmented_stt)
+    elif rule == "silence":  # `sentence_end_secs: null`
+        strategy = SilenceTurnStop(user_speech_timeout=silence_secs - 0.2, segmented_stt=segmented_stt)
+    else:
+        strategy = SmartTurnStop(turn_analyzer=_EveryPauseEndsTheTurn(), segmented_stt=segmented_stt)
     # The strategy uses only the task manager; there is no pipeline around it here.
     await strategy.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
                                              task_manager=TaskManager(loop=asyncio.get_running_loop())))
@@ -111,12 +144,14 @@ async def test_an_unfinished_sentence_waits_for_the_long_silence():
     await strategy.cleanup()
 
 
-async def test_a_late_transcript_does_not_end_the_turn_before_the_words_after_it():
+@pytest.mark.parametrize("rule", ["sentence_end", "silence", "smart_turn"])
+async def test_a_late_transcript_does_not_end_the_turn_before_the_words_after_it(rule):
     """Whisper's (finalized) transcript of the first words comes once the caller has gone on. At the next pause the
-    turn still waits for the STT's transcript of what followed (up to its p99 latency), not only for the silence:
-    a CI run stored "Hello?" as the caller's turn and "I would like ... a table ..." as a second one, because the
-    new words took 0.54 s against a 0.5 s silence timer."""
-    strategy, ended = await _strategy(silence_secs=0.4)  # a 0.2 s timer after the VAD's stop
+    turn still waits for the STT's transcript of what followed (up to its p99 latency), not only for the silence
+    or the smart-turn verdict: a CI run stored "Hello?" as the caller's turn and "I would like ... a table ..." as
+    a second one, because the new words took 0.54 s against a 0.5 s silence timer. Every rule an agent can choose
+    waits."""
+    strategy, ended = await _strategy(silence_secs=0.4, rule=rule)  # a 0.2 s timer after the VAD's stop
     await strategy.process_frame(STTMetadataFrame(service_name="whisper", ttfs_p99_latency=1.0))
     await _speak_then_pause(strategy)
     await strategy.process_frame(VADUserStartedSpeakingFrame())  # went on

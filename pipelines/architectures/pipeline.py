@@ -12,7 +12,6 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_mute import MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN
 
@@ -26,6 +25,7 @@ from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
+from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
 from pipelines.turns.mute import ClosingMuteStrategy
 from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
@@ -106,10 +106,11 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
 def _stop_strategy(agent: AgentConfig, segmented_stt: bool):
     if agent.turn.strategy == "smart_turn":
         analyzer = SharedSmartTurnAnalyzer(max_silence_secs=agent.turn.smart_turn_max_secs)
-        return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+        return SmartTurnStop(turn_analyzer=analyzer, segmented_stt=segmented_stt)
     turn = agent.turn
     if turn.sentence_end_secs is not None and turn.sentence_end_secs < turn.silence_secs:
         return SentenceEndTurnStop(silence_secs=turn.silence_secs, sentence_end_secs=turn.sentence_end_secs,
                                    vad_stop_secs=agent.vad.stop_secs, segmented_stt=segmented_stt)
     # pipecat's timeout starts at the VAD's stop, which itself comes `stop_secs` into the silence.
-    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs))
+    return SilenceTurnStop(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs),
+                           segmented_stt=segmented_stt)

@@ -11,7 +11,8 @@ Numbers are read in chunks ("my number is 4 5 7."), so a sentence that ends in a
 one that ends in a word no sentence ends with ("a table for."): Whisper sometimes puts a full stop after those.
 A wrong guess costs little: the agent starts answering, the caller goes on, and barge-in holds the agent's audio.
 
-Tied to pipecat 1.14's SpeechTimeoutUserTurnStopStrategy internals (its timer task and flags).
+Tied to pipecat 1.14's SpeechTimeoutUserTurnStopStrategy internals (its timer task and flags). A segmented STT's
+late transcript is kept from ending the turn early by the base class (pipelines/turns/late_transcript.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import re
 import time
 
 from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+
+from pipelines.turns.late_transcript import SilenceTurnStop
 
 _SENTENCE_END = re.compile(r"[.?!][\"')\]]*$")
 _TRAILING_OFF = re.compile(r"(\.\.|…)[\"')\]]*$")
@@ -41,19 +43,19 @@ def ends_sentence(text: str) -> bool:
     return bool(words) and not words[-1].isdigit() and words[-1] not in OPEN_ENDINGS
 
 
-class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
+class SentenceEndTurnStop(SilenceTurnStop):
     """pipecat's silence timeout (which starts at the VAD's stop, itself `vad_stop_secs` into the silence), cut to
     `sentence_end_secs` of silence once the caller's latest words end a sentence."""
 
     def __init__(self, *, silence_secs: float, sentence_end_secs: float, vad_stop_secs: float,
                  segmented_stt: bool, **kwargs):
-        super().__init__(user_speech_timeout=max(0.0, silence_secs - vad_stop_secs), **kwargs)
+        super().__init__(user_speech_timeout=max(0.0, silence_secs - vad_stop_secs), segmented_stt=segmented_stt,
+                         **kwargs)
         self._sentence_timeout = max(0.0, min(sentence_end_secs, silence_secs) - vad_stop_secs)
         # Which words judge a pause. A segmented STT (Whisper) transcribes only after a pause, so words it sends
         # while the caller speaks again are the late transcript of what came before: only words that arrive in the
         # pause count. A streaming STT (Deepgram) sends the current words as they are said, often before the VAD's
-        # stop: the words since the caller last started speaking count.
-        self._segmented = segmented_stt
+        # stop: the words since the caller last started speaking count. (`self._segmented`, set by the base.)
         self._words = ""
         self._stopped_at = 0.0
         self._short = False  # the running silence timer is the short one
@@ -66,16 +68,7 @@ class SentenceEndTurnStop(SpeechTimeoutUserTurnStopStrategy):
             self._short = False  # pipecat starts the long timer on the stop
             if self._segmented:
                 self._words = ""
-        late = isinstance(frame, TranscriptionFrame) and self._segmented and self._vad_user_speaking
-        if late:
-            # The transcript of the speech before the caller went on: it tells nothing of the STT's work on what
-            # they are saying now. pipecat takes a finalized transcript as "the STT is done" even here, and at the
-            # next pause skipped its wait for the STT, ending the turn on these old words alone when the new ones
-            # took longer than the silence timer (Whisper on a busy machine: 0.54 s against 0.5 s).
-            finalized = self._transcript_finalized, self._stt_wait_done
         result = await super().process_frame(frame)
-        if late:
-            self._transcript_finalized, self._stt_wait_done = finalized
         if isinstance(frame, TranscriptionFrame) and (not self._segmented or not self._vad_user_speaking):
             self._words += " " + frame.text
         if isinstance(frame, (TranscriptionFrame, VADUserStoppedSpeakingFrame)):
