@@ -46,6 +46,9 @@ def report(path: Path, match: str, busy_over: float, seconds: tuple[int, int] | 
                                                        for s in range(first, max(per_second) + 1)))
         lines.append("gc (generation: count, total ms, max ms): " + ", ".join(
             f"{g}: {n}, {total:.0f}, {top:.0f}" for g, (n, total, top) in sorted(data["gc"].items())))
+        if data.get("gc_long"):
+            lines.append("gc pauses of 10 ms or more (second: generation, ms): " + ", ".join(
+                f"{int(at) - first}: {g}, {ms:.0f}" for at, g, ms, _ in data["gc_long"]))
         window = ([first + seconds[0], first + seconds[1]] if seconds is not None
                   else burst(per_second, busy_over * 10))
         if not window:

@@ -5,6 +5,10 @@ the server's OPENAI_API_KEY unless the operator trusts it: the provider's own or
 settings (VOXLINE_OPENAI_BASE_URL, VOXLINE_OPENAI_REALTIME_URL), and VOXLINE_PROVIDER_TRUSTED_URLS. Any other URL
 still works for keyless OpenAI-compatible servers (Ollama, vLLM): the request goes out without the server's key.
 
+The same URL is held to public addresses (pipelines/providers/endpoint_guard.py) unless the operator trusts it or
+sets VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS: otherwise a workspace key could point the server's requests at its
+private network (a metadata service, an internal API) and read the answers back in a chat turn's error.
+
 URLs are compared as (scheme, host, port, path segments): a trusted `https://api.openai.com` does not cover
 `https://api.openai.com.evil.com` nor `https://api.openai.com@evil.com`, and `/v1` does not cover `/v1evil`. ws(s)
 counts as http(s) (same host, same transport security), so one entry covers both chat and Realtime endpoints.
@@ -104,3 +108,12 @@ def withhold_server_key(settings: Settings, provider: str, url: str | None, *, w
     logger.warning(f"{who}: base_url {shown(url)} is not a trusted {provider} endpoint; sending its requests without "
                    "the server's API key (an operator can trust it with VOXLINE_PROVIDER_TRUSTED_URLS)")
     return True
+
+
+def held_to_public_addresses(settings: Settings, provider: str, url: str | None) -> bool:
+    """Whether requests to `url`, an agent's own base URL, may only reach public addresses.
+
+    None or "" means the server's configured endpoint, which the operator chose."""
+    if not url or settings.providers_allow_private_networks:
+        return False
+    return not is_under(url, trusted_urls(settings, provider))

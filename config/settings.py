@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         "endpoints above, every other base URL gets requests without the server's key (config/provider_trust.py)",
     )
 
+    providers_allow_private_networks: bool = Field(
+        default=False, description="Let an agent's own llm.base_url or realtime.base_url reach private, loopback and "
+        "link-local addresses (off: SSRF guard, as for tools and webhooks). The endpoints above and "
+        "VOXLINE_PROVIDER_TRUSTED_URLS are the operator's own and always reachable",
+    )
+
     @field_validator("webhook_retry_secs", mode="before")
     @classmethod
     def _secs_list(cls, value):

@@ -296,8 +296,8 @@ def test_put_translates_kupes_nested_keys(api):
         assert (llm["provider"], llm["model"], llm["temperature"]) == ("openai", "gpt-4o-mini", 0.3)
         # An OpenAI-compatible server takes any model name, so the provider stays.
         llm = c.put(url, json={"agent_model_config": {"model_name": "llama-3.1-8b",
-                                                      "base_url": "http://127.0.0.1:9/v1"}}).json()["llm"]
-        assert (llm["provider"], llm["model"], llm["base_url"]) == ("openai", "llama-3.1-8b", "http://127.0.0.1:9/v1")
+                                                      "base_url": "https://llm.invalid/v1"}}).json()["llm"]
+        assert (llm["provider"], llm["model"], llm["base_url"]) == ("openai", "llama-3.1-8b", "https://llm.invalid/v1")
         unchanged = c.put(url, json={"tts_config": {}, "vad_config": None})
         assert unchanged.status_code == 200 and unchanged.json()["tts"] == agent["tts"]
         stt = c.put(url, json={"transcriber_config": {"transcriber_model_name": "nova-3"}}).json()["transcriber"]

@@ -33,12 +33,12 @@ def tool_server():
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def chat(request, tmp_path_factory):
-    """A server whose tools may reach loopback (where the test's tool server is), with an OpenAI key set so a
-    broken OpenAI endpoint fails at request time."""
+    """A server whose tools and agents' own LLM endpoints may reach loopback (where the test's tool server and
+    dead endpoint are), with an OpenAI key set so a broken OpenAI endpoint fails at request time."""
     pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
     srv = start_api_server(tmp_path_factory.mktemp(f"chat-{request.param}"), request.param,
                            {"VOXLINE_RATE_LIMIT_PER_MINUTE": "100000", "VOXLINE_TOOLS_ALLOW_PRIVATE_NETWORKS": "true",
-                            "OPENAI_API_KEY": "sk-test-0000"}, pg)
+                            "VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS": "true", "OPENAI_API_KEY": "sk-test-0000"}, pg)
     yield srv
     stop_server(srv.server)
 

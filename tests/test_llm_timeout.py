@@ -113,7 +113,8 @@ def llm_server(tmp_path_factory, twilio_api):
     (base / "agents").mkdir()
     for name, text in _agents(listeners["silent"], listeners["stalling"]).items():
         (base / "agents" / name).write_text(text)
-    env = {"TWILIO_API_BASE_URL": twilio_api.url}
+    # The agents' own base URLs are the stand-ins on loopback.
+    env = {"TWILIO_API_BASE_URL": twilio_api.url, "VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS": "true"}
     server = start_server(base, auth_token=AUTH_TOKEN, extra_env=env)
     try:
         server.api_key = create_key_with_cli(server_env(base, env), "default", "admin")

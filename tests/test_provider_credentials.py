@@ -36,12 +36,14 @@ class Listener:
 
     def __init__(self):
         self.seen: list[tuple[str, str | None]] = []
+        self.hosts: list[str | None] = []  # each request's Host header, in the same order
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
                 listener.seen.append((self.path, self.headers.get("authorization")))
+                listener.hosts.append(self.headers.get("host"))
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, "application/json", b'{"error":{"message":"not found"}}')
                 text = json.dumps(ANALYSIS) if "response_format" in body else REPLY
@@ -89,11 +91,12 @@ def listener():
 @pytest.fixture(scope="module")
 def server(listener, tmp_path_factory):
     """A server holding an OpenAI key, whose configured endpoint is the listener's /trusted/v1 and whose operator
-    allow-list holds the listener's /allowed."""
+    allow-list holds the listener's /allowed. Private networks are allowed, so that the listener on loopback can
+    stand for a self-hosted model elsewhere (tests/test_provider_endpoints.py holds the guard)."""
     srv = start_api_server(tmp_path_factory.mktemp("credentials"), "sqlite", {
         "OPENAI_API_KEY": SECRET, "VOXLINE_OPENAI_BASE_URL": f"{listener.url}/trusted/v1",
         "VOXLINE_PROVIDER_TRUSTED_URLS": f"https://proxy.example.com/openai, {listener.url}/allowed",
-        "VOXLINE_RATE_LIMIT_PER_MINUTE": "100000"})
+        "VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS": "true", "VOXLINE_RATE_LIMIT_PER_MINUTE": "100000"})
     yield srv
     stop_server(srv.server)
 
@@ -194,7 +197,8 @@ def test_a_keyless_base_url_works_on_a_server_without_a_key_and_a_trusted_one_do
 
 @pytest.mark.parametrize("own,auth", [(None, SERVER_AUTH), ("/trusted/v1", SERVER_AUTH), ("/mine/v1", WITHHELD_AUTH)])
 def test_post_call_analysis_sends_the_server_key_only_to_trusted_urls(listener, own, auth):
-    s = Settings(_env_file=None, OPENAI_API_KEY=SECRET, openai_base_url=f"{listener.url}/trusted/v1")
+    s = Settings(_env_file=None, OPENAI_API_KEY=SECRET, openai_base_url=f"{listener.url}/trusted/v1",
+                 providers_allow_private_networks=True)
     agent = AgentConfig(name="analysed", architecture="text", system_prompt="p",
                         llm={"provider": "openai", "model": "gpt-4o-mini",
                              "base_url": own and f"{listener.url}{own}"})

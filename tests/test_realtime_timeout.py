@@ -121,7 +121,8 @@ realtime: {{provider: openai, voice: alloy, base_url: "{url}", timeout_secs: {TI
 call: {{silence_timeout_secs: 0}}
 {quiet}
 """)
-    env = {"TWILIO_API_BASE_URL": twilio_api.url, "OPENAI_API_KEY": "sk-test"}
+    env = {"TWILIO_API_BASE_URL": twilio_api.url, "OPENAI_API_KEY": "sk-test",
+           "VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS": "true"}  # the agents' own base URLs are on loopback
     server = start_server(base, auth_token=AUTH_TOKEN, extra_env=env)
     try:
         server.api_key = create_key_with_cli(server_env(base, env), "default", "admin")

@@ -18,6 +18,7 @@ if os.environ.get("LOOP_BUSY_OUT"):
     import collections
     import gc
     import json
+    import re
     import threading
     import time
 
@@ -30,7 +31,8 @@ if os.environ.get("LOOP_BUSY_OUT"):
     def _name(handle) -> str:
         task = getattr(handle._callback, "__self__", None)
         if isinstance(task, asyncio.Task):
-            return task.get_name().split("#")[0][:60] or "task"
+            name = task.get_name()  # pipecat's: "Processor#3::method"; kept without the instance number
+            return (re.sub(r"#\d+", "", name) if os.environ.get("LOOP_BUSY_METHODS") else name.split("#")[0])[:80] or "task"
         return getattr(handle._callback, "__qualname__", "callback")
 
     def _timed_run(self):
@@ -40,6 +42,7 @@ if os.environ.get("LOOP_BUSY_OUT"):
 
     asyncio.events.Handle._run = _timed_run
     _gc_start = [0.0]
+    _gc_long: list = []  # [unix time, generation, ms, objects collected] of pauses of 10 ms or more
 
     def _on_gc(phase, info):
         if phase == "start":
@@ -48,6 +51,8 @@ if os.environ.get("LOOP_BUSY_OUT"):
             ms = (_clock() - _gc_start[0]) * 1000
             g = _gc[info["generation"]]
             g[0], g[1], g[2] = g[0] + 1, g[1] + ms, max(g[2], ms)
+            if ms >= 10:
+                _gc_long.append([time.time(), info["generation"], round(ms, 1), info["collected"]])
 
     gc.callbacks.append(_on_gc)
 
@@ -59,7 +64,8 @@ if os.environ.get("LOOP_BUSY_OUT"):
             time.sleep(2)
             try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
                 busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
-                data = {"argv": sys.argv, "busy": busy, "gc": {str(k): v for k, v in list(_gc.items())}}
+                data = {"argv": sys.argv, "busy": busy, "gc": {str(k): v for k, v in list(_gc.items())},
+                        "gc_long": list(_gc_long)}
             except RuntimeError:
                 continue
             tmp = f"{_out}/{os.getpid()}.json.tmp"

@@ -31,11 +31,14 @@ from typing import Any
 
 import httpcore2
 import httpx
+import httpx2
 import pydantic
 from openai import APITimeoutError, AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletionChunk
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
+
+from pipelines.providers.endpoint_guard import PublicOnlyTransport
 
 DEFAULT_TIMEOUT_SECS = 10.0  # as LLMConfig.timeout_secs, which explains it
 
@@ -72,9 +75,13 @@ class ChunkValidatingAsyncOpenAI(AsyncOpenAI):
 
 
 class SharedTLSOpenAILLMService(OpenAILLMService):
-    def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, **kwargs: Any):
+    def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, public_only_for: str | None = None,
+                 **kwargs: Any):
+        """`public_only_for`: who the base URL is (for log lines), when it may reach only public addresses
+        (pipelines/providers/endpoint_guard.py)."""
         # Before the base __init__, which calls create_client.
         self._timeout_secs = timeout_secs
+        self._public_only_for = public_only_for
         super().__init__(**kwargs)
 
     def create_client(self, api_key=None, base_url=None, organization=None, project=None, default_headers=None,
@@ -83,14 +90,16 @@ class SharedTLSOpenAILLMService(OpenAILLMService):
         # (600 s read) cut to timeout_secs, so that no read on this client's sockets outlasts the bound that
         # get_chat_completions enforces. The SDK keeps its 2 quick retries (a refused connection, a 5xx): they run
         # inside that bound, which still ends the turn on time.
+        limits = connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
+        if self._public_only_for is None:
+            http_client = DefaultAsyncHttpxClient(verify=tls_context(), limits=limits)
+        else:  # no proxy from the environment: its mount would bypass the transport's check
+            transport = PublicOnlyTransport(httpx2.AsyncHTTPTransport(verify=tls_context(), limits=limits),
+                                            who=self._public_only_for, field="llm.base_url")
+            http_client = DefaultAsyncHttpxClient(transport=transport, trust_env=False)
         return ChunkValidatingAsyncOpenAI(
             api_key=api_key, base_url=base_url, organization=organization, project=project,
-            http_client=DefaultAsyncHttpxClient(
-                verify=tls_context(),
-                limits=connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None),
-            ),
-            default_headers=default_headers,
-            timeout=self._timeout_secs,
+            http_client=http_client, default_headers=default_headers, timeout=self._timeout_secs,
         )
 
     async def get_chat_completions(self, context):

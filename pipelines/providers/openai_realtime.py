@@ -24,6 +24,7 @@ from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
 from config.agent import AgentConfig, RealtimeConfig
 from pipelines.call_pipeline import LINE_SAMPLE_RATE, ULAW_METADATA_KEY
+from pipelines.providers.endpoint_guard import connect_public_only
 
 DEFAULT_TIMEOUT_SECS = 10.0  # as RealtimeConfig.timeout_secs, which explains it
 _ULAW_BYTES_PER_MS = LINE_SAMPLE_RATE // 1000
@@ -61,8 +62,12 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
     between `response.done` and the next `response.create`) no clock runs.
     """
 
-    def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, **kwargs: Any):
+    def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, public_only_for: str | None = None,
+                 **kwargs: Any):
+        """`public_only_for`: who the base URL is (for log lines), when it may reach only public addresses
+        (pipelines/providers/endpoint_guard.py)."""
         self._timeout_secs = timeout_secs
+        self._public_only_for = public_only_for
         # What the server owes ("session", "response"), kept apart so that settling one (a mid-call session.updated)
         # does not stop the clock on the other. The clock runs while this is not empty.
         self._owed: set[str] = set()
@@ -83,7 +88,10 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
         self._owed.discard(what)
 
     async def _connect(self):
-        await super()._connect()
+        if self._public_only_for is None:
+            await super()._connect()
+        else:
+            await self._connect_public_only()
         ws = self._websocket
         if ws is None or self._watchdog is not None:  # the connect failed (already reported), or was not needed
             return
@@ -104,6 +112,19 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
         self._listening = True  # super()._connect has just created the receive task, which has not run yet
         self._expect("session")  # session.created, then session.updated (the welcome waits for it)
         self._watchdog = self.create_task(self._watch(), name=f"{self}::realtime-watchdog")
+
+    async def _connect_public_only(self):
+        """pipecat 1.14's `_connect`, dialling the checked address."""
+        if self._websocket:
+            return
+        try:
+            self._websocket = await connect_public_only(self.base_url, who=self._public_only_for,
+                                                        field="realtime.base_url",
+                                                        additional_headers=await self._auth_headers())
+            self._receive_task = self.create_task(self._receive_task_handler())
+        except Exception as e:
+            await self.push_error(error_msg=f"Error connecting: {e}", exception=e)
+            self._websocket = None
 
     async def _disconnect(self):
         # stop, cancel and cleanup all come here (and reset_conversation, which then connects again).

@@ -86,6 +86,13 @@ def _key_for(ctx: BuildContext, kind: str, provider: str, own_url: str | None) -
     return _key(ctx, kind, provider)
 
 
+def _public_only_for(ctx: BuildContext, kind: str, provider: str, own_url: str | None) -> str | None:
+    """Who the agent's own base URL is, for log lines, when it may reach only public addresses; else None."""
+    if provider_trust.held_to_public_addresses(ctx.settings, provider, own_url):
+        return f"agent {ctx.agent.name!r} {kind} ({ctx.label})"
+    return None
+
+
 def _default(kind: str, provider: str, attr: str) -> Any:
     entry = catalog.provider(kind, provider)
     return getattr(entry, attr) if entry else None
@@ -161,6 +168,7 @@ def _openai(section, ctx: BuildContext) -> FrameProcessor:
     return OpenAILLMService(
         api_key=_key_for(ctx, "llm", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_base_url,
+        public_only_for=_public_only_for(ctx, "llm", "openai", section.base_url),
         # A reply that does not start (or stalls) within this fails the turn like any other LLM outage, instead of
         # leaving a caller in silence for the SDK's 600 s (pipecat's retry_on_timeout would retry without a bound).
         timeout_secs=section.timeout_secs,
@@ -193,6 +201,7 @@ def _openai_realtime(section, ctx: BuildContext) -> FrameProcessor:
     return PhoneRealtimeService(
         api_key=_key_for(ctx, "realtime", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_realtime_url,
+        public_only_for=_public_only_for(ctx, "realtime", "openai", section.base_url),
         timeout_secs=section.timeout_secs,
         settings=PhoneRealtimeService.Settings(
             model=section.model or _default("realtime", "openai", "default_model"),

@@ -55,3 +55,19 @@ async def resolve_checked(host: str, port: int, *, allow_private: bool) -> IPAdd
             if not is_public(ip):
                 raise RefusedAddress(f"{host!r} resolves to {ip}, a private or reserved address tools may not reach")
     return addresses[0]
+
+
+SAVE_RESOLVE_TIMEOUT_SECS = 3.0  # an API request waits this long at most for DNS
+
+
+async def refused_on_save(host: str, port: int) -> RefusedAddress | None:
+    """Why a URL being saved (a webhook, an agent's endpoint) is refused, or None. A host that does not resolve now,
+    or not within SAVE_RESOLVE_TIMEOUT_SECS, is accepted: every connection resolves and checks it again."""
+    try:
+        async with asyncio.timeout(SAVE_RESOLVE_TIMEOUT_SECS):
+            await resolve_checked(host, port, allow_private=False)
+    except RefusedAddress as exc:
+        return exc
+    except Exception:
+        return None
+    return None

@@ -46,7 +46,9 @@ def settings_hint(provider: str, running: Running) -> list[str]:
     key = f"{PROVIDERS[provider].key_env}=any-non-empty-value"
     if provider == "openai-realtime":
         return [f"VOXLINE_OPENAI_REALTIME_URL={running.url}",
-                f"or per agent: realtime: {{provider: openai, base_url: {running.url}}}", key]
+                f"or per agent: realtime: {{provider: openai, base_url: {running.url}}} "
+                "(with VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS=true: an agent's own endpoint on this machine is "
+                "refused otherwise)", key]
     return [f"{running.setting}={running.url}", key]
 
 

@@ -14,10 +14,12 @@ from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, func, select, update
 
-from config import catalog
+from config import catalog, provider_trust
 from config.agent import FORBIDDEN_SECTIONS, REQUIRED_SECTIONS, AgentConfig, Architecture, explain
 from pipelines.factory import local_models_needed
 from pipelines.providers import local_models
+from pipelines.providers.endpoint_guard import refusal
+from pipelines.tools.netguard import refused_on_save
 from runtime.api.auth import Caller
 from runtime.api.errors import COMMON_ERRORS, ApiError
 from runtime.api.lookup import commit_or_conflict, name_taken, owned
@@ -232,7 +234,31 @@ async def _preload(cfg: AgentConfig) -> None:
             logger.opt(exception=exc).error(f"local model {name!r} failed to load")
 
 
+def _own_endpoints(cfg: AgentConfig) -> dict[str, str]:
+    """The agent's own base URLs by field (only OpenAI's services take one)."""
+    sections = {"llm.base_url": cfg.llm, "realtime.base_url": cfg.realtime}
+    return {field: section.base_url for field, section in sections.items()
+            if section is not None and getattr(section, "base_url", None)}
+
+
+async def _check_endpoints(request: Request, cfg: AgentConfig, before: AgentConfig | None = None) -> None:
+    """Refuse an agent's own base URL (a new or changed one) whose host resolves to a private, loopback or link-local
+    address, unless the operator trusts it or allows private networks. A name that does not resolve now is
+    accepted: every connection resolves and checks it again (pipelines/providers/endpoint_guard.py)."""
+    settings = runtime_of(request).settings
+    stored = _own_endpoints(before) if before is not None else {}
+    for field, url in _own_endpoints(cfg).items():
+        if stored.get(field) == url or not provider_trust.held_to_public_addresses(settings, "openai", url):
+            continue
+        target = provider_trust.parse(url)
+        if target is None:
+            continue  # not a plain URL: each connection still checks the host it dials
+        if (exc := await refused_on_save(target.host, target.port)) is not None:
+            raise _refuse(field, refusal(exc))
+
+
 async def _create(request: Request, p, cfg: AgentConfig) -> AgentDetail:
+    await _check_endpoints(request, cfg)
     async with runtime_of(request).db() as s:
         if await name_taken(s, Agent, p.workspace_id, cfg.name):
             raise _conflict(cfg.name)
@@ -259,6 +285,7 @@ async def _update(request: Request, p, agent_id: str, change, architecture_field
     async with runtime_of(request).db() as s:
         agent = await _own_agent(s, p, agent_id, lock=True)
         cfg = change(dict(agent.config))
+        await _check_endpoints(request, cfg, AgentConfig.model_validate(agent.config))
         if cfg.architecture == "text" and agent.architecture != "text":
             await _refuse_text_if_mapped(s, agent, architecture_field)
         if cfg.name != agent.name and await name_taken(s, Agent, p.workspace_id, cfg.name, except_id=agent.id):

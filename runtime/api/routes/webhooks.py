@@ -7,7 +7,6 @@ VOXLINE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS is on; every delivery checks the address
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
-from pipelines.tools.netguard import RefusedAddress, resolve_checked
+from pipelines.tools.netguard import refused_on_save
 from runtime.api.auth import Caller, Principal
 from runtime.api.errors import COMMON_ERRORS, ApiError, bad_request
 from runtime.api.lookup import owned
@@ -32,7 +31,6 @@ router = APIRouter(prefix="/api/v1", tags=["webhooks"], responses=COMMON_ERRORS)
 
 Event = Literal[outbox.EVENTS]  # type: ignore[valid-type]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
-RESOLVE_TIMEOUT_SECS = 3.0
 
 
 # --- shapes ---------------------------------------------------------------------------------------------------------
@@ -175,14 +173,9 @@ async def _check_target(rt: Runtime, url: str) -> None:
     target = httpx.URL(url)
     host = target.raw_host.decode("ascii")
     port = target.port or (443 if target.scheme == "https" else 80)
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_SECS):
-            await resolve_checked(host, port, allow_private=False)
-    except RefusedAddress as exc:
+    if (exc := await refused_on_save(host, port)) is not None:
         message = refusal(exc)
-        raise bad_request(f"url: {message}", [{"field": "url", "message": message}]) from None
-    except Exception:  # unresolvable (or too slow to resolve) today
-        return
+        raise bad_request(f"url: {message}", [{"field": "url", "message": message}])
 
 
 def _delivery_out(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
