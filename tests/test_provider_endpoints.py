@@ -24,18 +24,11 @@ from runtime.analysis.rules import RuleDefinition, Wanted
 from tests.api_helpers import chat_turn, create_agent, refused, unique
 from tests.calls import apology_then_hang_up, dial
 from tests.conftest import AUTH_TOKEN, start_api_server, start_server, stop_server
-from tests.test_provider_credentials import REPLY, Listener
+from tests.openai_listener import REPLY, listener  # noqa: F401 (a fixture)
 
 HINT = "VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS=true allows it"
 LLM_NUMBER = "+15550100060"
 REALTIME_NUMBER = "+15550100061"
-
-
-@pytest.fixture(scope="module")
-def listener():
-    srv = Listener()
-    yield srv
-    srv.close()
 
 
 @pytest.fixture(scope="module")
