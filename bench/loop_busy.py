@@ -5,7 +5,7 @@
     .venv/bin/python bench/loop_busy.py /tmp/lb [--match "cli.py serve"] [--busy-over 45]
 
 For each process whose command line contains `--match`: the loop's busy share for every second of the run, the
-garbage collector's pauses, and the shares of the busy time by task over the last stretch of seconds busier than
+garbage collector's pauses (each of 10 ms or more at its second of the run), and the shares of the busy time by task over the last stretch of seconds busier than
 `--busy-over` percent (in a load run: the talk burst; the connect burst comes before it), or over `--seconds A-B`.
 """
 

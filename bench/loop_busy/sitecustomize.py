@@ -1,7 +1,9 @@
 """Times every asyncio callback in any Python process started with this directory first on PYTHONPATH (an absolute
 path: the benchmark's servers run in their own directories) and `LOOP_BUSY_OUT=DIR` set (not a VOXLINE_ name: the
 load benchmark keeps those from its servers): the event loop's busy milliseconds per wall-clock second and per
-task (a pipecat processor's tasks are named after it), and the garbage collector's pauses. Written to DIR/<pid>.json
+task (a pipecat processor's tasks are named after it; with `LOOP_BUSY_METHODS=1`, after the processor and the
+method, as "STTService::__input_frame_task_handler"), and the garbage collector's pauses (each of 10 ms or more
+with its time). Written to DIR/<pid>.json
 every 2 s; `bench/loop_busy.py DIR` reads them. For finding what a burst of calls spends the one event loop on:
 py-spy on this VM sampled threads blocked on a queue as busy, and cannot say which processor a task serves.
 The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's; and the
