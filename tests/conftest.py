@@ -318,6 +318,16 @@ def server(tmp_path_factory, twilio_api) -> Server:
     shutil.copy(srv.log_path, artifacts / "server.log")
 
 
+@pytest.fixture(scope="module")
+def listener():
+    """An OpenAI-compatible server on loopback that records what it is asked (tests/openai_listener.py)."""
+    from tests.openai_listener import Listener
+
+    srv = Listener()
+    yield srv
+    srv.close()
+
+
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> dict[str, bytes]:
     """8 kHz μ-law utterances synthesized by espeak-ng (a system package the test command installs)."""

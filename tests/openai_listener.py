@@ -7,7 +7,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 
 REPLY = "Hello from the self-hosted model."
 ANALYSIS = {"fields": {"dish": "lasagna"}}
@@ -62,10 +61,3 @@ class Listener:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def listener():
-    srv = Listener()
-    yield srv
-    srv.close()

@@ -19,7 +19,7 @@ from runtime.analysis.extract import Turn, extract
 from runtime.analysis.rules import RuleDefinition, Wanted
 from tests.api_helpers import chat_turn, create_agent, unique
 from tests.conftest import start_api_server, stop_server
-from tests.openai_listener import ANALYSIS, REPLY, listener  # noqa: F401 (a fixture)
+from tests.openai_listener import ANALYSIS, REPLY
 
 SECRET = "sk-SERVER-SECRET-42"
 SERVER_AUTH = f"Bearer {SECRET}"

@@ -11,6 +11,7 @@ VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS is set, are not held to this (config/pr
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx2
@@ -37,17 +38,32 @@ class PublicOnlyTransport(httpx2.AsyncBaseTransport):
 
     A refused address is answered here with a 403 in OpenAI's error shape: the SDK raises that at once, with the
     reason, where a raised exception would be retried twice as a connection error and reported as "Connection
-    error." (pipecat's error, the chat API's `error` event and the call's log then say why)."""
+    error." (pipecat's error, the chat API's `error` event and the call's log then say why).
+
+    A checked address is kept for CHECKED_SECS, so that a call's turns after the first pay no DNS lookup: within
+    that time its requests still go only to the address that was checked."""
+
+    CHECKED_SECS = 60.0
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, *, who: str, field: str):
         self._inner, self._who, self._field = inner, who, field
+        self._checked: dict[tuple[str, int], tuple[float, Any]] = {}  # (host, port) -> (checked at, address)
+
+    async def _address(self, host: str, port: int):
+        now = time.monotonic()
+        kept = self._checked.get((host, port))
+        if kept is not None and now - kept[0] < self.CHECKED_SECS:
+            return kept[1]
+        ip = await resolve_checked(host, port, allow_private=False)
+        self._checked[(host, port)] = (now, ip)
+        return ip
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
         host = url.raw_host.decode("ascii")  # IDNA-encoded: what DNS and TLS SNI take
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            ip = await resolve_checked(host, port, allow_private=False)
+            ip = await self._address(host, port)
         except RefusedAddress as exc:
             message = f"{self._field}: {refusal(exc)}"
             logger.warning(f"{self._who}: {message}")
