@@ -1,9 +1,9 @@
 """An agent's own OpenAI-compatible endpoint (`llm.base_url`, `realtime.base_url`) kept off private networks.
 
 The URL comes from whoever holds a workspace key, and the server usually sits inside a private network. As for
-tools and webhooks (pipelines/tools/netguard.py), every connection resolves the host, checks every address it
-resolves to, and goes to the checked address (TLS still names and verifies the host), so a DNS answer that changes
-between check and connect cannot redirect it. No proxy from the environment and no cross-origin redirect either:
+tools and webhooks (pipelines/tools/netguard.py), every connection goes to a checked address: the host resolved,
+every address it resolves to checked, and the checked one dialled (TLS still names and verifies the host), so a DNS
+answer that changes between check and connect cannot redirect it. No proxy from the environment and no cross-origin redirect either:
 both would reach an address nobody checked. Endpoints the operator configured or trusts, and every endpoint when
 VOXLINE_PROVIDERS_ALLOW_PRIVATE_NETWORKS is set, are not held to this (config/provider_trust.py).
 """
