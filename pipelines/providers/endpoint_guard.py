@@ -83,6 +83,15 @@ class PublicOnlyTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def public_only_client(*, who: str, field: str, **transport_options: Any) -> httpx2.AsyncClient:
+    """An HTTP client for the OpenAI SDK that dials only checked public addresses. No proxy from the environment:
+    its mount would bypass the check."""
+    from openai import DefaultAsyncHttpxClient
+
+    transport = PublicOnlyTransport(httpx2.AsyncHTTPTransport(**transport_options), who=who, field=field)
+    return DefaultAsyncHttpxClient(transport=transport, trust_env=False)
+
+
 async def connect_public_only(uri: str, *, who: str, field: str, **kwargs: Any) -> ClientConnection:
     """`websockets.connect` to `uri`, dialling the checked address (raises RefusedAddress or UnresolvableHost)."""
     parsed = parse_uri(uri)

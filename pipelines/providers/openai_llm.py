@@ -31,14 +31,13 @@ from typing import Any
 
 import httpcore2
 import httpx
-import httpx2
 import pydantic
 from openai import APITimeoutError, AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletionChunk
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
 
-from pipelines.providers.endpoint_guard import PublicOnlyTransport
+from pipelines.providers.endpoint_guard import public_only_client
 
 DEFAULT_TIMEOUT_SECS = 10.0  # as LLMConfig.timeout_secs, which explains it
 
@@ -93,10 +92,9 @@ class SharedTLSOpenAILLMService(OpenAILLMService):
         limits = connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
         if self._public_only_for is None:
             http_client = DefaultAsyncHttpxClient(verify=tls_context(), limits=limits)
-        else:  # no proxy from the environment: its mount would bypass the transport's check
-            transport = PublicOnlyTransport(httpx2.AsyncHTTPTransport(verify=tls_context(), limits=limits),
-                                            who=self._public_only_for, field="llm.base_url")
-            http_client = DefaultAsyncHttpxClient(transport=transport, trust_env=False)
+        else:
+            http_client = public_only_client(who=self._public_only_for, field="llm.base_url", verify=tls_context(),
+                                             limits=limits)
         return ChunkValidatingAsyncOpenAI(
             api_key=api_key, base_url=base_url, organization=organization, project=project,
             http_client=http_client, default_headers=default_headers, timeout=self._timeout_secs,

@@ -78,19 +78,21 @@ def _key(ctx: BuildContext, kind: str, provider: str) -> str:
     return secret.get_secret_value()
 
 
+def _who(ctx: BuildContext, kind: str) -> str:
+    """The agent's service, as log lines about its own base URL name it."""
+    return f"agent {ctx.agent.name!r} {kind} ({ctx.label})"
+
+
 def _key_for(ctx: BuildContext, kind: str, provider: str, own_url: str | None) -> str:
     """The server's key, unless the agent's own base URL is not trusted with it (see config/provider_trust.py)."""
-    if provider_trust.withhold_server_key(ctx.settings, provider, own_url,
-                                          who=f"agent {ctx.agent.name!r} {kind} ({ctx.label})"):
+    if provider_trust.withhold_server_key(ctx.settings, provider, own_url, who=_who(ctx, kind)):
         return provider_trust.NO_SERVER_KEY
     return _key(ctx, kind, provider)
 
 
 def _public_only_for(ctx: BuildContext, kind: str, provider: str, own_url: str | None) -> str | None:
     """Who the agent's own base URL is, for log lines, when it may reach only public addresses; else None."""
-    if provider_trust.held_to_public_addresses(ctx.settings, provider, own_url):
-        return f"agent {ctx.agent.name!r} {kind} ({ctx.label})"
-    return None
+    return _who(ctx, kind) if provider_trust.held_to_public_addresses(ctx.settings, provider, own_url) else None
 
 
 def _default(kind: str, provider: str, attr: str) -> Any:

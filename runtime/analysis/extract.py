@@ -172,12 +172,9 @@ async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: 
         api_key = settings.openai_api_key.get_secret_value()
     http_client = None
     if provider_trust.held_to_public_addresses(settings, "openai", own_url):
-        import httpx2
+        from pipelines.providers.endpoint_guard import public_only_client
 
-        from pipelines.providers.endpoint_guard import PublicOnlyTransport
-
-        transport = PublicOnlyTransport(httpx2.AsyncHTTPTransport(), who=who, field="llm.base_url")
-        http_client = openai.DefaultAsyncHttpxClient(transport=transport, trust_env=False)
+        http_client = public_only_client(who=who, field="llm.base_url")
     client = openai.AsyncOpenAI(api_key=api_key, base_url=own_url or settings.openai_base_url,
                                 timeout=settings.analysis_timeout_secs, max_retries=1, http_client=http_client)
     messages: list[dict[str, str]] = [
