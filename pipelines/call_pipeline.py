@@ -26,4 +26,7 @@ class CallPipeline:
     closing_mute: ClosingMuteStrategy | None = None
     llm: FrameProcessor | None = None
     audio_in_sample_rate: int = LINE_SAMPLE_RATE
+    # After this much of the caller's audio below the VAD's loudness gate, a carrier may hand the pipeline larger
+    # frames (TwilioMediaSerializer.coalesce_quiet); None where something downstream needs every frame on time.
+    quiet_frames_after_secs: float | None = None
     audio_out_sample_rate: int = LINE_SAMPLE_RATE

@@ -214,7 +214,10 @@ class CallSession(StreamEvents):
                 await self.ws.close(code=1000 if status == "completed" else 1011)
             except Exception:
                 pass
-        media = f", media in/out {self._serializer.media_in}/{self._serializer.media_out}" if self._serializer else ""
+        media = ""
+        if self._serializer is not None:
+            s = self._serializer
+            media = f", media in/out {s.media_in}/{s.media_out}, caller frames {s.frames_in}"
         logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
                     f"{' (' + self._detail + ')' if self._detail else ''}{media}")
 
@@ -293,6 +296,8 @@ class CallSession(StreamEvents):
             self.end_with(R.ERROR_INTERNAL, str(exc))
             return
 
+        if built.quiet_frames_after_secs is not None:
+            self._serializer.coalesce_quiet(built.quiet_frames_after_secs)
         worker = self._worker = PipelineWorker(
             built.pipeline,
             params=PipelineParams(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from telephony.audio import FRAME_BYTES
@@ -31,6 +32,12 @@ async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
     row = server.wait_ended(call_id, timeout=5.0)
     assert row["status"] == "completed"
     assert row["disconnection_reason"] == "caller_hangup"
+    # The caller's line was digitally silent while the welcome played and after the reply: those stretches reached
+    # the pipeline in 200 ms frames (tests/test_quiet_frames.py), and the turn above was heard all the same.
+    ended = re.search(rf"call {call_id}: ended .* media in/out (\d+)/\d+, caller frames (\d+)", server.log())
+    assert ended, "no end-of-call line"
+    media_in, frames = map(int, ended.groups())
+    assert frames < 0.8 * media_in / 2, (media_in, frames)
     assert row["stream_sid"] == caller.stream_sid
     assert row["twilio_call_sid"] == caller.call_sid
     assert row["direction"] == "inbound" and row["to_number"] == "+15550100000"

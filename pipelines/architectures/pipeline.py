@@ -100,7 +100,25 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         greeting=greeting,
         closing_mute=closing_mute,
         llm=llm,
+        quiet_frames_after_secs=quiet_frames_after_secs(agent),
     )
+
+
+# Past the longest silence an audio-time rule counts, the margin after which a quiet line gets larger frames.
+QUIET_MARGIN_SECS = 1.0
+
+
+def quiet_frames_after_secs(agent: AgentConfig) -> float | None:
+    """How long the caller's line must be below the VAD's loudness gate before its frames may grow (see
+    CallPipeline). The VAD's stop and smart-turn's limit count silence in audio, so they must have had their say
+    on time; the other turn rules run on clocks. With `min_volume` 0 a window below the gate could still be speech
+    to the VAD, so the frames never grow."""
+    if agent.vad.min_volume <= 0:
+        return None
+    counted = agent.vad.stop_secs
+    if agent.turn.strategy == "smart_turn":
+        counted = max(counted, agent.turn.smart_turn_max_secs)
+    return counted + QUIET_MARGIN_SECS
 
 
 def _stop_strategy(agent: AgentConfig, segmented_stt: bool):

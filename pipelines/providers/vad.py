@@ -131,13 +131,13 @@ def _batcher(sample_rate: int) -> _Batcher:
 # block whose RMS is below 6 (16-bit units; `audioop.rms` rounds down, hence 5) measures at most
 # -0.691 + 10·log10(2.8 · (6/32768)²) ≈ -71 LKFS: exactly 0, known for the price of one RMS (~2 µs). That covers
 # digital silence (muted, VoIP and WebRTC lines, carriers' silence suppression) and lines quieter than ~-75 dBFS.
-_BELOW_GATE_RMS = 5
+BELOW_GATE_RMS = 5
 
 
 class _GatedVolume(AudioVolumeTracker):
     @property
     def volume(self) -> float:
-        if self._volume is None and audioop.rms(self._buffer, 2) <= _BELOW_GATE_RMS:
+        if self._volume is None and audioop.rms(self._buffer, 2) <= BELOW_GATE_RMS:
             self._volume = 0.0
         return super().volume
 

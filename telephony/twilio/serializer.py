@@ -35,6 +35,7 @@ from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 
 from pipelines.call_pipeline import ULAW_METADATA_KEY
+from pipelines.providers.vad import BELOW_GATE_RMS
 
 TWILIO_RATE = 8000
 _BYTES_PER_SEC = TWILIO_RATE  # μ-law: one byte per sample
@@ -46,6 +47,11 @@ _RECENT_CHUNKS = 25
 # the per-call cost of a listening pipeline, for at most 20 ms more before the VAD (which works on 32 ms windows)
 # hears speech. A message that is already this long goes through alone; none waits for more than one other.
 INPUT_FRAME_BYTES = 320
+# Where the agent allows it (coalesce_quiet), a line that has been below the VAD's loudness gate for a while gets
+# 200 ms frames instead: a listening caller on a silent line (a muted phone, silence suppression, most of a call on
+# VoIP and WebRTC legs) then costs the pipeline a fifth of the frames. Nothing in them can start the VAD, and the
+# first message above the gate ends the wait, so speech reaches the VAD when it did before.
+QUIET_FRAME_BYTES = 1600
 
 
 class StreamEvents:
@@ -97,6 +103,7 @@ class TwilioMediaSerializer(FrameSerializer):
         # time, so this is exact to within one chunk); a `clear` is only worth sending before it.
         self._playout_until = 0.0
         self.media_in = 0
+        self.frames_in = 0  # pipeline frames the caller's media made
         self.media_out = 0
         self.bytes_in = 0  # μ-law bytes: the call's audio seconds at 8,000 a second, for its usage record
         self.bytes_out = 0
@@ -112,7 +119,16 @@ class TwilioMediaSerializer(FrameSerializer):
         self._mark_callback: Callable[[str], Awaitable[None]] | None = None
         self.holdable = True
         self.recorder = None  # a CallRecorder when the agent records calls
-        self._inbound = bytearray()  # caller audio waiting to make up one pipeline frame
+        self._inbound = bytearray()  # caller audio (μ-law) waiting to make up one pipeline frame
+        self._inbound_pcm = bytearray()  # the same audio as 16-bit PCM
+        self._quiet_after: int | None = None  # bytes below the gate after which frames grow; None: never
+        self._quiet_run = 0  # bytes below the gate since the last message above it
+
+    def coalesce_quiet(self, after_secs: float) -> None:
+        """Send the pipeline QUIET_FRAME_BYTES frames once the caller's audio has been below the VAD's loudness gate
+        for `after_secs` on end. The caller (pipelines/architectures/pipeline.py) picks a time by which every rule
+        that counts the caller's silence in audio (the VAD's stop, smart-turn's limit) has had its say."""
+        self._quiet_after = int(after_secs * TWILIO_RATE)
 
     @property
     def stream_sid(self) -> str:
@@ -175,16 +191,33 @@ class TwilioMediaSerializer(FrameSerializer):
             return None
         self.media_in += 1
         self.bytes_in += len(ulaw)
-        if self._inbound:
-            self._inbound += ulaw
-            ulaw, self._inbound = bytes(self._inbound), bytearray()
-        elif len(ulaw) < INPUT_FRAME_BYTES:
-            self._inbound += ulaw
-            return None
-        frame = InputAudioRawFrame(audio=audioop.ulaw2lin(ulaw, 2), num_channels=1, sample_rate=TWILIO_RATE)
-        frame.metadata[ULAW_METADATA_KEY] = ulaw
+        pcm = audioop.ulaw2lin(ulaw, 2)
         if self.recorder is not None:
-            self.recorder.caller(frame.audio)
+            self.recorder.caller(pcm)  # per message, as it arrives: the recording's clock (runtime/recording.py)
+        limit = INPUT_FRAME_BYTES
+        if self._quiet_after is not None:
+            self._quiet_run = self._quiet_run + len(ulaw) if audioop.rms(pcm, 2) <= BELOW_GATE_RMS else 0
+            if self._quiet_run >= self._quiet_after:
+                limit = QUIET_FRAME_BYTES
+        self._inbound += ulaw
+        self._inbound_pcm += pcm
+        if len(self._inbound) < limit:
+            return None
+        # Frames end on the same 40 ms boundaries of the stream whatever their length (a quiet frame is five 40 ms
+        # frames joined), so the first sound after a quiet stretch waits for the rest of its 40 ms as it always did,
+        # and the VAD changes state on the same message it would with 40 ms frames throughout.
+        keep = self.bytes_in % INPUT_FRAME_BYTES
+        if keep:
+            cut = len(self._inbound) - keep
+            ulaw, pcm = bytes(self._inbound[:cut]), bytes(self._inbound_pcm[:2 * cut])
+            del self._inbound[:cut], self._inbound_pcm[:2 * cut]
+        else:
+            ulaw, pcm = bytes(self._inbound), bytes(self._inbound_pcm)
+            self._inbound.clear()
+            self._inbound_pcm.clear()
+        self.frames_in += 1
+        frame = InputAudioRawFrame(audio=pcm, num_channels=1, sample_rate=TWILIO_RATE)
+        frame.metadata[ULAW_METADATA_KEY] = ulaw
         return frame
 
     # --- pipeline → Twilio -------------------------------------------------------------------------------------
