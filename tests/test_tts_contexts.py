@@ -58,6 +58,31 @@ async def test_items_come_in_order_and_keepalives_only_restart_the_wait(inline):
         assert len(per_item) >= 8, tasks
 
 
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_burst_of_queued_audio_lets_the_loop_run_between_items(inline):
+    """A provider sends a reply's audio faster than real time. If the playing task took a queued burst without
+    letting the loop run, the output transport could not write the first chunk until the whole burst was handed on
+    (3 calls: runtime overhead p50 ~9 → 14-25 ms)."""
+    holder = _Holder()
+    if inline:
+        read_inline(holder)
+    manager = holder._audio_context_manager
+    await manager.create("c1")
+    for i in range(50):
+        await manager.append("c1", i)
+    order: list = []
+
+    async def writer():
+        order.append("written")
+
+    task = asyncio.get_running_loop().create_task(writer())  # runs at the loop's next turn
+    for _ in range(50):
+        order.append(await manager.get("c1", timeout=1.0))
+    await task
+    assert order.index("written") <= 1, order
+    assert [x for x in order if x != "written"] == list(range(50))
+
+
 def test_a_calls_tts_reads_its_audio_contexts_inline():
     agent = AgentConfig.model_validate({
         "name": "cloud", "system_prompt": "Be brief.", "transcriber": {"provider": "deepgram"},
