@@ -45,11 +45,11 @@ _RECENT_CHUNKS = 25
 # Twilio sends 20 ms of caller audio a message; the pipeline gets 40 ms a frame. Every frame costs the same Python
 # work in each processor, observer and queue it passes (the audio inside costs little), so pairing messages halves
 # the per-call cost of a listening pipeline, for at most 20 ms more before the VAD (which works on 32 ms windows)
-# hears speech. A message that is already this long goes through alone; none waits for more than one other.
+# hears speech. Frames end on the stream's 40 ms boundaries, so no message waits for more than one other.
 INPUT_FRAME_BYTES = 320
 # Where the agent allows it (coalesce_quiet), a line that has been below the VAD's loudness gate for a while gets
-# 200 ms frames instead: a listening caller on a silent line (a muted phone, silence suppression, most of a call on
-# VoIP and WebRTC legs) then costs the pipeline a fifth of the frames. Nothing in them can start the VAD, and the
+# 200 ms frames instead: a listening caller on a digitally silent line (a muted phone, a carrier's silence
+# suppression) then costs the pipeline a fifth of the frames. Nothing in them can start the VAD, and the
 # first message above the gate ends the wait, so speech reaches the VAD when it did before.
 QUIET_FRAME_BYTES = 1600
 
