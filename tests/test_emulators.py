@@ -124,6 +124,7 @@ async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(spee
     every byte arrives, in order (the transcript has the words from their onset)."""
     async with await deepgram.start() as emulator:
         stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url, live_after_stop_secs=0.2,
+                                       quiet_batch_secs=0.2,
                                        settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
 
         def frames_of(ulaw: bytes) -> list[Frame]:
