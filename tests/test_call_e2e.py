@@ -33,7 +33,7 @@ async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
     assert row["status"] == "completed"
     assert row["disconnection_reason"] == "caller_hangup"
     # The caller's line was digitally silent while the welcome played and after the reply: those stretches reached
-    # the pipeline in 200 ms frames (tests/test_quiet_frames.py), and the turn above was heard all the same.
+    # the pipeline in 1 s frames (tests/test_quiet_frames.py), and the turn above was heard all the same.
     # (The line is logged just after the record is stored, so it may be a moment behind the row.)
     pattern, deadline = rf"call {call_id}: ended .* media in/out (\d+)/\d+, caller frames (\d+)", time.monotonic() + 5
     while not (ended := re.search(pattern, server.log())) and time.monotonic() < deadline:

@@ -48,10 +48,12 @@ _RECENT_CHUNKS = 25
 # hears speech. Frames end on the stream's 40 ms boundaries, so no message waits for more than one other.
 INPUT_FRAME_BYTES = 320
 # Where the agent allows it (coalesce_quiet), a line that has been below the VAD's loudness gate for a while gets
-# 200 ms frames instead: a listening caller on a digitally silent line (a muted phone, a carrier's silence
-# suppression) then costs the pipeline a fifth of the frames. Nothing in them can start the VAD, and the
-# first message above the gate ends the wait, so speech reaches the VAD when it did before.
-QUIET_FRAME_BYTES = 1600
+# 1 s frames instead: a listening caller on a digitally silent line (a muted phone, a carrier's silence
+# suppression) then costs the pipeline a 25th of the frames. Nothing in them can start the VAD, and the
+# first message above the gate ends the wait, so speech reaches the VAD when it did before. 1 s, not 200 ms:
+# 0.85 of the CPU per idle call side by side. No clock in the pipeline is shorter while the line is quiet (the
+# VAD's 1 s no-audio stop acts only while it hears speech), and a quiet Deepgram batch is 1 s too.
+QUIET_FRAME_BYTES = 8000
 
 
 class StreamEvents:
@@ -203,8 +205,8 @@ class TwilioMediaSerializer(FrameSerializer):
         self._inbound_pcm += pcm
         if len(self._inbound) < limit:
             return None
-        # Frames end on the same 40 ms boundaries of the stream whatever their length (a quiet frame is five 40 ms
-        # frames joined), so the first sound after a quiet stretch waits for the rest of its 40 ms as it always did,
+        # Frames end on the same 40 ms boundaries of the stream whatever their length (a quiet frame is 25 of those
+        # joined), so the first sound after a quiet stretch waits for the rest of its 40 ms as it always did,
         # and the VAD changes state on the same message it would with 40 ms frames throughout.
         keep = self.bytes_in % INPUT_FRAME_BYTES
         if keep:
