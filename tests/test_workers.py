@@ -216,3 +216,39 @@ async def test_a_linked_process_publishes_to_the_hub_and_delivers_what_comes_bac
     finally:
         reading.cancel()
         other.close()
+
+
+async def test_sigterm_to_the_supervisor_ends_every_workers_calls_as_server_shutdown(tmp_path, twilio_api):
+    """The supervisor passes SIGTERM on: each worker ends its own live calls, stored with their reason, and the
+    whole server exits cleanly."""
+    srv = start_server(tmp_path, auth_token=AUTH_TOKEN, extra_env={"TWILIO_API_BASE_URL": twilio_api.url},
+                       args=("--workers", str(WORKERS)))
+    callers = []
+    try:
+        assert len(names(srv)) == WORKERS
+        # Calls until both workers serve one: the kernel spreads connections over the workers' sockets by address.
+        while len(callers) < 8:
+            caller = await dial(srv)
+            await caller.__aenter__()
+            callers.append(caller)
+            assert await caller.wait_agent_audio(0.0, 20.0)
+            if len({srv.call_row(c.answer.parameters["call_id"])["served_by"] for c in callers}) == WORKERS:
+                break
+        served_by = {srv.call_row(c.answer.parameters["call_id"])["served_by"] for c in callers}
+        assert len(served_by) == WORKERS, served_by
+        workers = [slot_pid(srv, slot) for slot in range(WORKERS)]
+        srv.proc.send_signal(signal.SIGTERM)
+        for caller in callers:
+            await asyncio.wait_for(caller.closed.wait(), 15)
+        assert srv.proc.wait(timeout=30) == 0
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                       for pid in workers)
+        for caller in callers:
+            row = srv.wait_ended(caller.answer.parameters["call_id"])
+            assert (row["status"], row["disconnection_reason"]) == ("completed", "server_shutdown"), dict(row)
+    finally:
+        for caller in callers:
+            await caller.__aexit__(None, None, None)
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
