@@ -57,6 +57,14 @@ class HeardTextGate(FrameProcessor):
             return
         self._queue.append((frame, None))
 
+    async def cleanup(self):
+        # The call is over: a mark timer left armed (the caller hung up before the carrier echoed the last mark)
+        # would fire into a finished pipeline and keep this call's objects alive until it did.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await super().cleanup()
+
     def _drop_text(self) -> None:
         dropped = [f for f, name in self._queue if name is not None and f.interruptible and name not in self._played]
         if dropped:
