@@ -20,7 +20,7 @@ from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
 from config import variables as call_variables
-from runtime import call_feed, call_observer
+from runtime import call_feed, call_observer, call_teardown
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.call_pipeline import LINE_SAMPLE_RATE
@@ -130,6 +130,7 @@ class CallSession(StreamEvents):
         self._reason: R | None = None
         self._detail: str | None = None
         self._worker: PipelineWorker | None = None
+        self._transport: FastAPIWebsocketTransport | None = None
         self._cancel_task: asyncio.Task | None = None
         self._turn_start = {"user": 0.0, "assistant": 0.0}
         self._turns: TurnWriter | None = None
@@ -220,6 +221,21 @@ class CallSession(StreamEvents):
             media = f", media in/out {s.media_in}/{s.media_out}, caller frames {s.frames_in}"
         logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
                     f"{' (' + self._detail + ')' if self._detail else ''}{media}")
+        self._release()
+
+    def _release(self) -> None:
+        """Free the ended call's pipecat objects now rather than at the next full collection (call_teardown)."""
+        worker, built, transport = self._worker, self._built, self._transport
+        self._worker = self._built = self._transport = None
+        if worker is None or not worker.has_finished():
+            return  # never started, or cancelled mid-run (shutdown): its tasks may still be unwinding
+        others = (built.user_aggregator, built.assistant_aggregator) if built else ()
+        try:
+            n = call_teardown.release(call_teardown.call_objects(worker, transport, *others))
+        except Exception:  # the call is over and recorded; the cyclic collector frees what was not emptied
+            logger.exception(f"call {self.call_id}: could not release its pipecat objects")
+            return
+        logger.debug(f"call {self.call_id}: released {n} pipecat objects")
 
     async def _record(self) -> dict:
         """Usage, cost and latency percentiles for the call's record; a failure here never keeps it open."""
@@ -256,7 +272,7 @@ class CallSession(StreamEvents):
             await local_models.load(name)  # normally preloaded at start-up; never loaded on the event loop
 
         self._serializer = self._serializer_factory(self)
-        transport = FastAPIWebsocketTransport(
+        transport = self._transport = FastAPIWebsocketTransport(
             self.ws,
             FastAPIWebsocketParams(
                 audio_in_enabled=True,
