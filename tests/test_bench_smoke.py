@@ -137,3 +137,30 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     assert "busy % per second" in proc.stdout, proc.stdout
     crunching = next(line for line in proc.stdout.splitlines() if line.endswith(" Crunching"))
     assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work
+
+
+def test_gc_watch_tells_a_released_pipeline_from_a_collected_one(tmp_path):
+    """bench/gc_watch: a worker emptied by call_teardown is freed by reference counting, one left alone only by
+    the cyclic collector, and the collections are counted."""
+    program = tmp_path / "two_workers.py"
+    program.write_text(
+        "import gc, time\n"
+        "from pipecat.pipeline.pipeline import Pipeline\n"
+        "from pipecat.pipeline.worker import PipelineWorker\n"
+        "from runtime import call_teardown\n"
+        "deadline = time.monotonic() + 20  # the watch patches PipelineWorker once pipecat is imported\n"
+        "while PipelineWorker.__init__.__name__ != 'counted' and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "released = PipelineWorker(Pipeline([]))\n"
+        "call_teardown.release(call_teardown.call_objects(released))\n"
+        "del released\n"
+        "left = PipelineWorker(Pipeline([]))\n"
+        "del left\n"
+        "gc.collect()\n")
+    out = tmp_path / "gw"
+    env = {**os.environ, "GC_WATCH_OUT": str(out), "PYTHONPATH": f"{ROOT / 'bench' / 'gc_watch'}{os.pathsep}{ROOT}"}
+    subprocess.run([sys.executable, str(program)], env=env, cwd=ROOT, timeout=60, check=True)
+    (written,) = out.glob("*.json")
+    state = json.loads(written.read_text())
+    assert state["pipelines"] == {"made": 2, "by_refcount": 1, "by_collector": 1}, state
+    assert state["collections"]["2"]["n"] >= 1 and state["collections"]["2"]["total_ms"] > 0, state
