@@ -11,15 +11,12 @@ import time
 import weakref
 
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TTSTextFrame
-from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
-from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
-from pipecat.workers.runner import WorkerRunner
 
 from config.agent import AgentConfig
 from config.settings import Settings
@@ -28,50 +25,18 @@ from pipelines.providers.registry import BuildContext
 from pipelines.turns.heard import HeardTextGate
 from runtime import call_observer, call_teardown
 from tests.calls import converse
-
-
-class _Carrier:
-    holding = False
-
-    def on_mark(self, listener) -> None:
-        self.listener = listener  # the carrier holds the gate's bound method, as the serializer does
-
-    async def mark(self, name: str) -> None:
-        pass
-
-
-class _Sink(FrameProcessor):
-    def __init__(self):
-        super().__init__()
-        self.frames = 0
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        self.frames += 1
-        await self.push_frame(frame, direction)
+from tests.pipelines import SilentCarrier, running
 
 
 async def _finished_worker() -> PipelineWorker:
     """A worker that ran and ended, its processors wired the way a call's are (neighbours, worker, handlers)."""
-    sink = _Sink()
-    worker = PipelineWorker(Pipeline([DTMFAggregator(), HeardTextGate(_Carrier(), mark_timeout=0.1), sink]),
-                            enable_rtvi=False, enable_turn_tracking=False)
-    call_observer.install(worker)
-    seen = []
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker, _frame):
-        seen.append(sink)  # a handler that closes over the call's objects, as the session's do
-
-    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
-    await runner.add_workers(worker)
-    running = asyncio.create_task(runner.run())
+    worker, collect, task = await running(DTMFAggregator(), HeardTextGate(SilentCarrier(), mark_timeout=0.1))
     for _ in range(5):
         await worker.queue_frame(InputAudioRawFrame(audio=bytes(640), sample_rate=8000, num_channels=1))
     await worker.queue_frame(TTSTextFrame("Hello.", text_type="sentence"))
     await worker.queue_frame(EndFrame())
-    await asyncio.wait_for(running, 10)
-    assert worker.has_finished() and seen and sink.frames >= 5
+    await asyncio.wait_for(task, 10)
+    assert worker.has_finished() and collect.frames >= 5
     return worker
 
 

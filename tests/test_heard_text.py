@@ -6,60 +6,14 @@ from __future__ import annotations
 import asyncio
 
 from pipecat.frames.frames import TTSTextFrame
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineWorker
-from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.workers.runner import WorkerRunner
 
 from pipelines.turns.heard import HeardTextGate
-
-
-class _SilentCarrier:
-    """A carrier that takes marks and never echoes them (a client that is not Twilio, or a line gone dead)."""
-
-    holding = False
-
-    def __init__(self):
-        self.marks: list[str] = []
-
-    def on_mark(self, listener) -> None:
-        pass
-
-    async def mark(self, name: str) -> None:
-        self.marks.append(name)
-
-
-class _Collect(FrameProcessor):
-    def __init__(self):
-        super().__init__()
-        self.texts: list[str] = []
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSTextFrame):
-            self.texts.append(frame.text)
-        await self.push_frame(frame, direction)
-
-
-async def _running(gate: HeardTextGate) -> tuple[PipelineWorker, _Collect, asyncio.Task]:
-    collect = _Collect()
-    worker = PipelineWorker(Pipeline([gate, collect]), cancel_on_idle_timeout=False)
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker, _frame):
-        started.set()
-
-    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await asyncio.wait_for(started.wait(), 10)
-    return worker, collect, task
+from tests.pipelines import SilentCarrier, running
 
 
 async def test_text_the_carrier_never_confirms_counts_as_heard_after_the_timeout(logged):
-    carrier = _SilentCarrier()
-    worker, collect, task = await _running(HeardTextGate(carrier, mark_timeout=0.2))
+    carrier = SilentCarrier()
+    worker, collect, task = await running(HeardTextGate(carrier, mark_timeout=0.2))
     try:
         await worker.queue_frame(TTSTextFrame("Hello there.", text_type="sentence"))
         await asyncio.sleep(0.1)
@@ -73,9 +27,9 @@ async def test_text_the_carrier_never_confirms_counts_as_heard_after_the_timeout
 
 
 async def test_a_call_cancelled_with_text_held_leaves_no_timer_behind(logged):
-    carrier = _SilentCarrier()
+    carrier = SilentCarrier()
     gate = HeardTextGate(carrier, mark_timeout=0.2)
-    worker, collect, task = await _running(gate)
+    worker, collect, task = await running(gate)
     await worker.queue_frame(TTSTextFrame("Goodbye.", text_type="sentence"))
     await asyncio.sleep(0.1)
     assert carrier.marks == ["vx1"] and collect.texts == []
