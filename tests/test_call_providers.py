@@ -152,7 +152,9 @@ def _attach_tool(server, base, env, tools) -> str:
 
 
 async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(cloud, speech):
-    server, _, tools = cloud
+    server, emu, tools = cloud
+    asked = emu.running["openai"].emulator.requests
+    before = len(asked)
     caller = await dial(server, CLOUD_NUMBER)
     call_id = caller.answer.parameters["call_id"]
     async with caller:
@@ -172,6 +174,13 @@ async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(
     assert tool["tool_name"] == "find_us" and json.loads(tool["tool_arguments"]) == {"say": "twelve Main Street"}
     assert tool["tool_error"] is None and "twelve Main Street" in tool["tool_result"]
     assert any(r["query"] == {"say": "twelve Main Street"} for r in tools.requests)
+    # The model is told the agent's prompt and nothing else: no guidance pipecat composes for tools it would run
+    # asynchronously (end_call is offered too, and is not one of those).
+    assert len(asked) - before == 2
+    for request in asked[before:]:
+        assert [m for m in request["messages"] if m["role"] in ("system", "developer")] == [
+            {"role": "system", "content": "A restaurant host."}], request["messages"]
+        assert [t["function"]["name"] for t in request["tools"]] == ["find_us", "end_call"]
     assert turns[-1]["role"] == "assistant" and "twelve Main Street" in turns[-1]["text"]
     # What it used and cost, priced from config/prices.yaml: Deepgram minutes of the whole stream, OpenAI tokens
     # (two requests: the tool call and the answer), Cartesia characters, Twilio minutes.
@@ -246,6 +255,7 @@ async def test_a_realtime_call_is_mulaw_end_to_end_and_runs_a_tool(cloud, speech
     session = emu.running["openai-realtime"].emulator[-1]
     assert session["audio"]["input"]["format"]["type"] == "audio/pcmu"
     assert session["audio"]["output"]["format"]["type"] == "audio/pcmu"
+    assert session["instructions"] == "A restaurant host."  # the agent's prompt, with nothing pipecat composes
     turns = [(t["role"], t["text"]) for t in server.turns(call_id)]
     assert turns[0] == ("assistant", "Hello, this is Luigi's."), turns
     assert any(role == "user" and "located" in text.lower() for role, text in turns), turns

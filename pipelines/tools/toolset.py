@@ -55,7 +55,6 @@ class Tool:
     run: Callable[[dict[str, Any], FunctionCallParams | None], Awaitable[ToolResult]]
     timeout_secs: float | None = None
     run_llm: bool | None = None  # False: the LLM is not run again on the result (e.g. after end_call)
-    cancel_on_interruption: bool = True
     builtin: bool = False
     fixed_arguments: dict[str, Any] = field(default_factory=dict)  # merged over the LLM's, which never sees them
 
@@ -95,8 +94,7 @@ class ToolSet:
                        timeout_secs=spec.timeout_secs, fixed_arguments=spec.fixed_arguments))
 
     def add_builtin(self, name: str, description: str, parameters: dict[str, Any], handler: BuiltinHandler, *,
-                    run_llm: bool | None = None, cancel_on_interruption: bool = True,
-                    timeout_secs: float | None = None) -> None:
+                    run_llm: bool | None = None, timeout_secs: float | None = None) -> None:
         """Add a Python tool. A stored HTTP tool of the same name is replaced: built-ins are the runtime's own."""
 
         async def run(arguments: dict[str, Any], params: FunctionCallParams | None) -> ToolResult:
@@ -105,8 +103,7 @@ class ToolSet:
             return value if isinstance(value, ToolResult) else ToolResult.success(value)
 
         self._add(Tool(name, description, parameters or {"type": "object", "properties": {}}, run,
-                       timeout_secs=timeout_secs, run_llm=run_llm, cancel_on_interruption=cancel_on_interruption,
-                       builtin=True))
+                       timeout_secs=timeout_secs, run_llm=run_llm, builtin=True))
 
     def _add(self, tool: Tool) -> None:
         if tool.name in self.tools:
@@ -133,8 +130,9 @@ class ToolSet:
         """Register one handler per tool on the pipecat LLM service."""
         for tool in self.tools.values():
             timeout = tool.timeout_secs + _PIPECAT_TIMEOUT_MARGIN_SECS if tool.timeout_secs else None
-            llm.register_function(tool.name, self._pipecat_handler, timeout_secs=timeout,
-                                  cancel_on_interruption=tool.cancel_on_interruption)
+            # Every tool is synchronous: pipecat 1.14 turns cancel_on_interruption=False into an asynchronous tool,
+            # and then adds its own "ASYNC TOOLS" guidance to every request's system prompt.
+            llm.register_function(tool.name, self._pipecat_handler, timeout_secs=timeout, cancel_on_interruption=True)
 
     async def _pipecat_handler(self, params: FunctionCallParams) -> None:
         tool = self.tools.get(params.function_name)
