@@ -8,14 +8,16 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 LATENCIES = ("turn_ms", "barge_in_ms", "overhead_ms", "overhead_runtime_ms")
 
@@ -32,11 +34,20 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "load.py"), "--smoke", "--target", "both", "--no-plots", "--out", str(out),
-         "--server-cpus", str(SERVER_CPU)],
-        cwd=ROOT, capture_output=True, text=True, timeout=200, check=False,
+         "--server-cpus", str(SERVER_CPU), "--keep-work"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "BENCH_SERVER_LOG_LEVEL": "INFO"},  # the servers' logs, for a failure to show
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+    report = json.loads((out / "results.json").read_text())
+    yield out, report, (out / "results.md").read_text()
+    shutil.rmtree(report["work_dir"], ignore_errors=True)
+
+
+def server_log(report: dict, target: str, lines: int = 40) -> str:
+    """The end of a server's log: what a failed assertion on its figures shows, since figures alone say little."""
+    path = Path(report["work_dir"]) / f"{target}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else f"no {path}"
 
 
 @pytest.mark.parametrize("target,calls", [("voxline", 2), ("baseline", 1)])
@@ -46,7 +57,7 @@ def test_each_target_has_every_metric_measured(smoke, target, calls):
     assert level["calls"] == calls and level["connected"] == calls and level["errors"] == [], level["errors"]
     for key in LATENCIES:
         stats = level[key]
-        assert stats["n"] > 0, (key, stats)
+        assert stats["n"] > 0, (key, stats, level["per_call"], server_log(report, target))
         assert all(finite(stats[q]) and stats[q] >= 0 for q in ("p50", "p95", "p99")), (key, stats)
     for key in ("turn_ms", "barge_in_ms", "overhead_ms"):
         assert level[key]["p50"] > 0, (key, level[key])
