@@ -3,7 +3,7 @@
     .venv/bin/python bench/load.py --target both --calls 20 --out bench-out
     .venv/bin/python bench/load.py --target both --ramp --out bench-out            # largest N holding the goals
     .venv/bin/python bench/load.py --target both --soak 1000 --out bench-out       # RSS over sequential calls
-    .venv/bin/python bench/load.py --smoke --out /tmp/smoke                        # seconds: keeps the harness working
+    .venv/bin/python bench/load.py --smoke --out /tmp/smoke                        # ~70 s: keeps the harness working
 
 It starts everything itself on free loopback ports: the provider emulators (`voxline emulate deepgram|openai|
 cartesia`, each its own process, `--latency-ms` 0 by default), then for each target in turn the server under test
@@ -184,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ramp-levels", default="10,20,30,40,60,80,100,120,150,200")
     ap.add_argument("--soak", type=int, default=0, help="sequential short calls, RSS after each (e.g. 1000)")
     ap.add_argument("--soak-lanes", type=int, default=1, help="soak calls at a time (1: strictly sequential)")
-    ap.add_argument("--smoke", action="store_true", help="2 voxline calls, 1 baseline call, 1 turn: seconds")
+    ap.add_argument("--smoke", action="store_true", help="a warm-up call, then 2 voxline calls, 1 baseline call, 1 turn: ~70 s")
     ap.add_argument("--agent", choices=("cloud", "local"), default="cloud",
                     help="cloud: Deepgram + OpenAI + Cartesia emulators; local: Whisper + Piper in the server "
                          "(voxline's LLM scripted, the baseline's the OpenAI emulator; the baseline runs at 16 kHz)")
