@@ -8,7 +8,7 @@ import asyncio
 from types import SimpleNamespace
 
 from pipecat.frames.frames import EndWorkerFrame, TTSSpeakFrame
-from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from config.agent import AgentConfig
 from pipelines.tools.toolset import ToolSet
@@ -32,14 +32,11 @@ class StalledLLM(FrameProcessor):
         await super().process_frame(frame, direction)
         await self.push_frame(frame, direction)
 
-    async def push_frame(self, frame, direction=None):
+    async def push_frame(self, frame, direction=FrameDirection.DOWNSTREAM):
         if isinstance(frame, (TTSSpeakFrame, EndWorkerFrame)):
             self.pushing.set()
             await self.release.wait()
-        if direction is None:
-            await super().push_frame(frame)
-        else:
-            await super().push_frame(frame, direction)
+        await super().push_frame(frame, direction)
 
 
 async def _cancelled_mid_ending(tool: str, arguments: dict, agent: AgentConfig) -> tuple[list, list[str], bool]:
