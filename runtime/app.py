@@ -142,6 +142,9 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         for worker in (batches, webhooks, analyses):
             worker.start()
         await asyncio.to_thread(registry.import_all)
+        from pipelines.providers.openai_llm import shared_pool
+
+        rt.http_pool = shared_pool()
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
         gc.collect()
@@ -155,6 +158,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             await batches.stop()  # first: no campaign dials into a server that is going away
             await analyses.stop()  # an analysis cut short is redone by the next server (its lease lapses)
             await _end_live_calls(rt)
+            await rt.http_pool.aclose()
             await webhooks.stop()  # after the calls: their call.ended events go out now if they can
             await keeper.stop()
             retention_job.cancel()

@@ -300,7 +300,8 @@ class CallSession(StreamEvents):
         add_call_tools(tools, agent, self._controls, self.transfer_to)
         ctx = BuildContext(agent=agent, settings=self.rt.settings, on_goodbye=self._on_goodbye,
                            playout=self._serializer, label=f"call {self.call_id}", tools=tools,
-                           on_barge_in=lambda verdict, secs: BARGE_IN.labels(verdict=verdict).observe(secs))
+                           on_barge_in=lambda verdict, secs: BARGE_IN.labels(verdict=verdict).observe(secs),
+                           http_pool=self.rt.http_pool)
         try:
             built = build_call_pipeline(agent, transport, ctx)
         except ProviderError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.requests import HTTPConnection
@@ -25,6 +25,9 @@ class Runtime:
     instance_id: str = ""  # this server process's name in `calls.served_by` (runtime/recovery.py)
     sessions: dict[str, CallSession] = field(default_factory=dict)  # call id → live session
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    # Connections to OpenAI-compatible HTTP endpoints, kept across calls and chat turns (openai_llm.shared_pool);
+    # made once the provider modules are loaded.
+    http_pool: Any = None
 
 
 def runtime_of(conn: HTTPConnection) -> Runtime:

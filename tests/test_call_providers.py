@@ -304,6 +304,24 @@ def test_a_text_chat_through_openai_runs_the_tool_and_streams_the_answer(cloud):
         assert [m["role"] for m in history["messages"]] == ["user", "tool", "assistant"], history
 
 
+def test_chat_turns_reuse_the_servers_connection_to_the_llm(cloud):
+    """Each chat turn builds its own LLM service, as each call does; they share the server's connections, so a turn
+    (a call's first) does not wait for a DNS lookup and the TCP and TLS handshakes before its request leaves."""
+    server, emu, _ = cloud
+    chat = emu.running["openai"].emulator
+    before = len(chat.peers)
+    with httpx.Client(base_url=server.url, headers={"x-api-key": server.api_key}, timeout=30) as c:
+        agent = next(a for a in c.get("/api/v1/agents").json()["data"] if a["name"] == "cloud")
+        for _ in range(3):
+            session = c.post("/api/v1/chat/sessions", json={"agent_id": agent["id"]}).json()
+            with c.stream("POST", "/api/v1/chat/turn", json={"session_id": session["id"], "message": "Hello"}) as r:
+                assert r.status_code == 200
+                lines = list(r.iter_lines())
+            assert "event: done" in lines, lines
+    peers = chat.peers[before:]
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
+
+
 async def test_keypad_digits_reach_a_realtime_model(cloud):
     server, emu, _ = cloud
     caller = await dial(server, REALTIME_NUMBER)

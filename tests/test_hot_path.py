@@ -244,14 +244,23 @@ async def test_the_pacer_keeps_a_small_lead_and_catches_up_after_a_stall(monkeyp
     assert slept == [0.02], slept
 
 
-def test_openai_clients_share_one_tls_context():
-    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, tls_context
+def test_openai_clients_share_one_tls_context_and_the_servers_pool():
+    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool, tls_context
 
     a = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")
     b = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")
-    assert a._client is not b._client  # each call keeps its own client and pool
+    assert a._client._client is not b._client._client  # without the server's pool, each makes its own
     pools = [c._client._client._transport._pool for c in (a, b)]  # AsyncOpenAI → httpx client → transport
     assert all(p._ssl_context is tls_context() for p in pools)
+    pool = shared_pool()
+    c = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1", pool=pool)
+    d = SharedTLSOpenAILLMService(api_key="k2", base_url="http://127.0.0.1:9/v1", pool=pool)
+    assert c._client is not d._client and c._client._client is d._client._client is pool
+    assert pool._transport._pool._ssl_context is tls_context()
+    # An agent's own endpoint held to public addresses keeps its guarded client, pool or not.
+    e = SharedTLSOpenAILLMService(api_key="k", base_url="https://llm.example.com/v1", pool=pool,
+                                  public_only_for="agent a")
+    assert e._client._client is not pool
 
 
 class _Seen(BaseObserver):

@@ -208,14 +208,16 @@ class _ErrorTap(FrameProcessor):
 
 
 async def stream_turn(agent: AgentConfig, messages: list[dict[str, Any]], message: str, *, settings: Settings,
-                      toolset: ToolSet, timeout_secs: float = TURN_TIMEOUT_SECS) -> AsyncIterator[TurnEvent]:
+                      toolset: ToolSet, timeout_secs: float = TURN_TIMEOUT_SECS,
+                      http_pool: Any = None) -> AsyncIterator[TurnEvent]:
     """Run one turn: `messages` is the context so far (see `context_messages`), `message` the user's new one.
+    `http_pool`: the server's connections to the LLM (BuildContext.http_pool), so that a turn does not dial anew.
     Ends with a `done` or an `error` event; never raises for a provider failure."""
     if agent.llm is None:
         yield TurnEvent("error", {"code": "no_llm", "message": f"agent {agent.name!r} has no `llm` section to chat with"})
         return
     try:
-        llm = registry.build("llm", agent.llm, BuildContext(agent=agent, settings=settings))
+        llm = registry.build("llm", agent.llm, BuildContext(agent=agent, settings=settings, http_pool=http_pool))
     except ProviderError as exc:
         yield TurnEvent("error", {"code": "llm_unavailable", "message": str(exc)})
         return

@@ -1,8 +1,15 @@
-"""pipecat's OpenAI LLM service, with one TLS context for every call's client and a bound on a silent LLM.
+"""pipecat's OpenAI LLM service, with one TLS context and one connection pool for every call's client, and a bound
+on a silent LLM.
 
 pipecat builds an AsyncOpenAI client per service, and its HTTP client loads the system's CA store into a new TLS
 context (~60 ms, on the event loop, while every other call's audio waits). The context holds no per-connection
-state, so calls share one, made once; each call still has its own client and connection pool.
+state, so calls share one, made once.
+
+Connections are shared too, when the server hands the service its pool (`shared_pool()`, one per server process,
+for endpoints the operator configured or trusts). Otherwise every call's first turn, and every chat turn, which
+builds its own service, dialled a new connection: a DNS lookup, TCP's round trip and TLS's, before the request
+could leave, on the path to the reply's first word. Requests carry their own key, so one pool serves every
+workspace. An agent's own untrusted `base_url` keeps a client and pool of its own (endpoint_guard.py).
 
 An OpenAI-compatible server that accepts the request and then sends nothing (hung, overloaded) would otherwise hold
 the turn for the SDK's 600 s read timeout, three times over with its retries, and the caller would hear silence
@@ -45,6 +52,17 @@ _lock = threading.Lock()
 _tls: ssl.SSLContext | None = None
 
 
+# pipecat 1.14's limits for its OpenAI clients. With no expiry an idle connection is kept until the server closes it
+# (httpcore notices that before reusing it), so a quiet minute does not cost the next call a handshake.
+_LIMITS = connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
+
+
+def shared_pool() -> httpx.AsyncClient:
+    """A connection pool for every call's client to trusted endpoints: make it on the event loop that will use it,
+    and `aclose()` it when the server stops."""
+    return DefaultAsyncHttpxClient(verify=tls_context(), limits=_LIMITS)
+
+
 def tls_context() -> ssl.SSLContext:
     """The process's client TLS context, as httpx would make it (blocking the first time: warm it in a thread)."""
     global _tls
@@ -75,12 +93,14 @@ class ChunkValidatingAsyncOpenAI(AsyncOpenAI):
 
 class SharedTLSOpenAILLMService(OpenAILLMService):
     def __init__(self, *, timeout_secs: float = DEFAULT_TIMEOUT_SECS, public_only_for: str | None = None,
-                 **kwargs: Any):
+                 pool: httpx.AsyncClient | None = None, **kwargs: Any):
         """`public_only_for`: who the base URL is (for log lines), when it may reach only public addresses
-        (pipelines/providers/endpoint_guard.py)."""
+        (pipelines/providers/endpoint_guard.py). `pool`: the server's `shared_pool()`, used unless the endpoint is
+        public-only; without one, the service makes its own."""
         # Before the base __init__, which calls create_client.
         self._timeout_secs = timeout_secs
         self._public_only_for = public_only_for
+        self._pool = pool
         super().__init__(**kwargs)
 
     def create_client(self, api_key=None, base_url=None, organization=None, project=None, default_headers=None,
@@ -89,12 +109,12 @@ class SharedTLSOpenAILLMService(OpenAILLMService):
         # (600 s read) cut to timeout_secs, so that no read on this client's sockets outlasts the bound that
         # get_chat_completions enforces. The SDK keeps its 2 quick retries (a refused connection, a 5xx): they run
         # inside that bound, which still ends the turn on time.
-        limits = connection_limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
-        if self._public_only_for is None:
-            http_client = DefaultAsyncHttpxClient(verify=tls_context(), limits=limits)
-        else:
+        # Nothing closes this client (pipecat never does), so a shared pool outlives the call.
+        if self._public_only_for is not None:
             http_client = public_only_client(who=self._public_only_for, field="llm.base_url", verify=tls_context(),
-                                             limits=limits)
+                                             limits=_LIMITS)
+        else:
+            http_client = self._pool or shared_pool()
         return ChunkValidatingAsyncOpenAI(
             api_key=api_key, base_url=base_url, organization=organization, project=project,
             http_client=http_client, default_headers=default_headers, timeout=self._timeout_secs,

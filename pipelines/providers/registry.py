@@ -38,6 +38,9 @@ class BuildContext:
     label: str = "call"
     tools: ToolSet | None = None  # offered to the LLM and registered on it by the architecture
     on_barge_in: Callable[[str, float], None] | None = None  # each barge-in's verdict and how long it took
+    # The server's connection pool for OpenAI-compatible HTTP endpoints (openai_llm.shared_pool); None: the service
+    # makes its own.
+    http_pool: Any = None
 
 
 Factory = Callable[[Any, BuildContext], FrameProcessor]
@@ -171,6 +174,7 @@ def _openai(section, ctx: BuildContext) -> FrameProcessor:
         api_key=_key_for(ctx, "llm", "openai", section.base_url),
         base_url=section.base_url or ctx.settings.openai_base_url,
         public_only_for=_public_only_for(ctx, "llm", "openai", section.base_url),
+        pool=ctx.http_pool,
         # A reply that does not start (or stalls) within this fails the turn like any other LLM outage, instead of
         # leaving a caller in silence for the SDK's 600 s (pipecat's retry_on_timeout would retry without a bound).
         timeout_secs=section.timeout_secs,

@@ -53,6 +53,7 @@ class ChatEmulator:
         self.latency = latency_ms / 1000
         self.faults: deque[str] = deque()
         self.requests: list[dict] = []  # every accepted request body, for tests to inspect
+        self.peers: list[tuple[str, int]] = []  # the client address of each, one per connection it came on
 
     def inject(self, fault: str, count: int = 1) -> None:
         """The next `count` chat requests fail with `fault` (server_error, rate_limit, drop_stream)."""
@@ -132,6 +133,7 @@ class ChatEmulator:
         except Invalid as exc:
             return error(400, str(exc), code=exc.code, param=exc.param)
         self.requests.append(body)
+        self.peers.append(tuple(request.client) if request.client else ("", 0))
         tools = set() if body.get("tool_choice") == "none" else tool_names(body.get("tools"))
         decision = self.rules.decide(messages, tools)
         fault = self.faults.popleft() if self.faults else decision.fault

@@ -238,7 +238,8 @@ async def _run_turn(rt: Runtime, session_id: str, config: AgentConfig, history: 
     final = _sse("error", {"code": "internal_error", "message": "internal error"})
     try:
         messages = text_arch.context_messages(config.system_prompt, history)
-        async for event in text_arch.stream_turn(config, messages, message, settings=rt.settings, toolset=toolset):
+        async for event in text_arch.stream_turn(config, messages, message, settings=rt.settings, toolset=toolset,
+                                                http_pool=rt.http_pool):
             if event.type == "assistant_message":
                 await repo.add_chat_message(rt.db, session_id, "assistant", _clean(event.data["text"]))
             elif event.type == "tool_done":
