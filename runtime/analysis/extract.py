@@ -51,8 +51,10 @@ def transcript_text(turns: list[Turn]) -> str:
     return "\n".join(f"{'Caller' if t.role == 'user' else 'Agent'}: {t.text}" for t in turns)
 
 
-async def extract(agent: AgentConfig, turns: list[Turn], wanted: Wanted, settings: Settings) -> dict[str, Any]:
-    """`{"fields": {...}, "summary": str?, "provider": ..., "model": ...}`, or AnalysisError."""
+async def extract(agent: AgentConfig, turns: list[Turn], wanted: Wanted, settings: Settings, *,
+                  http_pool: Any = None) -> dict[str, Any]:
+    """`{"fields": {...}, "summary": str?, "provider": ..., "model": ...}`, or AnalysisError. `http_pool`: the
+    server's connections to OpenAI-compatible endpoints (openai_llm.shared_pool), used and left open."""
     if agent.llm is not None:
         provider, model, base_url = agent.llm.provider, agent.llm.model, agent.llm.base_url
     elif agent.realtime is not None and agent.realtime.provider == "openai":
@@ -63,7 +65,8 @@ async def extract(agent: AgentConfig, turns: list[Turn], wanted: Wanted, setting
         return {**_checked(wanted, scripted(turns, wanted)), "provider": "scripted", "model": "scripted"}
     if provider == "openai":
         model = model or catalog.provider("llm", "openai").default_model
-        result = await _openai(turns, wanted, settings, model, base_url, who=f"analysis of agent {agent.name!r}")
+        result = await _openai(turns, wanted, settings, model, base_url, who=f"analysis of agent {agent.name!r}",
+                               http_pool=http_pool)
         return {**result, "provider": "openai", "model": model}
     raise AnalysisError(f"post-call analysis is not available for LLM provider {provider!r}")
 
@@ -160,9 +163,11 @@ def _instructions(wanted: Wanted) -> str:
 
 
 async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: str, own_url: str | None, *,
-                  who: str) -> dict:
+                  who: str, http_pool: Any = None) -> dict:
     """`own_url` is the agent's `llm.base_url` (None: the server's endpoint)."""
     import openai
+
+    from pipelines.providers.openai_llm import shared_pool, tls_context
 
     if provider_trust.withhold_server_key(settings, "openai", own_url, who=who):
         api_key = provider_trust.NO_SERVER_KEY
@@ -170,11 +175,17 @@ async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: 
         raise AnalysisError("OPENAI_API_KEY is not set")
     else:
         api_key = settings.openai_api_key.get_secret_value()
-    http_client = None
+    # Analyses run on the event loop of the live calls. An HTTP client of the SDK's own making loads the CA store
+    # into a new TLS context (~20-60 ms, every call's audio waiting), and dials anew; the server's pool or at least
+    # its one TLS context instead. Only a client made here is closed here.
     if provider_trust.held_to_public_addresses(settings, "openai", own_url):
         from pipelines.providers.endpoint_guard import public_only_client
 
-        http_client = public_only_client(who=who, field="llm.base_url")
+        http_client, owned = public_only_client(who=who, field="llm.base_url", verify=tls_context()), True
+    elif http_pool is not None:
+        http_client, owned = http_pool, False
+    else:
+        http_client, owned = shared_pool(), True
     client = openai.AsyncOpenAI(api_key=api_key, base_url=own_url or settings.openai_base_url,
                                 timeout=settings.analysis_timeout_secs, max_retries=1, http_client=http_client)
     messages: list[dict[str, str]] = [
@@ -201,5 +212,6 @@ async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: 
                          {"role": "user", "content": f"That reply was invalid: {problem}. Answer again with only "
                                                      "the JSON object the schema describes."}]
     finally:
-        await client.close()
+        if owned:
+            await http_client.aclose()
     raise AnalysisError(f"openai ({model}) gave invalid output twice: first {problems[0]}; then {problems[1]}"[:2000])

@@ -94,7 +94,8 @@ async def analyse(rt: Runtime, call_id: str, claimed_at: datetime) -> bool:
     error: str | None = None
     try:
         config, turns, wanted = await _inputs(rt, call)
-        result = {**await extract(config, turns, wanted, rt.settings), "rules": wanted.rule_ids}
+        extracted = await extract(config, turns, wanted, rt.settings, http_pool=rt.http_pool)
+        result = {**extracted, "rules": wanted.rule_ids}
     except AnalysisError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 (a bug or a client library surprise: recorded, not retried forever)
