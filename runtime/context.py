@@ -25,8 +25,8 @@ class Runtime:
     instance_id: str = ""  # this server process's name in `calls.served_by` (runtime/recovery.py)
     sessions: dict[str, CallSession] = field(default_factory=dict)  # call id → live session
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
-    # Connections to OpenAI-compatible HTTP endpoints, kept across calls and chat turns (openai_llm.shared_pool);
-    # made once the provider modules are loaded.
+    # Connections to OpenAI-compatible HTTP endpoints, kept across calls, chat turns and post-call analyses
+    # (openai_llm.shared_pool); made at start-up before the background workers.
     http_pool: Any = None
 
 
