@@ -1,18 +1,24 @@
-"""The call's output transport without two costs per chunk of agent audio that buy nothing on a phone call.
+"""The call's output transport without three costs of agent audio that buy nothing on a phone call.
 
 pipecat 1.14's output transport, for every chunk it writes:
 - pushes the chunk on downstream "in case anyone else needs it". After the output a call has only the heard-text
   gate and the assistant aggregator, and neither reads audio (they keep text; recording taps the serializer), so
   each chunk was two more queue hops and three observer hand-offs, 25 times a second per speaking call;
 - takes the chunk from its queue, and then writes it, each under `asyncio.wait_for`, which in Python 3.11 runs
-  what it waits for in a task of its own: two tasks created, scheduled and awaited per chunk.
+  what it waits for in a task of its own: two tasks created, scheduled and awaited per chunk;
+and while the agent speaks, it broadcasts a `BotSpeakingFrame` both ways every 0.2 s: through every processor of
+the call, about ten queue hops, each handed to the call's observers. That is ~160 µs of CPU per broadcast
+(`bench/bot_speaking.py`), ~0.8 ms per second of agent speech: nearly what its 25 chunks a second cost on their
+way out (~1 ms, trimmed). Its only reader in a call is pipecat's idle watch, whose timeout is 300 s; the turn,
+mute and user-idle rules go by the bot's started/stopped frames.
 
-Here the chunk stops at the transport once written, and the same two deadlines are kept with `asyncio.timeout` in
-the sender's own task (a chunk already queued is taken without one): the bot-stopped-speaking fallback when no
-audio comes, and pipecat's error when a peer stops reading. `bench/transport_path.py` measures a chunk's way
-through the output, the heard-text gate and the assistant aggregator: 124 → 33 µs of CPU (this VM).
-Tied to pipecat 1.14's media senders (`_media_senders`, `_next_frame`, `_internal_write_audio_frame`, the
-fallback's `_bot_stopped_speaking`), pinned like the other seams.
+Here the chunk stops at the transport once written; the heartbeat comes once a second; and the same two deadlines
+are kept with `asyncio.timeout` in the sender's own task (a chunk already queued is taken without one): the
+bot-stopped-speaking fallback when no audio comes, and pipecat's error when a peer stops reading.
+`bench/transport_path.py` measures a chunk's way through the output, the heard-text gate and the assistant
+aggregator: 124 → 33 µs of CPU (the AMD VM). Tied to pipecat 1.14's media senders (`_media_senders`,
+`_next_frame`, `_internal_write_audio_frame`, `_bot_speaking_frame_period`, the fallback's
+`_bot_stopped_speaking`), pinned like the other seams.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_output import BOT_VAD_STOP_FALLBACK_SECS
 
 from pipelines.queues import get_within
+
+BOT_SPEAKING_EVERY_SECS = 1.0  # pipecat's is 0.2
 
 
 def trim(output) -> None:
@@ -46,6 +54,7 @@ class _TrimmedSenders(dict):
     def __setitem__(self, destination, sender) -> None:
         sender._internal_write_audio_frame = _write_inline(sender)
         sender._next_frame = _next_frame_inline(sender)
+        sender._bot_speaking_frame_period = BOT_SPEAKING_EVERY_SECS
         super().__setitem__(destination, sender)
 
 

@@ -13,6 +13,7 @@ import json
 
 import pytest
 from pipecat.frames.frames import (
+    BotSpeakingFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
@@ -149,6 +150,23 @@ async def test_pipecats_own_output_hands_written_audio_on():
         await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(5), sample_rate=8000, num_channels=1))
         await call.until(lambda: len(call.socket.messages) >= 5)
         await call.until(lambda: sum(isinstance(f, OutputAudioRawFrame) for f in call.downstream.frames) == 5)
+
+
+@pytest.mark.parametrize("trimmed", [True, False])
+async def test_the_bot_speaking_heartbeat_comes_once_a_second(trimmed):
+    """2.4 s of agent audio, sent at the line's pace: pipecat broadcasts a BotSpeakingFrame every 0.2 s, the
+    trimmed output once a second, starting with the first chunk (pipecat's idle watch still sees the agent talk)."""
+    async with _Call(_Socket(), trimmed=trimmed) as call:
+        await call.worker.queue_frame(TTSAudioRawFrame(audio=_speech(120), sample_rate=8000, num_channels=1))
+        await call.until(lambda: len(call.socket.messages) >= 120, timeout=10)
+        await call.worker.queue_frame(TTSStoppedFrame())
+        await call.until(lambda: "BotStoppedSpeakingFrame" in call.downstream.named())
+    beats = {direction: [f for f in seen.frames if isinstance(f, BotSpeakingFrame)]
+             for direction, seen in (("up", call.upstream), ("down", call.downstream))}
+    if trimmed:
+        assert 2 <= len(beats["up"]) == len(beats["down"]) <= 3, beats
+    else:
+        assert len(beats["up"]) >= 10 and len(beats["down"]) >= 10, beats
 
 
 @pytest.mark.parametrize("trimmed", [True, False])
