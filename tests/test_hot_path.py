@@ -7,14 +7,16 @@ import asyncio
 import audioop
 
 import numpy as np
+import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame, TranscriptionFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
     LLMUserAggregator,
     LLMUserAggregatorParams,
 )
@@ -204,6 +206,71 @@ async def test_callers_audio_stops_at_the_user_aggregator(monkeypatch):
     await user.push_frame(InputAudioRawFrame(audio=bytes(320), sample_rate=8000, num_channels=1),
                           FrameDirection.UPSTREAM)
     assert sent == [("TextFrame", FrameDirection.DOWNSTREAM), ("InputAudioRawFrame", FrameDirection.UPSTREAM)]
+
+
+class _LoudIsSpeech(VADAnalyzer):
+    """Every frame is speech; each one moves the VAD controller's clock on by its 40 ms, so the heartbeat's period
+    is counted in audio, not in how fast the test runs."""
+
+    def __init__(self, clock: list[float]):
+        super().__init__(sample_rate=8000, params=VADParams())
+        self._clock = clock
+
+    def num_frames_required(self) -> int:
+        return 256
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        return 1.0
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        self._clock[0] += 0.04
+        return VADState.SPEAKING
+
+
+class _Upstream(FrameProcessor):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.UPSTREAM:
+            self.seen.append(type(frame).__name__)
+        await self.push_frame(frame, direction)
+
+
+@pytest.mark.parametrize("voxlines", [True, False])
+async def test_the_user_speaking_heartbeat_comes_once_a_second(monkeypatch, voxlines):
+    """2.4 s of the caller speaking: pipecat's VAD broadcasts a UserSpeakingFrame every 0.2 s, each crossing every
+    processor of the call; voxline's user aggregator once a second, from the start of the speech."""
+    clock = [1000.0]
+    monkeypatch.setattr("pipecat.audio.vad.vad_controller.time.time", lambda: clock[0])
+    params = LLMUserAggregatorParams(vad_analyzer=_LoudIsSpeech(clock))
+    if voxlines:
+        user, assistant = aggregator_pair(LLMContext(), params)
+    else:
+        pair = LLMContextAggregatorPair(LLMContext(), user_params=params)
+        user, assistant = pair.user(), pair.assistant()
+    upstream = _Upstream()
+    worker = PipelineWorker(Pipeline([upstream, user, assistant]), enable_rtvi=False, enable_turn_tracking=False)
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.2)
+    for _ in range(60):
+        await worker.queue_frame(InputAudioRawFrame(audio=b"\x10\x10" * 320, sample_rate=8000, num_channels=1))
+    async def spoken():
+        while clock[0] < 1000.0 + 60 * 0.04 - 1e-6:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(spoken(), 10)
+    await asyncio.sleep(0.2)
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(running, 10)
+    beats = upstream.seen.count("UserSpeakingFrame")
+    if voxlines:
+        assert 2 <= beats <= 3, upstream.seen
+    else:
+        assert beats >= 8, upstream.seen
 
 
 class _Output:

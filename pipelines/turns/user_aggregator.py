@@ -4,6 +4,12 @@ In pipecat 1.14 the user aggregator runs the VAD and the turn strategies (smart-
 audio, then pushes every audio frame on downstream, where nothing in a `pipeline` call uses it: the LLM, the TTS,
 the output transport and the assistant aggregator each take and hand on 25 frames a second per call, with a
 queue hop and an observer notification each time. Recording taps the audio in the serializer, before all this.
+
+While the caller speaks, its VAD broadcasts a `UserSpeakingFrame` both ways every 0.2 s, through every processor of
+the call (~170 µs of CPU each, as the output's bot-speaking heartbeat: `bench/bot_speaking.py`). Its only reader
+in a call is pipecat's idle watch (300 s); the turn rules go by the VAD's started/stopped frames. Here it comes
+once a second, as the bot's does (telephony/audio_out.py). Tied to pipecat 1.14's `_vad_controller` and its
+`_speech_activity_period`, pinned like the other seams.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
+USER_SPEAKING_EVERY_SECS = 1.0  # pipecat's is 0.2; the bot's heartbeat is the same (telephony/audio_out.py)
+
 
 class CallerUserAggregator(LLMUserAggregator):
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
@@ -30,5 +38,7 @@ def aggregator_pair(context: LLMContext, user_params: LLMUserAggregatorParams
                     ) -> tuple[CallerUserAggregator, LLMAssistantAggregator]:
     """As pipecat's LLMContextAggregatorPair (cascade mode), with the user half above."""
     user = CallerUserAggregator(context, params=user_params)
+    if user._vad_controller is not None:
+        user._vad_controller._speech_activity_period = USER_SPEAKING_EVERY_SECS
     assistant = LLMAssistantAggregator(context, params=LLMAssistantAggregatorParams(), _paired_user_aggregator=user)
     return user, assistant
