@@ -20,6 +20,7 @@ from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.tts_contexts import read_inline
+from pipelines.providers.tts_progress import drop_word_progress
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.barge_in import BargeInStrategy
@@ -38,6 +39,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     tts = registry.build("tts", agent.tts, ctx)
     speak_first_clause_early(tts)
     read_inline(tts)
+    drop_word_progress(tts)
 
     vad = SharedSileroVADAnalyzer(
         sample_rate=LINE_SAMPLE_RATE,
