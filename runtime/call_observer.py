@@ -13,13 +13,22 @@ This proxy hands on the same events as pipecat's, except:
 
 Installed over the worker's own proxy before the worker starts (`install`); tied to pipecat's private
 `PipelineWorker._observer` and `WorkerObserver._observers`, pinned like the other seams.
+
+Metrics frames (TTFB, processing time, usage) are read only by observers, and an observer here sees a frame at its
+first push only (`observe_every_push=False`: the latency observer, which also hands usage to the call's record,
+and the idle watch). pipecat still carries each one downstream through every later processor to the pipeline's
+end, a queue hop each: about an eighth of a cloud call's frame hops. `stop_metrics_after_first_push` has each
+processor of the call take a metrics frame in and drop it, so it is observed as it leaves the service that
+measured it, and goes no further.
 """
 
 from __future__ import annotations
 
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, MetricsFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.pipeline.worker_observer import WorkerObserver
 
 UNOBSERVED = (InputAudioRawFrame,)
@@ -55,3 +64,21 @@ def install(worker: PipelineWorker) -> CallWorkerObserver:
     proxy = CallWorkerObserver(observers=worker._observer._observers)
     worker._observer = proxy
     return proxy
+
+
+def stop_metrics_after_first_push(pipeline: Pipeline) -> None:
+    """Before the pipeline starts: every processor of it (its own source and sink too) drops the metrics frames
+    pushed to it. The pusher's observers have been told by then (pipecat notifies them before queueing)."""
+    for processor in pipeline.processors:
+        _drop_metrics_in(processor)
+
+
+def _drop_metrics_in(processor: FrameProcessor) -> None:
+    queue_frame = processor.queue_frame
+
+    async def queue_unless_metrics(frame, direction: FrameDirection = FrameDirection.DOWNSTREAM, callback=None):
+        if isinstance(frame, MetricsFrame):
+            return
+        await queue_frame(frame, direction, callback)
+
+    processor.queue_frame = queue_unless_metrics

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame, TranscriptionFrame
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, MetricsFrame, TextFrame, TranscriptionFrame
+from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
@@ -30,6 +31,7 @@ from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.first_clause import FirstClauseTextAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
 from runtime import call_observer
+from runtime.turn_metrics import TurnLatencyTracker
 from telephony.pacing import LeadPacer
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.1, stop_secs=0.2, min_volume=0.3)
@@ -377,6 +379,51 @@ async def test_processed_frame_events_reach_an_observer_that_reads_them():
     await _observe_a_pipeline(plain, reader)
     assert "TextFrame" in reader.processed and "InputAudioRawFrame" in reader.processed
     assert "InputAudioRawFrame" not in reader.pushed and "TextFrame" in reader.pushed
+
+
+class _Measures(FrameProcessor):
+    """A service reporting a metric as it hands a text frame on (as pipecat's services push their MetricsFrame)."""
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TextFrame):
+            await self.push_frame(MetricsFrame(data=[TTFBMetricsData(processor="llm", value=0.123)]))
+        await self.push_frame(frame, direction)
+
+
+class _Arrived(_Through):
+    def __init__(self):
+        super().__init__()
+        self.frames: list[str] = []
+
+    async def process_frame(self, frame, direction):
+        self.frames.append(type(frame).__name__)
+        await super().process_frame(frame, direction)
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+async def test_metrics_are_observed_once_and_go_no_further_than_their_first_push(stopped):
+    """The call's metrics reader (the latency observer, which hands usage on to the call's record) sees a
+    service's metric once either way; with the stop, no processor after the service takes it in."""
+    metrics = []
+    tracker = TurnLatencyTracker(on_metrics=metrics.append)
+    later, last = _Arrived(), _Arrived()
+    pipeline = Pipeline([_Measures(), later, _Through(), last])
+    worker = PipelineWorker(pipeline, observers=[tracker.observer], enable_rtvi=False, enable_turn_tracking=False)
+    call_observer.install(worker)
+    if stopped:
+        call_observer.stop_metrics_after_first_push(pipeline)
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+    await runner.add_workers(worker)
+    await worker.queue_frames([TextFrame("hello"), EndFrame()])
+    await asyncio.wait_for(runner.run(), 10)
+    await asyncio.sleep(0.05)
+    assert [(m.processor, m.value) for m in metrics if isinstance(m, TTFBMetricsData)] == [("llm", 0.123)]
+    assert "TextFrame" in last.frames
+    if stopped:
+        assert "MetricsFrame" not in later.frames + last.frames
+    else:
+        assert "MetricsFrame" in later.frames and "MetricsFrame" in last.frames
 
 
 class _Pauses:
