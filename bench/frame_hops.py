@@ -1,6 +1,7 @@
 """The cost of a caller's audio frame crossing pipecat processors, with a call's observers behind pipecat's own
-`WorkerObserver` or behind voxline's (`runtime/call_observer.py`). CPU microseconds per frame, frames sent one at a
-time (each waits until the last processor has it), as a call's 40 ms frames come.
+`WorkerObserver` or behind voxline's (`runtime/call_observer.py`), and with the keypad's aggregator letting the
+caller's audio pass it by (`pipelines/turns/keypad.py`). CPU microseconds per frame, frames sent one at a time
+(each waits until the last processor has it), as a call's 40 ms frames come.
 
     .venv/bin/python bench/frame_hops.py [--frames 10000]
 """
@@ -26,6 +27,7 @@ from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator  # noq
 from pipecat.processors.frame_processor import FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from pipelines.turns.keypad import KeypadAggregator  # noqa: E402
 from runtime import call_observer  # noqa: E402
 
 
@@ -44,9 +46,9 @@ class _Sink(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
-async def per_frame_us(frames: int, voxline_observer: bool) -> float:
+async def per_frame_us(frames: int, voxline_observer: bool, keypad: bool = False) -> float:
     sink = _Sink()
-    worker = PipelineWorker(Pipeline([DTMFAggregator(), sink]), observers=[UserBotLatencyObserver()],
+    worker = PipelineWorker(Pipeline([KeypadAggregator() if keypad else DTMFAggregator(), sink]), observers=[UserBotLatencyObserver()],
                             enable_rtvi=False, enable_turn_tracking=False)
     if voxline_observer:
         call_observer.install(worker)
@@ -72,6 +74,8 @@ async def main(frames: int) -> None:
         for voxline_observer in (False, True):
             name = "voxline's observer proxy" if voxline_observer else "pipecat's WorkerObserver"
             print(f"{name}: {await per_frame_us(frames, voxline_observer):.1f} µs per frame")
+        print(f"voxline's observer proxy, the caller's audio passing the keypad by (pipelines/turns/keypad.py): "
+              f"{await per_frame_us(frames, True, keypad=True):.1f} µs per frame")
 
 
 if __name__ == "__main__":

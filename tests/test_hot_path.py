@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, MetricsFrame, TextFrame, TranscriptionFrame
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import (
+    EndFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    MetricsFrame,
+    TextFrame,
+    TranscriptionFrame,
+)
 from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
@@ -29,6 +37,7 @@ from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.first_clause import FirstClauseTextAggregator
+from pipelines.turns.keypad import KeypadAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
 from runtime import call_observer
 from runtime.turn_metrics import TurnLatencyTracker
@@ -210,6 +219,37 @@ async def test_callers_audio_stops_at_the_user_aggregator(monkeypatch):
     assert sent == [("TextFrame", FrameDirection.DOWNSTREAM), ("InputAudioRawFrame", FrameDirection.UPSTREAM)]
 
 
+class _CountingKeypad(KeypadAggregator):
+    def __init__(self):
+        super().__init__()
+        self.processed: list[str] = []
+
+    async def process_frame(self, frame, direction):
+        self.processed.append(type(frame).__name__)
+        await super().process_frame(frame, direction)
+
+
+async def test_the_callers_audio_passes_the_keypad_by_and_digits_still_go_through_it():
+    keypad, after = _CountingKeypad(), _ArrivedAll()
+    worker = PipelineWorker(Pipeline([keypad, after]), enable_rtvi=False, enable_turn_tracking=False)
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    audio = [InputAudioRawFrame(audio=bytes([i]) * 640, sample_rate=8000, num_channels=1) for i in range(20)]
+    await worker.queue_frames(audio[:10] + [InputDTMFFrame(KeypadEntry.ONE)] + audio[10:]
+                              + [InputDTMFFrame(KeypadEntry.POUND)])
+    async def arrived():
+        while not any(isinstance(f, TranscriptionFrame) for f in after.frames):
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(arrived(), 5)
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(running, 10)
+    assert [f for f in after.frames if isinstance(f, InputAudioRawFrame)] == audio
+    assert [f.text for f in after.frames if isinstance(f, TranscriptionFrame)] == ["DTMF: 1#"]
+    assert "InputAudioRawFrame" not in keypad.processed
+    assert keypad.processed.count("InputDTMFFrame") == 2 and "StartFrame" in keypad.processed
+
+
 class _LoudIsSpeech(VADAnalyzer):
     """Every frame is speech; each one moves the VAD controller's clock on by its 40 ms, so the heartbeat's period
     is counted in audio, not in how fast the test runs."""
@@ -388,6 +428,17 @@ class _Measures(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, TextFrame):
             await self.push_frame(MetricsFrame(data=[TTFBMetricsData(processor="llm", value=0.123)]))
+        await self.push_frame(frame, direction)
+
+
+class _ArrivedAll(FrameProcessor):
+    def __init__(self):
+        super().__init__()
+        self.frames: list = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        self.frames.append(frame)
         await self.push_frame(frame, direction)
 
 

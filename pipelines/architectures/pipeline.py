@@ -5,7 +5,6 @@ from __future__ import annotations
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.services.stt_service import SegmentedSTTService
@@ -26,6 +25,7 @@ from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
+from pipelines.turns.keypad import KeypadAggregator
 from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
 from pipelines.turns.mute import ClosingMuteStrategy
 from pipelines.turns.sentence_end import SentenceEndTurnStop
@@ -81,7 +81,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             )],
         ),
     )
-    dtmf = [DTMFAggregator()] if agent.call.dtmf else []
+    dtmf = [KeypadAggregator()] if agent.call.dtmf else []
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
     pipeline = Pipeline(

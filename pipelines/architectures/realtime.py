@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pipecat.frames.frames import LLMMessagesAppendFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -25,7 +24,7 @@ from pipelines.call_pipeline import CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.turns.heard import HeardTextGate
-from pipelines.turns.keypad import DTMF_PREFIX, KeypadToRealtime
+from pipelines.turns.keypad import DTMF_PREFIX, KeypadAggregator, KeypadToRealtime
 from pipelines.turns.mute import ClosingMuteStrategy, RealtimeWelcomeMute
 
 
@@ -45,7 +44,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             user_idle_timeout=agent.call.silence_timeout_secs, user_mute_strategies=[closing_mute],
         ),
     )
-    dtmf = [DTMFAggregator(prefix=DTMF_PREFIX), KeypadToRealtime(llm)] if agent.call.dtmf else []
+    dtmf = [KeypadAggregator(prefix=DTMF_PREFIX), KeypadToRealtime(llm)] if agent.call.dtmf else []
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
     welcome_mute = []
     if agent.welcome_message and not agent.interruption.welcome_interruptible:
