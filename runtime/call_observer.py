@@ -14,24 +14,26 @@ This proxy hands on the same events as pipecat's, except:
 Installed over the worker's own proxy before the worker starts (`install`); tied to pipecat's private
 `PipelineWorker._observer` and `WorkerObserver._observers`, pinned like the other seams.
 
-Metrics frames (TTFB, processing time, usage) are read only by observers, and an observer here sees a frame at its
-first push only (`observe_every_push=False`: the latency observer, which also hands usage to the call's record,
-and the idle watch). pipecat still carries each one downstream through every later processor to the pipeline's
-end, a queue hop each: about an eighth of a cloud call's frame hops. `stop_metrics_after_first_push` has each
-processor of the call take a metrics frame in and drop it, so it is observed as it leaves the service that
-measured it, and goes no further.
+Some frames are read only by observers, and an observer here sees a frame at its first push only
+(`observe_every_push=False`: the latency observer, which also hands usage to the call's record, and the idle
+watch): the metrics frames (TTFB, processing time, usage), and the speaking heartbeats (`BotSpeakingFrame`,
+`UserSpeakingFrame`), whose only reader is the idle watch. pipecat still carries each through every later
+processor, a queue hop each: the metrics to the pipeline's end, the heartbeats both ways through the whole call.
+`stop_observed_only_frames` has each processor of the call take such a frame in and drop it, so it is observed
+as it leaves the processor that made it, and goes no further.
 """
 
 from __future__ import annotations
 
-from pipecat.frames.frames import InputAudioRawFrame, MetricsFrame
+from pipecat.frames.frames import BotSpeakingFrame, InputAudioRawFrame, MetricsFrame, UserSpeakingFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.pipeline.worker_observer import WorkerObserver
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 UNOBSERVED = (InputAudioRawFrame,)
+OBSERVED_ONLY = (MetricsFrame, BotSpeakingFrame, UserSpeakingFrame)
 
 
 class CallWorkerObserver(WorkerObserver):
@@ -66,19 +68,22 @@ def install(worker: PipelineWorker) -> CallWorkerObserver:
     return proxy
 
 
-def stop_metrics_after_first_push(pipeline: Pipeline) -> None:
-    """Before the pipeline starts: every processor of it (its own source and sink too) drops the metrics frames
-    pushed to it. The pusher's observers have been told by then (pipecat notifies them before queueing)."""
+def stop_observed_only_frames(pipeline: Pipeline) -> None:
+    """Before the pipeline starts: every processor of it (its own source and sink too) drops the `OBSERVED_ONLY`
+    frames pushed to it. The pusher's observers have been told by then (pipecat notifies them before queueing).
+    The user aggregator's own copy of its heartbeat (queued to itself, not pushed) is dropped too; the copy it
+    pushes upstream is the one observed."""
     for processor in pipeline.processors:
-        _drop_metrics_in(processor)
+        _drop_observed_only(processor)
 
 
-def _drop_metrics_in(processor: FrameProcessor) -> None:
+def _drop_observed_only(processor: FrameProcessor) -> None:
     queue_frame = processor.queue_frame
 
-    async def queue_unless_metrics(frame, direction: FrameDirection = FrameDirection.DOWNSTREAM, callback=None):
-        if isinstance(frame, MetricsFrame):
+    async def queue_unless_observed_only(frame, direction: FrameDirection = FrameDirection.DOWNSTREAM,
+                                         callback=None):
+        if isinstance(frame, OBSERVED_ONLY):
             return
         await queue_frame(frame, direction, callback)
 
-    processor.queue_frame = queue_unless_metrics
+    processor.queue_frame = queue_unless_observed_only

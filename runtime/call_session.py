@@ -328,7 +328,7 @@ class CallSession(StreamEvents):
             observers=[self._latency.observer],
         )
         call_observer.install(worker)
-        call_observer.stop_metrics_after_first_push(built.pipeline)
+        call_observer.stop_observed_only_frames(built.pipeline)
         self._agent = agent
         self._observe(transport, built, worker)
         self._built = built

@@ -12,7 +12,8 @@ the call, about ten queue hops, each handed to the call's observers. That is ~16
 way out (~1 ms, trimmed). Its only reader in a call is pipecat's idle watch, whose timeout is 300 s; the turn,
 mute and user-idle rules go by the bot's started/stopped frames.
 
-Here the chunk stops at the transport once written; the heartbeat comes once a second; and the same two deadlines
+Here the chunk stops at the transport once written; the heartbeat comes once a second (and a call stops each
+copy at its first push, where the idle watch sees it: `runtime/call_observer.py`); and the same two deadlines
 are kept with `asyncio.timeout` in the sender's own task (a chunk already queued is taken without one): the
 bot-stopped-speaking fallback when no audio comes, and pipecat's error when a peer stops reading.
 `bench/transport_path.py` measures a chunk's way through the output, the heard-text gate and the assistant

@@ -8,10 +8,11 @@ import audioop
 
 import numpy as np
 import pytest
+from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
-from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
+    BotSpeakingFrame,
     EndFrame,
     InputAudioRawFrame,
     InputDTMFFrame,
@@ -422,12 +423,14 @@ async def test_processed_frame_events_reach_an_observer_that_reads_them():
 
 
 class _Measures(FrameProcessor):
-    """A service reporting a metric as it hands a text frame on (as pipecat's services push their MetricsFrame)."""
+    """A service reporting a metric as it hands a text frame on (as pipecat's services push their MetricsFrame),
+    and the output's speaking heartbeat, broadcast both ways."""
 
     async def process_frame(self, frame, direction):
         await super().process_frame(frame, direction)
         if isinstance(frame, TextFrame):
             await self.push_frame(MetricsFrame(data=[TTFBMetricsData(processor="llm", value=0.123)]))
+            await self.broadcast_frame(BotSpeakingFrame)
         await self.push_frame(frame, direction)
 
 
@@ -452,29 +455,45 @@ class _Arrived(_Through):
         await super().process_frame(frame, direction)
 
 
+class _FirstPushes(BaseObserver):
+    """As the call's observers: told of a frame at its first push only."""
+
+    def __init__(self):
+        super().__init__(observe_every_push=False)
+        self.pushed: list[str] = []
+
+    async def on_push_frame(self, data: FramePushed):
+        self.pushed.append(type(data.frame).__name__)
+
+
 @pytest.mark.parametrize("stopped", [True, False])
-async def test_metrics_are_observed_once_and_go_no_further_than_their_first_push(stopped):
+async def test_observed_only_frames_are_observed_once_and_go_no_further_than_their_first_push(stopped):
     """The call's metrics reader (the latency observer, which hands usage on to the call's record) sees a
-    service's metric once either way; with the stop, no processor after the service takes it in."""
+    service's metric once either way, and the idle watch's kind of observer both copies of a heartbeat; with the
+    stop, no other processor takes them in."""
     metrics = []
     tracker = TurnLatencyTracker(on_metrics=metrics.append)
-    later, last = _Arrived(), _Arrived()
-    pipeline = Pipeline([_Measures(), later, _Through(), last])
-    worker = PipelineWorker(pipeline, observers=[tracker.observer], enable_rtvi=False, enable_turn_tracking=False)
+    watch = _FirstPushes()
+    first, later, last = _Arrived(), _Arrived(), _Arrived()
+    pipeline = Pipeline([first, _Measures(), later, _Through(), last])
+    worker = PipelineWorker(pipeline, observers=[tracker.observer, watch], enable_rtvi=False,
+                            enable_turn_tracking=False)
     call_observer.install(worker)
     if stopped:
-        call_observer.stop_metrics_after_first_push(pipeline)
+        call_observer.stop_observed_only_frames(pipeline)
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
     await runner.add_workers(worker)
     await worker.queue_frames([TextFrame("hello"), EndFrame()])
     await asyncio.wait_for(runner.run(), 10)
     await asyncio.sleep(0.05)
     assert [(m.processor, m.value) for m in metrics if isinstance(m, TTFBMetricsData)] == [("llm", 0.123)]
+    assert watch.pushed.count("BotSpeakingFrame") == 2
     assert "TextFrame" in last.frames
     if stopped:
-        assert "MetricsFrame" not in later.frames + last.frames
+        assert not {"MetricsFrame", "BotSpeakingFrame"} & set(first.frames + later.frames + last.frames)
     else:
         assert "MetricsFrame" in later.frames and "MetricsFrame" in last.frames
+        assert "BotSpeakingFrame" in first.frames and "BotSpeakingFrame" in last.frames
 
 
 class _Pauses:

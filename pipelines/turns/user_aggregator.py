@@ -8,7 +8,8 @@ queue hop and an observer notification each time. Recording taps the audio in th
 While the caller speaks, its VAD broadcasts a `UserSpeakingFrame` both ways every 0.2 s, through every processor of
 the call (~170 µs of CPU each, as the output's bot-speaking heartbeat: `bench/bot_speaking.py`). Its only reader
 in a call is pipecat's idle watch (300 s); the turn rules go by the VAD's started/stopped frames. Here it comes
-once a second, as the bot's does (telephony/audio_out.py). Tied to pipecat 1.14's `_vad_controller` and its
+once a second, as the bot's does (telephony/audio_out.py), and a call stops it at its first push
+(`runtime/call_observer.py`). Tied to pipecat 1.14's `_vad_controller` and its
 `_speech_activity_period`, pinned like the other seams.
 """
 
