@@ -150,6 +150,38 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work
 
 
+def test_frame_census_counts_the_frames_processors_take_in(tmp_path):
+    """bench/frame_census: the sitecustomize counts each frame a processor takes in, by type and direction."""
+    program = tmp_path / "three_hops.py"
+    program.write_text(
+        "import asyncio\n"
+        "from pipecat.frames.frames import EndFrame, TextFrame\n"
+        "from pipecat.pipeline.pipeline import Pipeline\n"
+        "from pipecat.pipeline.worker import PipelineWorker\n"
+        "from pipecat.processors.frame_processor import FrameProcessor\n"
+        "from pipecat.workers.runner import WorkerRunner\n"
+        "class Through(FrameProcessor):\n"
+        "    async def process_frame(self, frame, direction):\n"
+        "        await super().process_frame(frame, direction)\n"
+        "        await self.push_frame(frame, direction)\n"
+        "async def main():\n"
+        "    worker = PipelineWorker(Pipeline([Through(), Through(), Through()]), enable_rtvi=False,\n"
+        "                            enable_turn_tracking=False, idle_timeout_secs=None)\n"
+        "    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)\n"
+        "    await runner.add_workers(worker)\n"
+        "    await worker.queue_frames([TextFrame(str(i)) for i in range(7)] + [EndFrame()])\n"
+        "    await runner.run()\n"
+        "asyncio.run(main())\n")
+    out = tmp_path / "census"
+    env = {**os.environ, "FRAME_CENSUS_OUT": str(out), "PYTHONPATH": str(ROOT / "bench" / "frame_census")}
+    subprocess.run([sys.executable, str(program)], env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)
+    (report,) = out.glob("*.txt")
+    counts = {" ".join(line.split()[1:]): int(line.split()[0]) for line in report.read_text().splitlines()}
+    # each TextFrame into the three processors, and the pipeline's own source and sink, and the worker's
+    assert counts["DO TextFrame"] % 7 == 0 and counts["DO TextFrame"] >= 7 * 5, counts
+    assert counts["DO EndFrame"] * 7 == counts["DO TextFrame"], counts
+
+
 def test_gc_watch_tells_a_released_pipeline_from_a_collected_one(tmp_path):
     """bench/gc_watch: a worker emptied by call_teardown is freed by reference counting, one left alone only by
     the cyclic collector, and the collections are counted."""
