@@ -108,6 +108,11 @@ class Proc:
 
 def base_env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOXLINE_"))}
+    # The voxline server runs in its work dir, so `-m runtime.cli` imported whatever tree the virtual environment
+    # has installed (its editable install), not the checkout this benchmark is in: the benchmark of another
+    # checkout, run with this one's environment, measured this one's code. A PYTHONPATH given still comes first
+    # (bench/side_by_side.py, bench/loop_busy).
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [os.environ.get("PYTHONPATH")]), str(ROOT)])
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", DEEPGRAM_API_KEY="bench", OPENAI_API_KEY="bench",
                CARTESIA_API_KEY="bench")
     env.update(extra or {})
