@@ -1,5 +1,5 @@
 """The cost of pipecat's `BotSpeakingFrame` heartbeat in a call: the output transport broadcasts one both ways
-(upstream through the TTS, the LLM, the user aggregator, the STT and the DTMF aggregator to the input; downstream
+(upstream through the TTS, the LLM, the user aggregator, the STT and the keypad aggregator to the input; downstream
 through the heard-text gate and the assistant aggregator), each push handed to the call's observers. CPU
 microseconds per broadcast, each waited for until both ends have it, in a pipeline shaped like a `pipeline` call
 (stand-ins for the providers, the real aggregators and observers): as pipecat carries it, and as a voxline call
@@ -26,12 +26,12 @@ from pipecat.frames.frames import BotSpeakingFrame, EndFrame  # noqa: E402
 from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.worker import PipelineWorker  # noqa: E402
-from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator  # noqa: E402
 from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams  # noqa: E402
 from pipecat.processors.frame_processor import FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from pipelines.turns.keypad import KeypadAggregator  # noqa: E402
 from pipelines.turns.user_aggregator import aggregator_pair  # noqa: E402
 from runtime import call_observer  # noqa: E402
 from telephony.audio_out import BOT_SPEAKING_EVERY_SECS  # noqa: E402
@@ -64,8 +64,9 @@ async def per_broadcast_us(broadcasts: int, stopped: bool) -> float:
     user, assistant = aggregator_pair(LLMContext(), LLMUserAggregatorParams())
     output = _Pass()
     first, last = _End(), _End()
-    #                      input   DTMF             STT      user  LLM      TTS      output  heard
-    pipeline = Pipeline([first, DTMFAggregator(), _Pass(), user, _Pass(), _Pass(), output, _Pass(), assistant, last])
+    #                      input   keypad             STT      user  LLM      TTS      output  heard
+    pipeline = Pipeline([first, KeypadAggregator(), _Pass(), user, _Pass(), _Pass(), output, _Pass(), assistant,
+                         last])
     worker = PipelineWorker(pipeline, observers=[UserBotLatencyObserver()], enable_rtvi=False,
                             enable_turn_tracking=False)
     call_observer.install(worker)

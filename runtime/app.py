@@ -99,12 +99,6 @@ def openapi_schema(app: FastAPI) -> dict:
     return schema
 
 
-def _shared_pool():
-    from pipelines.providers.openai_llm import shared_pool
-
-    return shared_pool()
-
-
 def create_app(settings: Settings | None = None, *, prepared: bool = False) -> FastAPI:
     """`prepared`: migrations and agent files were done by the parent of `voxline serve --workers N`."""
     settings = settings or get_settings()
@@ -145,7 +139,9 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         await keeper.start()  # first: calls a crashed run of this server left open are closed before any new one
         retention_job = asyncio.create_task(retention.run(rt), name="recording-retention")
         # Before the workers: post-call analyses use it too. In a thread: the first TLS context loads the CA store.
-        rt.http_pool = await asyncio.to_thread(_shared_pool)
+        from pipelines.providers.openai_llm import shared_pool
+
+        rt.http_pool = await asyncio.to_thread(shared_pool)
         batches, webhooks, analyses = BatchEngine(rt), Dispatcher(rt), AnalysisWorker(rt)
         for worker in (batches, webhooks, analyses):
             worker.start()
