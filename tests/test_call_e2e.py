@@ -14,8 +14,8 @@ from tests.conftest import LONG_WELCOME_NUMBER, STEADY_WELCOME_NUMBER
 async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
     logged_before = len(server.log())
     caller, spoke_at, first_reply = await converse(server, speech["located"])
-    # Whisper started halfway into the caller's pause, before the VAD ended the segment, and that run was used.
-    assert "whisper: [Where are you located?] (started in the pause)" in server.log()[logged_before:]
+    # Whisper started as the line fell silent after the words, before Silero heard the pause, and that run was used.
+    assert "whisper: [Where are you located?] (started on the silence)" in server.log()[logged_before:]
     call_id = caller.answer.parameters["call_id"]
 
     # Welcome and reply arrive as valid μ-law media on our stream, with audible speech in them.

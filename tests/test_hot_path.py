@@ -36,7 +36,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
-from pipelines.providers.whisper import LocalWhisperSTTService
+from pipelines.providers.whisper import LocalWhisperSTTService, without_quiet_tail
 from pipelines.turns.first_clause import FirstClauseTextAggregator
 from pipelines.turns.keypad import KeypadAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
@@ -82,6 +82,32 @@ async def test_the_vad_tells_of_each_pause_halfway_to_its_stop(speech):
         pause, at = [(pause, at) for pause, at in heard if at <= stop][-1]
         assert at < stop, "told no earlier than the stop itself"
         assert pause == pauses[stop], "the stop ends another pause than the one told"
+
+
+async def test_the_vad_tells_when_the_line_falls_silent_after_speech_sooner_than_the_pause(speech):
+    """`on_quiet` starts Whisper on a line that falls silent when the words end: once for "located" (digital
+    silence after it), before the half-pause; never for "stop", whose line noise (-44 dBFS) is well within 60 dB
+    of the speech. The decisions are the same with the hook as without it."""
+    told: list[tuple[str, int]] = []
+    analyzer = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    analyzer.on_quiet = lambda: told.append(("quiet", len(states)))
+    analyzer.on_pause = lambda pause: told.append(("pause", len(states)))
+    states: list[VADState] = []
+    located = audioop.ulaw2lin(speech["located"], 2)
+    stop = np.concatenate([np.zeros(8000), np.frombuffer(audioop.ulaw2lin(speech["stop"], 2), np.int16), np.zeros(8000)])
+    stop += np.random.default_rng(1).standard_normal(len(stop)) * 200  # the line's noise, through the words too
+    audio = bytes(16000) + located + bytes(16000) + np.clip(stop, -32768, 32767).astype(np.int16).tobytes()
+    analyzer.set_sample_rate(8000)
+    for i in range(0, len(audio), 640):
+        states.append(await analyzer.analyze_audio(audio[i:i + 640]))
+    assert states == await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
+    first_stop = next(i for i in range(1, len(states)) if states[i] == VADState.QUIET
+                      and states[i - 1] == VADState.STOPPING)
+    kinds = [kind for kind, _ in told]
+    assert kinds.count("quiet") == 1 and kinds.count("pause") == 2, told
+    assert kinds.index("quiet") < kinds.index("pause"), told
+    # In frames of 40 ms: the silence is told a frame or more before the half-pause, itself before the stop.
+    assert told[kinds.index("quiet")][1] < told[kinds.index("pause")][1] < first_stop, told
 
 
 async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):
@@ -491,11 +517,17 @@ async def test_observed_only_frames_are_observed_once_and_go_no_further_than_the
 
 
 class _Pauses:
-    """The one thing the STT reads from the VAD: how many pauses it has told of."""
+    """What the STT reads from the VAD: how many pauses it has told of."""
 
     def __init__(self):
         self.pauses = 0
-        self.on_pause = None
+        self.on_pause = self.on_quiet = None
+
+
+def _whisper() -> LocalWhisperSTTService:
+    stt = LocalWhisperSTTService()
+    stt._sample_rate = 8000  # as its StartFrame would set it
+    return stt
 
 
 async def _transcripts(stt: LocalWhisperSTTService, audio: bytes) -> list[str]:
@@ -511,13 +543,13 @@ async def test_an_early_whisper_run_serves_only_the_segment_whose_speech_it_tran
         runs.append(pcm)
         return {1: "first question", 2: "second question"}[pcm[0]]
 
-    stt = LocalWhisperSTTService()
+    stt = _whisper()
     monkeypatch.setattr(stt, "_transcribe", transcribe)
     vad = _Pauses()
     stt.start_on_pauses(vad)
     stt._user_speaking = True
     first, second = b"\x01" * 3200, b"\x02" * 3200
-    rest_of_pause = bytes(800)
+    rest_of_pause = b"\x01\x00" * 400  # quiet, but not the near-silence that Whisper's input leaves out
 
     stt._audio_buffer[:] = first
     vad.pauses = 1
@@ -530,13 +562,13 @@ async def test_an_early_whisper_run_serves_only_the_segment_whose_speech_it_tran
     second_segment = second + rest_of_pause + stt._trailing_silence()
 
     assert await _transcripts(stt, first_segment) == ["first question"]
-    assert first_segment in runs  # transcribed afresh, not taken from the second pause's run
+    assert stt._input(first_segment) in runs  # transcribed afresh, not taken from the second pause's run
     assert await _transcripts(stt, second_segment) == ["second question"]
-    assert second_segment not in runs  # the second segment took the run started in its pause
+    assert stt._input(second_segment) not in runs  # the second segment took the run started in its pause
 
 
 async def test_a_segment_takes_the_run_started_in_its_own_pause(monkeypatch):
-    stt = LocalWhisperSTTService()
+    stt = _whisper()
     runs: list[bytes] = []
     monkeypatch.setattr(stt, "_transcribe", lambda pcm: runs.append(pcm) or "hello")
     vad = _Pauses()
@@ -551,13 +583,62 @@ async def test_a_segment_takes_the_run_started_in_its_own_pause(monkeypatch):
     stt._audio_buffer[:] = b"\x05" * 1600
     vad.pauses = 2
     vad.on_pause(2)
-    stale = stt._early[2]
+    stale = stt._early.run
     vad.pauses = 3
     segment = b"\x05" * 1600 + b"\x06" * 1600 + bytes(800)
     assert await _transcripts(stt, segment) == ["hello"]
-    assert segment in runs  # transcribed afresh
+    assert stt._input(segment) in runs  # transcribed afresh
     # The pause-2 run was left alone, not taken: it runs on its own thread of the shared pool, so wait for it
     # before counting (on two cores it can still be queued when the fresh run returns).
-    assert stt._early is not None and stt._early[0] == 2
+    assert stt._early is not None and stt._early.pause == 2
     await stale
     assert len(runs) == 3
+
+
+def test_whispers_input_leaves_out_a_near_silent_tail_and_nothing_else():
+    def tone(level: int, ms: int) -> bytes:
+        return (np.sin(np.arange(8 * ms) * 0.3) * level * 1.414).astype(np.int16).tobytes()
+
+    speech = bytes(8192) + tone(3000, 640)  # pre-roll silence, then the words (whole 32 ms blocks)
+    silent = tone(2, 320)  # ~63 dB under the speech: μ-law's near-silence
+    assert without_quiet_tail(speech + silent, 8000) == speech
+    assert without_quiet_tail(speech + silent + bytes(8000), 8000) == speech
+    soft = tone(12, 64)  # a release burst ~48 dB under the speech: Whisper can hear that
+    assert without_quiet_tail(speech + silent[:1024] + soft + silent, 8000) == speech + silent[:1024] + soft
+    assert without_quiet_tail(bytes(1600), 8000) == bytes(1600)
+    # Counted from the start, so a segment cut earlier in its silence gives the same bytes.
+    whole = speech + silent
+    assert {without_quiet_tail(whole[:n], 8000) for n in range(len(speech) + 512, len(whole), 160)} == {speech}
+
+
+async def test_a_run_started_on_the_silence_serves_the_segment_only_when_its_input_is_the_same(monkeypatch):
+    stt = _whisper()
+    runs: list[bytes] = []
+    monkeypatch.setattr(stt, "_transcribe", lambda pcm: runs.append(pcm) or f"run {len(runs)}")
+    vad = _Pauses()
+    stt.start_on_pauses(vad)
+    stt._user_speaking = True
+    words = b"\x00\x10" * 4096  # 0.5 s at 4096, whole 32 ms blocks
+    near_silence = b"\x02\x00" * 512  # 2: 66 dB under the words
+    stt._audio_buffer[:] = words + near_silence
+    vad.on_quiet()
+    first = stt._early.run
+    await first
+    stt._audio_buffer += near_silence
+    vad.pauses = 1
+    vad.on_pause(1)  # only silence since: no second run
+    assert stt._early.run is first
+    assert await _transcripts(stt, words + near_silence * 3 + stt._trailing_silence()) == ["run 1"]
+    assert runs == [words + stt._trailing_silence()]
+
+    # Something Whisper can hear after the silence (a release burst, 40 dB under the words): the half-pause
+    # starts its own run, and the segment takes that one.
+    burst = b"\x28\x00" * 256
+    stt._audio_buffer[:] = words + near_silence
+    vad.on_quiet()
+    await stt._early.run
+    stt._audio_buffer += burst + near_silence
+    vad.pauses = 2
+    vad.on_pause(2)
+    assert await _transcripts(stt, words + near_silence + burst + near_silence) == ["run 3"]
+    assert runs[1] == words + stt._trailing_silence() and runs[2].startswith(words + near_silence + burst)

@@ -124,6 +124,14 @@ def _batcher(sample_rate: int) -> _Batcher:
     return batcher
 
 
+# Near silence after speech: a stretch whose RMS is this many times under the loudest of the utterance (60 dB).
+# A line that falls that quiet when the words end (digital silence, VoIP, noise-suppressed mobiles) lets Whisper
+# start before Silero hears the pause (whisper.py): Silero's confidence falls ~60 ms after the words, the RMS at
+# once. A line with noise less than 60 dB under the speech never gets there, and nothing changes for it.
+QUIET_BELOW_PEAK = 1000
+QUIET_WINDOWS = 2  # a stop consonant's closure can be one window
+
+
 # pipecat's volume is BS.1770 loudness over the last 400 ms (one gating block), measured for every 32 ms window
 # (~23 µs each at 8 kHz, most of what a silent caller's VAD costs). A block below the absolute gate, -70 LKFS,
 # measures -inf, which pipecat normalizes to 0. K-weighting raises no frequency by more than 4.3 dB at 8 or 16 kHz
@@ -156,6 +164,11 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         # pause's number once it is half of `stop_secs` long. `pauses` counts the pauses so far.
         self.on_pause: Callable[[int], None] | None = None
         self.pauses = 0
+        # Sooner still: called when the line goes near-silent after speech (QUIET_WINDOWS windows QUIET_BELOW_PEAK
+        # under the utterance's loudest), often before Silero hears the pause.
+        self.on_quiet: Callable[[], None] | None = None
+        self._peak_rms = 0
+        self._quiet_run = 0
         self._model = _SharedSileroModel()
         self._volume_tracker = _GatedVolume()
         self._windows_since_reset = 0
@@ -179,6 +192,11 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
                 self._maybe_reset_model(confidence)  # pipecat's periodic reset, as its voice_confidence does
                 speaking = confidence >= self._params.confidence
             self._advance(speaking)
+            if self.on_quiet is not None:
+                if self._vad_state != VADState.QUIET:
+                    self._follow_level(window)
+                elif self._peak_rms:
+                    self._peak_rms = self._quiet_run = 0  # a new utterance measures against its own peak
         if quiet and not self._model_fresh:
             self._model.reset_states()
             self._model_fresh = True
@@ -208,6 +226,17 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         if (self.on_pause is not None and self._vad_state == VADState.STOPPING
                 and self._vad_stopping_count == max(1, self._vad_stop_frames // 2)):
             self.on_pause(self.pauses)
+
+    def _follow_level(self, window: bytes) -> None:
+        """From the first window of speech to the VAD's stop: the line's level against the utterance's peak."""
+        rms = audioop.rms(window, 2)
+        self._peak_rms = max(self._peak_rms, rms)
+        if rms * QUIET_BELOW_PEAK < self._peak_rms:
+            self._quiet_run += 1
+            if self._quiet_run == QUIET_WINDOWS and self._vad_state != VADState.STARTING:
+                self.on_quiet()
+        else:
+            self._quiet_run = 0
 
     def _settle(self) -> VADState:
         """The end of pipecat's VADAnalyzer._run_analyzer: enough windows either way change the state."""

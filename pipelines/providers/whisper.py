@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import audioop
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
@@ -15,9 +17,36 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
 from pipelines.providers import local_models
-from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.providers.vad import QUIET_BELOW_PEAK, SharedSileroVADAnalyzer
 
 WHISPER_RATE = 16000
+BLOCK_SECS = 0.032
+
+
+def without_quiet_tail(pcm: bytes, sample_rate: int) -> bytes:
+    """`pcm` up to its last 32 ms block (counted from the start) within 60 dB of its loudest (QUIET_BELOW_PEAK).
+
+    What Whisper is given: a segment's near-silent tail is cut and pipecat's trailing silence (digital zeros)
+    follows the speech instead. So a transcription started as the line fell silent has, byte for byte, the input
+    that the segment has at the VAD's stop when nothing but that silence came between."""
+    block = int(sample_rate * BLOCK_SECS) * 2
+    view = memoryview(pcm)
+    levels = [audioop.rms(view[i:i + block], 2) for i in range(0, len(pcm), block)]
+    peak = max(levels, default=0)
+    if peak == 0:
+        return pcm
+    last = max(i for i, level in enumerate(levels) if level * QUIET_BELOW_PEAK >= peak)
+    return pcm[:(last + 1) * block]
+
+
+@dataclass(slots=True)
+class _EarlyRun:
+    """A transcription started before the VAD's stop, and what makes it the segment's when the stop comes."""
+
+    speech: bytes  # the segment's audio when it started
+    input: bytes  # what Whisper was given: the segment takes the run when its own input is the same
+    run: asyncio.Future
+    pause: int | None = None  # started halfway into this pause (else: when the line fell silent)
 
 
 class LocalWhisperSTTService(SegmentedSTTService):
@@ -34,23 +63,54 @@ class LocalWhisperSTTService(SegmentedSTTService):
         self._language = language
         self._beam_size = beam_size
         self._vad: SharedSileroVADAnalyzer | None = None
-        # (pause number, the speech it transcribes, that transcription in flight)
-        self._early: tuple[int, bytes, asyncio.Future] | None = None
+        self._early: _EarlyRun | None = None
 
     def start_on_pauses(self, vad: SharedSileroVADAnalyzer) -> None:
-        """Transcribe once a pause is half of the VAD's `stop_secs` long, not when the VAD ends the segment. The
-        caller's reply waits for Whisper (~200–300 ms), and the rest of the pause is trailing silence that changes
-        nothing in the transcript, so it comes ~100 ms sooner. A caller who goes on wastes that run."""
+        """Transcribe before the VAD ends the segment: the caller's reply waits for Whisper (~200–400 ms).
+
+        Two starts, each taking the speech so far:
+        - when the line falls near-silent after the words (the VAD's `on_quiet`, ~60 ms after them, usually before
+          Silero hears the pause). The segment takes that run only if its own input to Whisper is the same, byte
+          for byte (see `without_quiet_tail`): the same transcript, sooner.
+        - otherwise when a pause is half of `stop_secs` long (~100 ms after Silero's pause begins). The segment
+          takes that run if the VAD's stop ends that same pause: the rest of it is taken for silence.
+        A caller who goes on wastes the run. One run on the quiet is in flight at a time."""
         self._vad = vad
         vad.on_pause = self._on_pause
+        vad.on_quiet = self._on_quiet
+
+    def _input(self, pcm: bytes) -> bytes:
+        return without_quiet_tail(pcm, self.sample_rate) + self._trailing_silence()
+
+    def _start_early(self, pause: int | None = None) -> None:
+        speech = bytes(self._audio_buffer)
+        given = self._input(speech)
+        run = asyncio.ensure_future(local_models.run_inference(self._transcribe, given))
+        run.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped run's error is not lost
+        self._early = _EarlyRun(speech, given, run, pause)
+
+    def _on_quiet(self) -> None:
+        if not self._user_speaking or not self.is_usable:
+            return
+        if self._early is not None and not self._early.run.done():
+            return  # a silence inside the words (a breath) is still being transcribed: don't pile runs up
+        self._start_early()
 
     def _on_pause(self, pause: int) -> None:
         if not self._user_speaking or not self.is_usable:
             return
-        speech = bytes(self._audio_buffer)
-        early = asyncio.ensure_future(local_models.run_inference(self._transcribe, speech + self._trailing_silence()))
-        early.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped run's error is not lost
-        self._early = (pause, speech, early)
+        early = self._early
+        if early is not None and early.pause is None and early.input == self._input(bytes(self._audio_buffer)):
+            return  # the line fell silent before Silero heard the pause, and only silence came since: that run
+        self._start_early(pause)
+
+    def _serves(self, early: _EarlyRun | None, audio: bytes, given: bytes) -> bool:
+        if early is None:
+            return False
+        if early.input == given:
+            return True
+        return (early.pause is not None and self._vad is not None and early.pause == self._vad.pauses
+                and audio.startswith(early.speech))
 
     async def cleanup(self):
         """pipecat's SegmentedSTTService starts its `_segment_task_handler` on the StartFrame and ends it only in
@@ -60,7 +120,7 @@ class LocalWhisperSTTService(SegmentedSTTService):
         pending!". After an EndFrame or a CancelFrame the task is already gone and this does nothing."""
         await self._cancel_segment_task()  # the base class's own cancel() helper (pipecat 1.14, pinned)
         if self._early is not None:
-            self._early[2].cancel()  # an early run nobody will read: its result is dropped, not its thread
+            self._early.run.cancel()  # an early run nobody will read: its result is dropped, not its thread
             self._early = None
         await super().cleanup()
 
@@ -96,18 +156,18 @@ class LocalWhisperSTTService(SegmentedSTTService):
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         await self.start_processing_metrics()
         early = self._early
-        # The run is this segment's when the VAD's stop ended the pause it started in, and the segment is that
-        # speech plus the rest of the pause. A segment that waited behind another transcription can be older than
-        # the latest pause: that run then stays for its own segment.
-        from_pause = (early is not None and self._vad is not None and early[0] == self._vad.pauses
-                      and audio.startswith(early[1]))
+        # `audio` is the segment and pipecat's trailing silence. A segment that waited behind another transcription
+        # can be older than the latest run: that run then stays for its own segment (see start_on_pauses).
+        given = self._input(audio)
+        from_pause = self._serves(early, audio, given)
+        started = "" if not from_pause else " (started on the silence)" if early.pause is None else " (started in the pause)"
         if from_pause:
             self._early = None
         try:
             if from_pause:
-                text = await early[2]
+                text = await early.run
             else:
-                text = await local_models.run_inference(self._transcribe, audio)
+                text = await local_models.run_inference(self._transcribe, given)
         except Exception as exc:  # a model failure must not kill the call: report and go on
             logger.exception("whisper transcription failed")
             yield ErrorFrame(error=f"whisper: {exc}")
@@ -115,5 +175,5 @@ class LocalWhisperSTTService(SegmentedSTTService):
         finally:
             await self.stop_processing_metrics()
         if text:
-            logger.debug(f"whisper: [{text}]" + (" (started in the pause)" if from_pause else ""))
+            logger.debug(f"whisper: [{text}]{started}")
             yield TranscriptionFrame(text, self._user_id, time_now_iso8601())
