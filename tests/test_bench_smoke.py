@@ -207,3 +207,16 @@ def test_gc_watch_tells_a_released_pipeline_from_a_collected_one(tmp_path):
     state = json.loads(written.read_text())
     assert state["pipelines"] == {"made": 2, "by_refcount": 1, "by_collector": 1}, state
     assert state["collections"]["2"]["n"] >= 1 and state["collections"]["2"]["total_ms"] > 0, state
+
+
+def test_whisper_tail_compares_transcripts_with_and_without_the_silent_tail():
+    """bench/whisper_tail.py on two phrases in one voice: both word error rates measured, against the phrases."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "whisper_tail.py"), "--voices", "en", "--speeds", "150",
+                           "--phrases", "2"], cwd=ROOT, capture_output=True, text=True, timeout=200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = re.search(r"^2 utterances, (\d+) words, line noise None dBFS: word error rate ([\d.]+) as the VAD hands "
+                        r"segments over, ([\d.]+) without their near-silent tails; (\d+) utterances' words differ$",
+                        proc.stdout, re.MULTILINE)
+    assert summary, proc.stdout[-3000:]
+    assert int(summary[1]) == 9  # "Wait, where is that exactly?" and "Where are you located?"
+    assert 0 <= float(summary[2]) <= 1.5 and 0 <= float(summary[3]) <= 1.5 and int(summary[4]) <= 2
