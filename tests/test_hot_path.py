@@ -94,7 +94,8 @@ async def test_the_vad_tells_when_the_line_falls_silent_after_speech_sooner_than
     analyzer.on_pause = lambda pause: told.append(("pause", len(states)))
     states: list[VADState] = []
     located = audioop.ulaw2lin(speech["located"], 2)
-    stop = np.concatenate([np.zeros(8000), np.frombuffer(audioop.ulaw2lin(speech["stop"], 2), np.int16), np.zeros(8000)])
+    words = np.frombuffer(audioop.ulaw2lin(speech["stop"], 2), np.int16)
+    stop = np.concatenate([np.zeros(8000), words, np.zeros(8000)])
     stop += np.random.default_rng(1).standard_normal(len(stop)) * 200  # the line's noise, through the words too
     audio = bytes(16000) + located + bytes(16000) + np.clip(stop, -32768, 32767).astype(np.int16).tobytes()
     analyzer.set_sample_rate(8000)

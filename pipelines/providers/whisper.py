@@ -159,12 +159,12 @@ class LocalWhisperSTTService(SegmentedSTTService):
         # `audio` is the segment and pipecat's trailing silence. A segment that waited behind another transcription
         # can be older than the latest run: that run then stays for its own segment (see start_on_pauses).
         given = self._input(audio)
-        from_pause = self._serves(early, audio, given)
-        started = "" if not from_pause else " (started on the silence)" if early.pause is None else " (started in the pause)"
-        if from_pause:
+        taken = self._serves(early, audio, given)
+        started = "" if not taken else " (started in the pause)" if early.pause else " (started on the silence)"
+        if taken:
             self._early = None
         try:
-            if from_pause:
+            if taken:
                 text = await early.run
             else:
                 text = await local_models.run_inference(self._transcribe, given)
