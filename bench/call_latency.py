@@ -14,22 +14,18 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from telephony.audio import speech_bounds, wav_to_ulaw
+from loadgen import synthesize
+
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
 
 
 def utterance(text: str) -> tuple[bytes, float, float]:
     """μ-law speech, and its leading and trailing silence in seconds."""
-    with tempfile.TemporaryDirectory() as d:
-        wav = Path(d) / "u.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
-        ulaw = wav_to_ulaw(wav)
-    return (ulaw, *speech_bounds(ulaw))
+    spoken = synthesize(text)
+    return spoken.ulaw, spoken.lead, spoken.trail
 
 
 async def one_call(server: str, to: str, question: tuple, interruption: tuple) -> dict:

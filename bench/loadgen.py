@@ -51,12 +51,14 @@ class Utterance:
     trail: float  # trailing silence, s
 
 
-def synthesize(text: str) -> Utterance:
+def synthesize(text: str, *, voice: str | None = None, speed: int = 150) -> Utterance:
+    """`text` spoken by espeak-ng (its default voice unless `voice`, at `speed` words a minute), as line μ-law."""
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng is needed to make the caller's speech (apt-get install espeak-ng)")
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "u.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
+        subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-s", str(speed), "-w", str(wav), text],
+                       check=True)
         ulaw = wav_to_ulaw(wav)
     return Utterance(ulaw, *speech_bounds(ulaw))
 

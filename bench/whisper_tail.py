@@ -15,21 +15,19 @@ import argparse
 import asyncio
 import audioop
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loadgen import synthesize  # noqa: E402
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState  # noqa: E402
 
 from config.agent import VADConfig  # noqa: E402
 from pipelines.providers.vad import SharedSileroVADAnalyzer  # noqa: E402
 from pipelines.providers.whisper import LocalWhisperSTTService, without_quiet_tail  # noqa: E402
-from telephony.audio import wav_to_ulaw  # noqa: E402
 
 PHRASES = [
     "Wait, where is that exactly?", "Where are you located?", "Goodbye.",
@@ -87,28 +85,26 @@ def main() -> None:
     silence = stt._trailing_silence()
     rng = np.random.default_rng(0)
     ref_words = errors_as_is = errors_trimmed = utterances = differing = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "u.wav"
-        for voice in args.voices.split(","):
-            for speed in args.speeds.split(","):
-                for text in PHRASES[:args.phrases]:
-                    subprocess.run(["espeak-ng", "-v", voice, "-s", speed, "-w", str(wav), text], check=True)
-                    pcm = bytes(2 * RATE) + audioop.ulaw2lin(wav_to_ulaw(wav), 2) + bytes(2 * RATE)
-                    if args.noise_dbfs is not None:
-                        line = np.frombuffer(pcm, np.int16) + rng.standard_normal(len(pcm) // 2) * 32768 * 10 ** (
-                            args.noise_dbfs / 20)
-                        pcm = np.clip(line, -32768, 32767).astype(np.int16).tobytes()
-                    cut = asyncio.run(segments(pcm))
-                    as_is = " ".join(stt._transcribe(s + silence) for s in cut)
-                    trimmed = " ".join(stt._transcribe(without_quiet_tail(s, RATE) + silence) for s in cut)
-                    ref = words(text)
-                    ref_words += len(ref)
-                    utterances += 1
-                    errors_as_is += edits(ref, words(as_is))
-                    errors_trimmed += edits(ref, words(trimmed))
-                    if words(as_is) != words(trimmed):
-                        differing += 1
-                        print(f"  {voice} {speed} {text!r}: as handed over {as_is!r}, without the tail {trimmed!r}")
+    for voice in args.voices.split(","):
+        for speed in args.speeds.split(","):
+            for text in PHRASES[:args.phrases]:
+                spoken = synthesize(text, voice=voice, speed=int(speed)).ulaw
+                pcm = bytes(2 * RATE) + audioop.ulaw2lin(spoken, 2) + bytes(2 * RATE)
+                if args.noise_dbfs is not None:
+                    line = np.frombuffer(pcm, np.int16) + rng.standard_normal(len(pcm) // 2) * 32768 * 10 ** (
+                        args.noise_dbfs / 20)
+                    pcm = np.clip(line, -32768, 32767).astype(np.int16).tobytes()
+                cut = asyncio.run(segments(pcm))
+                as_is = " ".join(stt._transcribe(s + silence) for s in cut)
+                trimmed = " ".join(stt._transcribe(without_quiet_tail(s, RATE) + silence) for s in cut)
+                ref = words(text)
+                ref_words += len(ref)
+                utterances += 1
+                errors_as_is += edits(ref, words(as_is))
+                errors_trimmed += edits(ref, words(trimmed))
+                if words(as_is) != words(trimmed):
+                    differing += 1
+                    print(f"  {voice} {speed} {text!r}: as handed over {as_is!r}, without the tail {trimmed!r}")
     print(f"{utterances} utterances, {ref_words} words, line noise {args.noise_dbfs} dBFS: word error rate "
           f"{errors_as_is / ref_words:.3f} as the VAD hands segments over, {errors_trimmed / ref_words:.3f} without "
           f"their near-silent tails; {differing} utterances' words differ")

@@ -125,6 +125,13 @@ def test_side_by_side_runs_two_servers_through_the_talking_cycle():
     assert re.search(r"ratio median \d+\.\d{3}", summary), summary
 
 
+def _run_under(tool: str, out_variable: str, program: Path, out: Path) -> Path:
+    """Run `program` with bench/<tool>'s sitecustomize loaded and writing to `out`, as its docstring says to."""
+    env = {**os.environ, out_variable: str(out), "PYTHONPATH": str(ROOT / "bench" / tool)}
+    subprocess.run([sys.executable, str(program)], env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)
+    return out
+
+
 def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     """bench/loop_busy: the sitecustomize times a child process's callbacks by task name; the report reads them."""
     program = tmp_path / "busy_loop.py"
@@ -140,9 +147,7 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
         "    await asyncio.create_task(work(), name='Crunching#1')\n"
         "    await asyncio.sleep(2.5)\n"
         "asyncio.run(main())\n")
-    out = tmp_path / "lb"
-    env = {**os.environ, "LOOP_BUSY_OUT": str(out), "PYTHONPATH": str(ROOT / "bench" / "loop_busy")}
-    subprocess.run([sys.executable, str(program)], env=env, timeout=60, check=True)
+    out = _run_under("loop_busy", "LOOP_BUSY_OUT", program, tmp_path / "lb")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loop_busy.py"), str(out), "--match", "busy_loop.py",
                            "--busy-over", "20"], capture_output=True, text=True, timeout=60, check=True)
     assert "busy % per second" in proc.stdout, proc.stdout
@@ -172,9 +177,7 @@ def test_frame_census_counts_the_frames_processors_take_in(tmp_path):
         "    await worker.queue_frames([TextFrame(str(i)) for i in range(7)] + [EndFrame()])\n"
         "    await runner.run()\n"
         "asyncio.run(main())\n")
-    out = tmp_path / "census"
-    env = {**os.environ, "FRAME_CENSUS_OUT": str(out), "PYTHONPATH": str(ROOT / "bench" / "frame_census")}
-    subprocess.run([sys.executable, str(program)], env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)
+    out = _run_under("frame_census", "FRAME_CENSUS_OUT", program, tmp_path / "census")
     (report,) = out.glob("*.txt")
     counts = {" ".join(line.split()[1:]): int(line.split()[0]) for line in report.read_text().splitlines()}
     # each TextFrame into the three processors, and the pipeline's own source and sink, and the worker's
