@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import pytest
-from pipecat.clocks.system_clock import SystemClock
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
+from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     STTMetadataFrame,
     TranscriptionFrame,
@@ -23,6 +23,7 @@ from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy
 from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
 from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
+
 
 # What tiny.en wrote for espeak phrases over an 8 kHz line (complete, then cut off mid-sentence).
 @pytest.mark.parametrize(("text", "ends"), [
@@ -219,4 +220,85 @@ async def test_a_sentence_finished_after_an_unfinished_one_still_shortens():
     await strategy.process_frame(TranscriptionFrame("two, please.", "caller", "now"))
     await asyncio.sleep(0.6)
     assert ended and ended[0] - stopped < 1.0
+    await strategy.cleanup()
+
+
+class _Replies:
+    """The two events of pipecat's assistant aggregator that `follow_replies` listens to, fired by the test."""
+
+    def __init__(self):
+        self._handlers: dict[str, list] = {}
+
+    def add_event_handler(self, name: str, handler) -> None:
+        self._handlers.setdefault(name, []).append(handler)
+
+    def fire(self, name: str) -> None:
+        for handler in self._handlers[name]:
+            handler(self)
+
+
+async def _interrupted_after_the_pause(strategy: SentenceEndTurnStop, text: str, whisper_secs: float = 0.05) -> float:
+    """The caller spoke over the agent and went quiet; Whisper's transcript came after the VAD's stop and barge-in
+    started the turn on it (pipecat resets the stop rule at a turn's start, then hands it the same transcript)."""
+    stopped = await _speak_then_pause(strategy)
+    await strategy.handle_user_turn_stopped()  # the turn before (the one the agent is answering) had ended...
+    await strategy.process_frame(VADUserStartedSpeakingFrame())  # ...and the caller spoke over the answer
+    stopped = await _speak_then_pause(strategy)
+    await asyncio.sleep(whisper_secs)
+    await strategy.handle_user_turn_started()
+    await strategy.process_frame(TranscriptionFrame(text, "caller", "now", finalized=True))
+    return stopped
+
+
+async def test_a_sentence_that_interrupts_after_the_pause_ends_the_turn_after_the_short_silence():
+    """pipecat times the silence from the transcript when the turn starts after the VAD's stop (2.8 s here): the
+    question asked over the agent waited that much longer than the same question asked in silence."""
+    strategy, ended = await _strategy()
+    stopped = await _interrupted_after_the_pause(strategy, "Where are you located?")
+    await asyncio.sleep(0.6)
+    assert ended and ended[0] - stopped < 1.0, "the turn should end 0.1 s after the VAD's stop, not 2.8 s after"
+    await strategy.cleanup()
+
+
+async def test_an_unfinished_interruption_after_the_pause_waits_for_the_long_silence_from_the_stop():
+    strategy, ended = await _strategy()
+    stopped = await _interrupted_after_the_pause(strategy, "Wait, I need a table for", whisper_secs=0.6)
+    await asyncio.sleep(1.0)
+    assert not ended
+    await asyncio.sleep(2.0)
+    assert ended and 2.7 <= ended[0] - stopped < 3.2  # from the VAD's stop, not 2.8 s after the transcript
+    await strategy.cleanup()
+
+
+async def test_a_turn_started_after_the_pause_waits_for_the_interrupted_reply_to_be_stored():
+    """The interrupted reply goes into the context (and the call's transcript) when pipecat's interruption reaches
+    the assistant aggregator, after the turn's start: the caller's words must come after it."""
+    strategy, ended = await _strategy()
+    replies = _Replies()
+    strategy.follow_replies(replies)
+    replies.fire("on_assistant_turn_started")
+    stopped = await _interrupted_after_the_pause(strategy, "Where are you located?")
+    await asyncio.sleep(0.6)
+    assert not ended, "the turn ended while the reply it interrupted was not stored yet"
+    replies.fire("on_assistant_turn_stopped")
+    stored = time.monotonic()
+    await asyncio.sleep(0.05)
+    assert len(ended) == 1 and ended[0] >= stored and ended[0] - stopped < 1.0
+    await strategy.cleanup()
+
+
+async def test_a_transcript_that_starts_a_turn_after_one_ended_keeps_pipecats_wait():
+    """Keypad digits come as transcripts with no voice: after the caller's last turn ended, they start a turn of
+    their own, and its silence is timed from them, not from the old pause."""
+    strategy, ended = await _strategy()
+    await _speak_then_pause(strategy)
+    await strategy.handle_user_turn_stopped()
+    await asyncio.sleep(0.3)
+    await strategy.handle_user_turn_started()
+    digits = time.monotonic()
+    await strategy.process_frame(TranscriptionFrame("4 5 7.", "caller", "now", finalized=True))
+    await asyncio.sleep(2.0)
+    assert not ended
+    await asyncio.sleep(1.2)
+    assert ended and ended[0] - digits >= 2.7
     await strategy.cleanup()

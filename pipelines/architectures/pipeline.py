@@ -81,6 +81,8 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             )],
         ),
     )
+    if isinstance(stop, SentenceEndTurnStop):
+        stop.follow_replies(assistant_aggregator)
     dtmf = [KeypadAggregator()] if agent.call.dtmf else []
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []

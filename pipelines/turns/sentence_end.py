@@ -17,6 +17,7 @@ late transcript is kept from ending the turn early by the base class (pipelines/
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -59,12 +60,28 @@ class SentenceEndTurnStop(SilenceTurnStop):
         self._words = ""
         self._stopped_at = 0.0
         self._short = False  # the running silence timer is the short one
+        self._paused = False  # the VAD has stopped, and since then the caller has not spoken nor a turn ended
+        self._reply_done = asyncio.Event()  # no reply of the agent's is open in the context (see follow_replies)
+        self._reply_done.set()
+
+    def follow_replies(self, assistant) -> None:
+        """Know when the agent's reply, interrupted or not, is in the context (`assistant`: the call's assistant
+        aggregator, whose events say so): a turn that an interruption started after the caller's pause waits for
+        that before it ends (see `_after_pause`)."""
+        assistant.add_event_handler("on_assistant_turn_started", lambda *_: self._reply_done.clear())
+        assistant.add_event_handler("on_assistant_turn_stopped", lambda *_: self._reply_done.set())
+
+    async def handle_user_turn_stopped(self):
+        self._paused = False  # a turn a transcript starts later (keypad digits) is not timed from this pause
+        await super().handle_user_turn_stopped()
 
     async def process_frame(self, frame):
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._words = ""
+            self._paused = False
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._stopped_at = time.monotonic()
+            self._paused = True
             self._short = False  # pipecat starts the long timer on the stop
             if self._segmented:
                 self._words = ""
@@ -80,9 +97,9 @@ class SentenceEndTurnStop(SilenceTurnStop):
         follow within it. A streaming STT's final for what the caller said before the pause can come after they
         have started again, and then counts for the new words; the new words' own transcript, once in, undoes
         that."""
-        # Not when the turn started after the pause did (barge-in starts it on the transcript, over the agent):
-        # pipecat then times the silence from the transcript, and ending the turn in the same tick as the
-        # interruption would store the caller's words before the interrupted reply.
+        if self._paused and not self._vad_stopped and self._user_speech_timeout_task is not None:
+            await self._after_pause()
+            return
         if (self._vad_user_speaking or not self._vad_stopped or self._user_speech_wait_done
                 or self._user_speech_timeout_task is None):
             return
@@ -100,3 +117,32 @@ class SentenceEndTurnStop(SilenceTurnStop):
         else:
             self._user_speech_wait_done = True
             await self._maybe_trigger_user_turn_stopped()
+
+    async def _after_pause(self) -> None:
+        """A turn that started in the caller's pause, on its transcript: barge-in decides on the words the caller
+        said over the agent, and Whisper's come after the VAD's stop. pipecat then times the whole silence from
+        the transcript, as if the caller had not been silent since the stop, so a question asked over the agent
+        waited ~0.5 s longer for its answer than the same question asked in silence. Here the silence is timed
+        from the VAD's stop, as in any other turn, short or long by the words. The turn does not end before the
+        reply it interrupted is in the context (and the call's transcript): ending it in the same tick as the
+        interruption would put the caller's words before that reply."""
+        timeout = self._sentence_timeout if ends_sentence(self._words) else self._user_speech_timeout
+        await self.task_manager.cancel_task(self._user_speech_timeout_task)
+        self._user_speech_timeout_task = self.task_manager.create_task(
+            self._after_pause_handler(timeout), f"{self}::_after_pause_handler")
+
+    async def _after_pause_handler(self, timeout: float) -> None:
+        try:
+            if not self._reply_done.is_set():
+                try:  # bounded: pipecat's own wait, from the transcript, is the most this rule may wait
+                    await asyncio.wait_for(self._reply_done.wait(), self._user_speech_timeout)
+                except TimeoutError:
+                    pass
+            # At least one turn of the loop: the reply's other listeners (the call's transcript) go first.
+            await asyncio.sleep(max(0.0, timeout - (time.monotonic() - self._stopped_at)))
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._user_speech_timeout_task = None
+        self._user_speech_wait_done = True
+        await self._maybe_trigger_user_turn_stopped()
