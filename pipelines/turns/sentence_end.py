@@ -21,6 +21,7 @@ import asyncio
 import re
 import time
 
+from loguru import logger
 from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 
 from pipelines.turns.late_transcript import SilenceTurnStop
@@ -126,7 +127,10 @@ class SentenceEndTurnStop(SilenceTurnStop):
         from the VAD's stop, as in any other turn, short or long by the words. The turn does not end before the
         reply it interrupted is in the context (and the call's transcript): ending it in the same tick as the
         interruption would put the caller's words before that reply."""
-        timeout = self._sentence_timeout if ends_sentence(self._words) else self._user_speech_timeout
+        short = ends_sentence(self._words)
+        timeout = self._sentence_timeout if short else self._user_speech_timeout
+        logger.debug(f"{self}: the turn started in the caller's pause; its {'short' if short else 'long'} silence "
+                     "counts from the VAD's stop")
         await self.task_manager.cancel_task(self._user_speech_timeout_task)
         self._user_speech_timeout_task = self.task_manager.create_task(
             self._after_pause_handler(timeout), f"{self}::_after_pause_handler")
