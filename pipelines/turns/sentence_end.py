@@ -129,8 +129,8 @@ class SentenceEndTurnStop(SilenceTurnStop):
         interruption would put the caller's words before that reply."""
         short = ends_sentence(self._words)
         timeout = self._sentence_timeout if short else self._user_speech_timeout
-        logger.debug(f"{self}: the turn started in the caller's pause; its {'short' if short else 'long'} silence "
-                     "counts from the VAD's stop")
+        logger.debug(f"{self}: words in the caller's pause; the {'short' if short else 'long'} silence counts from "
+                     "the VAD's stop, not from them")
         await self.task_manager.cancel_task(self._user_speech_timeout_task)
         self._user_speech_timeout_task = self.task_manager.create_task(
             self._after_pause_handler(timeout), f"{self}::_after_pause_handler")
