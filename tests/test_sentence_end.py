@@ -21,7 +21,8 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy
-from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
+from pipelines.turns.after_pause import PauseTimedTurnStop
+from pipelines.turns.late_transcript import SmartTurnStop
 from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
 
 
@@ -57,9 +58,9 @@ def test_agents_get_the_rule_unless_it_is_off_or_no_shorter():
 
     assert strategy() is SentenceEndTurnStop  # on by default: 0.3 s against 0.7 s
     assert strategy(segmented_stt=False) is SentenceEndTurnStop
-    assert strategy(sentence_end_secs=None) is SilenceTurnStop
-    assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is SilenceTurnStop
-    assert strategy(segmented_stt=False, sentence_end_secs=None) is SilenceTurnStop
+    assert strategy(sentence_end_secs=None) is PauseTimedTurnStop
+    assert strategy(silence_secs=0.3, sentence_end_secs=0.5) is PauseTimedTurnStop
+    assert strategy(segmented_stt=False, sentence_end_secs=None) is PauseTimedTurnStop
     assert strategy(strategy="smart_turn") is SmartTurnStop
 
 
@@ -91,7 +92,7 @@ async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0, rule:
         strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=0.3, vad_stop_secs=0.2,
                                        segmented_stt=segmented_stt)
     elif rule == "silence":  # `sentence_end_secs: null`
-        strategy = SilenceTurnStop(user_speech_timeout=silence_secs - 0.2, segmented_stt=segmented_stt)
+        strategy = PauseTimedTurnStop(user_speech_timeout=silence_secs - 0.2, segmented_stt=segmented_stt)
     else:
         strategy = SmartTurnStop(turn_analyzer=_EveryPauseEndsTheTurn(), segmented_stt=segmented_stt)
     # The strategy uses only the task manager; there is no pipeline around it here.
@@ -237,7 +238,7 @@ class _Replies:
             handler(self)
 
 
-async def _interrupted_after_the_pause(strategy: SentenceEndTurnStop, text: str, whisper_secs: float = 0.05) -> float:
+async def _interrupted_after_the_pause(strategy: PauseTimedTurnStop, text: str, whisper_secs: float = 0.05) -> float:
     """The caller spoke over the agent and went quiet; Whisper's transcript came after the VAD's stop and barge-in
     started the turn on it (pipecat resets the stop rule at a turn's start, then hands it the same transcript)."""
     stopped = await _speak_then_pause(strategy)
@@ -260,8 +261,9 @@ async def test_a_sentence_that_interrupts_after_the_pause_ends_the_turn_after_th
     await strategy.cleanup()
 
 
-async def test_an_unfinished_interruption_after_the_pause_waits_for_the_long_silence_from_the_stop():
-    strategy, ended = await _strategy()
+@pytest.mark.parametrize("rule", ["sentence_end", "silence"])
+async def test_an_unfinished_interruption_after_the_pause_waits_for_the_long_silence_from_the_stop(rule):
+    strategy, ended = await _strategy(rule=rule)
     stopped = await _interrupted_after_the_pause(strategy, "Wait, I need a table for", whisper_secs=0.6)
     await asyncio.sleep(1.0)
     assert not ended
@@ -287,10 +289,11 @@ async def test_a_turn_started_after_the_pause_waits_for_the_interrupted_reply_to
     await strategy.cleanup()
 
 
-async def test_a_transcript_that_starts_a_turn_after_one_ended_keeps_pipecats_wait():
+@pytest.mark.parametrize("rule", ["sentence_end", "silence"])
+async def test_a_transcript_that_starts_a_turn_after_one_ended_keeps_pipecats_wait(rule):
     """Keypad digits come as transcripts with no voice: after the caller's last turn ended, they start a turn of
     their own, and its silence is timed from them, not from the old pause."""
-    strategy, ended = await _strategy()
+    strategy, ended = await _strategy(rule=rule)
     await _speak_then_pause(strategy)
     await strategy.handle_user_turn_stopped()
     await asyncio.sleep(0.3)

@@ -22,11 +22,12 @@ from pipelines.providers.tts_contexts import read_inline
 from pipelines.providers.tts_progress import drop_word_progress
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.providers.whisper import LocalWhisperSTTService
+from pipelines.turns.after_pause import PauseTimedTurnStop
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.first_clause import speak_first_clause_early
 from pipelines.turns.heard import HeardTextGate
 from pipelines.turns.keypad import KeypadAggregator
-from pipelines.turns.late_transcript import SilenceTurnStop, SmartTurnStop
+from pipelines.turns.late_transcript import SmartTurnStop
 from pipelines.turns.mute import ClosingMuteStrategy
 from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
@@ -81,7 +82,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             )],
         ),
     )
-    if isinstance(stop, SentenceEndTurnStop):
+    if isinstance(stop, PauseTimedTurnStop):
         stop.follow_replies(assistant_aggregator)
     dtmf = [KeypadAggregator()] if agent.call.dtmf else []
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
@@ -134,5 +135,5 @@ def _stop_strategy(agent: AgentConfig, segmented_stt: bool):
         return SentenceEndTurnStop(silence_secs=turn.silence_secs, sentence_end_secs=turn.sentence_end_secs,
                                    vad_stop_secs=agent.vad.stop_secs, segmented_stt=segmented_stt)
     # pipecat's timeout starts at the VAD's stop, which itself comes `stop_secs` into the silence.
-    return SilenceTurnStop(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs),
-                           segmented_stt=segmented_stt)
+    return PauseTimedTurnStop(user_speech_timeout=max(0.0, turn.silence_secs - agent.vad.stop_secs),
+                              segmented_stt=segmented_stt)
