@@ -12,7 +12,8 @@ one that ends in a word no sentence ends with ("a table for."): Whisper sometime
 A wrong guess costs little: the agent starts answering, the caller goes on, and barge-in holds the agent's audio.
 
 Tied to pipecat 1.14's SpeechTimeoutUserTurnStopStrategy internals (its timer task and flags). A segmented STT's
-late transcript is kept from ending the turn early by the base class (pipelines/turns/late_transcript.py).
+late transcript is kept from ending the turn early by a base class (pipelines/turns/late_transcript.py), and a
+turn that starts in the pause is timed from the VAD's stop by another (pipelines/turns/after_pause.py).
 """
 
 from __future__ import annotations
