@@ -15,7 +15,8 @@ code runs (same protocol, same messages, same `--latency-ms`), with three swaps:
   client does not ask. Until this round the line had no punctuation, which no punctuating Deepgram returns, so
   voxline's sentence-end turn rule never fired in the cloud rows;
 - Piper's output is cached per (sentence, rate): the first synthesis of a sentence is real, repeats are the same
-  bytes at once, like a provider with zero latency.
+  bytes at once, like a provider with zero latency. With `--audio-cache DIR` the bytes are also kept in DIR, and a
+  host without Piper replays them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from audio_cache import cached_audio  # noqa: E402
 
 from pipelines.providers import emulators, local_models  # noqa: E402
 from pipelines.providers.emulators import audio  # noqa: E402
@@ -104,14 +107,17 @@ class LoudnessSegmenter:
         return bytes(self._audio) if self.speaking else b""
 
 
-def patch(transcript: str) -> None:
+def patch(transcript: str, audio_cache: Path | None = None) -> None:
     audio.Segmenter = LoudnessSegmenter
     audio.transcribe = lambda pcm, rate: transcript if len(pcm) >= rate // 5 else ""
-    audio.synthesize = functools.lru_cache(maxsize=512)(audio.synthesize)
+    piper = audio.synthesize
+    audio.synthesize = functools.lru_cache(maxsize=512)(
+        lambda text, rate: cached_audio(audio_cache, f"piper|{rate}|{text}", lambda: piper(text, rate)))
 
 
-async def serve(provider: str, port: int, latency_ms: int, rules: Path | None) -> None:
-    if provider in ("cartesia", "openai-realtime"):
+async def serve(provider: str, port: int, latency_ms: int, rules: Path | None, audio_cache: Path | None) -> None:
+    # With an audio cache, Piper loads only if a sentence is not in it (a host without Piper replays a cache).
+    if provider in ("cartesia", "openai-realtime") and audio_cache is None:
         await local_models.load("piper")
     parsed = emulators.Rules.load(rules) if rules else None
     running = await emulators.start(provider, host="127.0.0.1", port=port, rules=parsed, latency_ms=latency_ms)
@@ -129,10 +135,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=int, default=0)
     ap.add_argument("--rules", type=Path)
     ap.add_argument("--transcript", default="Where are you located?")
+    ap.add_argument("--audio-cache", type=Path, help="Piper's sentences kept here as bytes (bench/audio_cache.py)")
     args = ap.parse_args()
-    patch(args.transcript)
+    patch(args.transcript, args.audio_cache)
     try:
-        asyncio.run(serve(args.provider, args.port, args.latency_ms, args.rules))
+        asyncio.run(serve(args.provider, args.port, args.latency_ms, args.rules, args.audio_cache))
     except KeyboardInterrupt:
         pass
 

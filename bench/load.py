@@ -128,8 +128,9 @@ async def amain(args) -> dict:
     server_cpus, harness_cpus = split_cpus(args.server_cpus)
     if harness_cpus:
         os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
-    plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, question=synthesize(QUESTION),
-                interruption=synthesize(INTERRUPTION),
+    plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold,
+                question=synthesize(QUESTION, cache=args.audio_cache),
+                interruption=synthesize(INTERRUPTION, cache=args.audio_cache),
                 idle_frames=line_noise(args.line_noise) if args.line_noise is not None else None)
     report: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if not args.command else args.command,
@@ -141,17 +142,19 @@ async def amain(args) -> dict:
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
             "voxline_turn_sentence_end": args.turn_sentence_end,
-            "voxline_workers": args.workers,
+            "voxline_workers": args.workers, "voxline_only_agent": args.only_agent,
+            "audio_cache": str(args.audio_cache) if args.audio_cache else None,
             "server_cpus": sorted(server_cpus) if server_cpus else None,
             "harness_cpus": sorted(harness_cpus) if harness_cpus else None},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
-    emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus)
+    emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus,
+                          audio_cache=args.audio_cache)
     try:
         for name in targets:
             log(f"{name}: starting")
             target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end,
-                              cpus=server_cpus)
+                              cpus=server_cpus, only_agent=args.only_agent)
                       if name == "voxline" else
                       Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent, cpus=server_cpus))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
@@ -205,6 +208,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--server-cpus", default=None, metavar="LIST",
                     help="pin the server under test to these CPUs (e.g. 0,1), and the load generator and the "
                          "emulators to the others: a 2-core server measured on a bigger host")
+    ap.add_argument("--only-agent", action="store_true",
+                    help="give the voxline server only the agent under test (by default it has both bench agents "
+                         "and loads Whisper and Piper at start-up): with --agent cloud it then loads no local model, "
+                         "for a host without them")
+    ap.add_argument("--audio-cache", type=Path, default=None, metavar="DIR",
+                    help="keep the caller's speech (espeak-ng) and the emulated voice (Piper) in DIR as bytes, and "
+                         "replay them from there: a host without espeak-ng or Piper runs on a DIR filled elsewhere")
     ap.add_argument("--line-noise", type=float, default=None, metavar="DBFS",
                     help="white noise at this RMS level (e.g. -60) on the callers' lines between utterances, "
                          "instead of digital silence: the VAD then scores every window")

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from audio_cache import cached_audio  # noqa: E402
 from processes import Sampler, Target  # noqa: E402
 from report import bucket_delta, level_figures, overhead_buckets, summary  # noqa: E402
 
@@ -51,15 +52,21 @@ class Utterance:
     trail: float  # trailing silence, s
 
 
-def synthesize(text: str, *, voice: str | None = None, speed: int = 150) -> Utterance:
-    """`text` spoken by espeak-ng (its default voice unless `voice`, at `speed` words a minute), as line μ-law."""
-    if shutil.which("espeak-ng") is None:
-        sys.exit("espeak-ng is needed to make the caller's speech (apt-get install espeak-ng)")
-    with tempfile.TemporaryDirectory() as d:
-        wav = Path(d) / "u.wav"
-        subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-s", str(speed), "-w", str(wav), text],
-                       check=True)
-        ulaw = wav_to_ulaw(wav)
+def synthesize(text: str, *, voice: str | None = None, speed: int = 150, cache: Path | None = None) -> Utterance:
+    """`text` spoken by espeak-ng (its default voice unless `voice`, at `speed` words a minute), as line μ-law;
+    read from `cache` when a run made it there before (`--audio-cache`)."""
+
+    def espeak() -> bytes:
+        if shutil.which("espeak-ng") is None:
+            where = f" (or an --audio-cache with this line in it; {cache} has none)" if cache else ""
+            sys.exit(f"espeak-ng is needed to make the caller's speech (apt-get install espeak-ng){where}")
+        with tempfile.TemporaryDirectory() as d:
+            wav = Path(d) / "u.wav"
+            subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-s", str(speed), "-w", str(wav), text],
+                           check=True)
+            return wav_to_ulaw(wav)
+
+    ulaw = cached_audio(cache, f"espeak-ng|{voice}|{speed}|{text}", espeak)
     return Utterance(ulaw, *speech_bounds(ulaw))
 
 

@@ -135,7 +135,9 @@ class Emulators:
     """deepgram, openai and cartesia emulators, each in its own process (their CPU is not the server's); `fast`:
     the same emulators with their models swapped for cheap ones (bench/fast_providers.py)."""
 
-    def __init__(self, work: Path, latency_ms: int, fast: bool = True, cpus: set[int] | None = None):
+    def __init__(self, work: Path, latency_ms: int, fast: bool = True, cpus: set[int] | None = None,
+                 audio_cache: Path | None = None):
+        """`audio_cache`: the fast emulators keep Piper's sentences there (bench/audio_cache.py)."""
         self.procs: dict[str, Proc] = {}
         self.urls: dict[str, str] = {}
         rules = work / "openai_rules.json"
@@ -145,6 +147,8 @@ class Emulators:
             launcher = ([str(ROOT / "bench" / "fast_providers.py")] if fast else ["-m", "runtime.cli", "emulate"])
             argv = [sys.executable, *launcher, name, "--port", str(port),
                     "--latency-ms", str(latency_ms)] + (["--rules", str(rules)] if name == "openai" else [])
+            if fast and audio_cache:
+                argv += ["--audio-cache", str(audio_cache)]
             self.procs[name] = Proc(f"{name} emulator", argv, base_env({"VOXLINE_LOG_LEVEL": "WARNING"}),
                                     work / f"emulator-{name}.log", cpus=cpus)
             self.urls[name] = {"deepgram": f"ws://127.0.0.1:{port}", "openai": f"http://127.0.0.1:{port}/v1",
@@ -176,12 +180,16 @@ class Target:
 
 class Voxline(Target):
     def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
-                 workers: int = 1, sentence_end: str | None = None, cpus: set[int] | None = None):
+                 workers: int = 1, sentence_end: str | None = None, cpus: set[int] | None = None,
+                 only_agent: bool = False):
+        """`only_agent`: the server gets only the agent under test, so a cloud run loads no local model."""
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
         turn = {k: v for k, v in (("silence_secs", turn_silence), ("sentence_end_secs", sentence_end)) if v is not None}
         for fname, text in AGENT_FILES.items():
+            if only_agent and fname != f"bench_{agent}.yaml":
+                continue
             if turn:
                 text += "turn: {" + ", ".join(f"{k}: {v}" for k, v in turn.items()) + "}\n"
             (base / "agents" / fname).write_text(text)
