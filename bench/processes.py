@@ -60,6 +60,16 @@ call: {{silence_timeout_secs: 0}}
 OPENAI_RULES = {"greeting": GREETING, "fallback": REPLY, "rules": [{"keywords": ["introduce"], "reply": GREETING}]}
 
 
+def agent_files(agent: str, turn_silence: float | None = None, sentence_end: str | None = None,
+                only_agent: bool = False) -> dict[str, str]:
+    """The voxline server's agent files: both bench agents (it loads Whisper and Piper at start-up for the local
+    one), or with `only_agent` the one under test alone, so that a cloud run loads no local model."""
+    turn = {k: v for k, v in (("silence_secs", turn_silence), ("sentence_end_secs", sentence_end)) if v is not None}
+    suffix = "turn: {" + ", ".join(f"{k}: {v}" for k, v in turn.items()) + "}\n" if turn else ""
+    return {fname: text + suffix for fname, text in AGENT_FILES.items()
+            if not only_agent or fname == f"bench_{agent}.yaml"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,12 +196,7 @@ class Voxline(Target):
         self.name = "voxline"
         base = work / "voxline"
         (base / "agents").mkdir(parents=True, exist_ok=True)
-        turn = {k: v for k, v in (("silence_secs", turn_silence), ("sentence_end_secs", sentence_end)) if v is not None}
-        for fname, text in AGENT_FILES.items():
-            if only_agent and fname != f"bench_{agent}.yaml":
-                continue
-            if turn:
-                text += "turn: {" + ", ".join(f"{k}: {v}" for k, v in turn.items()) + "}\n"
+        for fname, text in agent_files(agent, turn_silence, sentence_end, only_agent).items():
             (base / "agents" / fname).write_text(text)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"

@@ -34,7 +34,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "load.py"), "--smoke", "--target", "both", "--no-plots", "--out", str(out),
-         "--server-cpus", str(SERVER_CPU), "--keep-work"],
+         "--server-cpus", str(SERVER_CPU), "--keep-work", "--audio-cache", str(out / "audio")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "BENCH_SERVER_LOG_LEVEL": "INFO"},  # the servers' logs, for a failure to show
     )
@@ -86,6 +86,15 @@ def test_the_comparison_and_the_markdown_table(smoke):
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == len(rows) + 1  # the header, then one line a row
     assert "barge-in" in md and "ms" in md
+
+
+def test_the_audio_made_for_the_run_is_kept_for_a_host_without_espeak_or_piper(smoke):
+    out, report, _ = smoke
+    assert report["config"]["audio_cache"] == str(out / "audio")
+    kept = sorted(p.stat().st_size for p in (out / "audio").iterdir())
+    # the caller's two lines (espeak-ng, 8 kHz μ-law) and the emulated voice's sentences (Piper), none cut short
+    assert len(kept) >= 4 and kept[0] > 4000, kept
+    assert not list((out / "audio").glob("*.tmp")), "a file left half-written"
 
 
 def test_the_servers_ran_on_their_cpus_and_the_load_on_the_others(smoke):
