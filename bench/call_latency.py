@@ -36,7 +36,7 @@ async def one_call(server: str, to: str, question: tuple, interruption: tuple) -
         await caller.wait_agent_quiet(0.8, 30.0)
         sent_at = await caller.say(question[0])
         speech_end = sent_at - question[2]  # the last loud frame, not the file's trailing silence
-        first = await caller.wait_agent_audio(sent_at, 20.0)
+        first = await caller.wait_agent_audio(speech_end, 20.0)  # a reply within the trailing silence counts
         result["reply_ms"] = (first - speech_end) * 1000 if first else None
         if first:
             await asyncio.sleep(0.3)  # the agent is mid-sentence

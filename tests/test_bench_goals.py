@@ -1,6 +1,7 @@
 """The ramp's verdict on one level (bench/report.py `holds_goals`): every way a level can miss the issue's goals
-fails it, including a barge-in whose `clear` never came (it has no latency to count in the p95). And the pacing
-figures (bench/loadgen.py `pacing`) count a gap by how late it is, whatever the messages' length."""
+fails it, including a barge-in whose `clear` never came (it has no latency to count in the p95). The pacing
+figures (bench/loadgen.py `pacing`) count a gap by how late it is, whatever the messages' length. And a turn is
+timed from the caller's last loud frame, also when the reply comes before the utterance's trailing silence is sent."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import CallResult, pacing  # noqa: E402
+from loadgen import BenchCaller, CallResult, Utterance, pacing, time_reply  # noqa: E402
 from report import holds_goals  # noqa: E402
 
-from telephony.twilio.caller import Received  # noqa: E402
+from telephony.twilio.caller import Answer, Received  # noqa: E402
 
 
 def level(**changes) -> dict:
@@ -69,3 +70,13 @@ def test_a_gap_is_counted_by_how_late_it_is(chunk_ms, gaps_ms, late, underruns):
     res = paced(chunk_ms, gaps_ms)
     assert (res.late_gaps, res.underruns) == (late, underruns)
     assert res.agent_audio_secs == pytest.approx(chunk_ms * (len(gaps_ms) + 3) / 1000)
+
+
+async def test_a_reply_inside_the_trailing_silence_is_timed_from_the_last_loud_frame():
+    caller = BenchCaller(Answer(status_code=200, twiml="", stream_url="ws://127.0.0.1:9/never", parameters={}))
+    said = Utterance(ulaw=b"\xff" * 12568, lead=0.0, trail=0.44)
+    sent_at = 100.0  # the last frame, trailing silence included; the words ended at 99.56
+    caller.media_times = [99.0, 99.86, 99.88, 100.02]  # the greeting's last message, then the reply from 99.86 on
+    assert await time_reply(caller, said, sent_at, timeout=0.1) == pytest.approx(300.0)
+    caller.media_times = [99.0]
+    assert await time_reply(caller, said, sent_at, timeout=0.1) is None
