@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,6 +109,41 @@ async def test_the_vad_tells_when_the_line_falls_silent_after_speech_sooner_than
     assert kinds.index("quiet") < kinds.index("pause"), told
     # In frames of 40 ms: the silence is told a frame or more before the half-pause, itself before the stop.
     assert told[kinds.index("quiet")][1] < told[kinds.index("pause")][1] < first_stop, told
+
+
+async def test_the_vad_says_when_the_line_fell_silent_before_its_stop(speech, monkeypatch):
+    """`quiet_since` (for the turn rules' clock, pipelines/turns/after_pause.py): frames arrive in real time here
+    (the analyzer's clock is the audio's), so it can be checked against the audio itself. After "located" and its
+    digital silence it is within a window of where the speech's level fell, before the VAD's reckoning of the
+    silence (its stop less `stop_secs`), and kept past the stop; "stop" clears it, and its noisy line never falls
+    that quiet. Decisions are the same with it as without it."""
+    clock = [0.0]
+    monkeypatch.setattr(shared_vad, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # the analyzer's clock only
+    analyzer = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    analyzer.track_quiet = True
+    located = audioop.ulaw2lin(speech["located"], 2)
+    words = np.frombuffer(audioop.ulaw2lin(speech["stop"], 2), np.int16)
+    noisy = np.concatenate([np.zeros(8000), words, np.zeros(8000)])
+    noisy += np.random.default_rng(1).standard_normal(len(noisy)) * 200
+    audio = bytes(16000) + located + bytes(16000) + np.clip(noisy, -32768, 32767).astype(np.int16).tobytes()
+    analyzer.set_sample_rate(8000)
+    states, seen = [], []
+    for i in range(0, len(audio), 640):
+        clock[0] = (i + 640) / 16000  # the frame's last sample has just arrived
+        states.append(await analyzer.analyze_audio(audio[i:i + 640]))
+        seen.append(analyzer.quiet_since)
+    assert states == await _states(SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS), audio)
+    stop = next(i for i in range(1, len(states)) if states[i] == VADState.QUIET and states[i - 1] != VADState.QUIET
+                and VADState.SPEAKING in states[:i])
+    pcm = np.frombuffer(located, np.int16).astype(np.float64)
+    rms = [np.sqrt(np.mean(pcm[j:j + 256] ** 2)) for j in range(0, len(pcm) - 255, 256)]
+    fell = 1.0 + (max(i for i, r in enumerate(rms) if r * shared_vad.QUIET_BELOW_PEAK >= max(rms)) + 1) * 256 / 8000
+    stopped_at = (stop + 1) * 640 / 16000
+    assert seen[stop] is not None and abs(seen[stop] - fell) <= 0.04, (seen[stop], fell)
+    assert seen[stop] < stopped_at - PARAMS.stop_secs  # Silero hears the pause after the level does
+    again = next(i for i in range(stop, len(states)) if states[i] != VADState.QUIET)  # "stop" begins
+    assert seen[again - 1] == seen[stop], "kept until the caller speaks again"
+    assert all(q is None for q in seen[again:]), "the noisy line is never that quiet"
 
 
 async def test_gated_vad_decides_as_pipecats_silero_vad(speech, monkeypatch):

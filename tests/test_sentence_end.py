@@ -9,6 +9,7 @@ import time
 
 import pytest
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
+from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     STTMetadataFrame,
@@ -21,7 +22,8 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy
-from pipelines.turns.after_pause import PauseTimedTurnStop
+from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.turns.after_pause import MAX_LEVEL_LEAD_SECS, PauseTimedTurnStop
 from pipelines.turns.late_transcript import SmartTurnStop
 from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
 
@@ -86,11 +88,11 @@ class _EveryPauseEndsTheTurn(BaseTurnAnalyzer):
         pass
 
 
-async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0, rule: str = "sentence_end"
-                    ) -> tuple[SentenceEndTurnStop, list[float]]:
+async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0, rule: str = "sentence_end",
+                    sentence_end_secs: float = 0.3) -> tuple[SentenceEndTurnStop, list[float]]:
     if rule == "sentence_end":
-        strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=0.3, vad_stop_secs=0.2,
-                                       segmented_stt=segmented_stt)
+        strategy = SentenceEndTurnStop(silence_secs=silence_secs, sentence_end_secs=sentence_end_secs,
+                                       vad_stop_secs=0.2, segmented_stt=segmented_stt)
     elif rule == "silence":  # `sentence_end_secs: null`
         strategy = PauseTimedTurnStop(user_speech_timeout=silence_secs - 0.2, segmented_stt=segmented_stt)
     else:
@@ -304,4 +306,56 @@ async def test_a_transcript_that_starts_a_turn_after_one_ended_keeps_pipecats_wa
     assert not ended
     await asyncio.sleep(1.2)
     assert ended and ended[0] - digits >= 2.7
+    await strategy.cleanup()
+
+
+async def _pause_on_a_line_that_fell_silent(strategy: PauseTimedTurnStop, before_reckoning: float) -> float:
+    """Speech, then the VAD's stop, on a line that fell near-silent `before_reckoning` s before the VAD's reckoning
+    of the silence (its stop less `stop_secs`): Silero heard the pause that much after the line's level did."""
+    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=VADParams(stop_secs=0.2))
+    strategy.follow_level(vad)
+    assert vad.track_quiet, "the VAD is asked to follow the line's level"
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    vad.quiet_since = time.monotonic() - 0.2 - before_reckoning
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("before", [0.12, 0.5])
+async def test_a_sentences_silence_counts_from_when_the_line_fell_silent(before):
+    """1.2 s of silence (1.0 s after the VAD's stop) counted from the line's fall instead: 0.12 s less, and at most
+    MAX_LEVEL_LEAD_SECS less when the level fell long before (that is not Silero's lag). A late timer still ends
+    it before the 1.0 s it took when the silence counted from the stop."""
+    strategy, ended = await _strategy(sentence_end_secs=1.2)
+    stopped = await _pause_on_a_line_that_fell_silent(strategy, before)
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+    await asyncio.sleep(1.2)
+    expected = 1.0 - min(before, MAX_LEVEL_LEAD_SECS)
+    assert ended and expected - 0.02 <= ended[0] - stopped < 0.99, (ended[0] - stopped, expected)
+    await strategy.cleanup()
+
+
+@pytest.mark.parametrize("rule", ["sentence_end", "silence"])
+async def test_the_long_silence_counts_from_when_the_line_fell_silent(rule):
+    strategy, ended = await _strategy(rule=rule)
+    stopped = await _pause_on_a_line_that_fell_silent(strategy, 0.12)
+    await strategy.process_frame(TranscriptionFrame("I need help with my...", "caller", "now"))
+    await asyncio.sleep(2.5)
+    assert not ended
+    await asyncio.sleep(0.6)
+    assert ended and 2.66 <= ended[0] - stopped < 2.79, ended[0] - stopped  # 2.8 s after the stop, less 0.12 s
+    await strategy.cleanup()
+
+
+async def test_a_pause_after_the_caller_spoke_again_is_not_given_the_old_lead():
+    strategy, ended = await _strategy(sentence_end_secs=1.2)
+    await _pause_on_a_line_that_fell_silent(strategy, 0.12)
+    vad = strategy._vad
+    await strategy.process_frame(VADUserStartedSpeakingFrame())  # the caller goes on; a noisy pause this time
+    vad.quiet_since = None
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await strategy.process_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+    await asyncio.sleep(1.2)
+    assert ended and 0.98 <= ended[0] - stopped < 1.09, ended[0] - stopped
     await strategy.cleanup()

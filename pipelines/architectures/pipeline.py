@@ -84,6 +84,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     )
     if isinstance(stop, PauseTimedTurnStop):
         stop.follow_replies(assistant_aggregator)
+        stop.follow_level(vad)
     dtmf = [KeypadAggregator()] if agent.call.dtmf else []
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +168,11 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         # Sooner still: called when the line goes near-silent after speech (QUIET_WINDOWS windows QUIET_BELOW_PEAK
         # under the utterance's loudest), often before Silero hears the pause.
         self.on_quiet: Callable[[], None] | None = None
+        # For a turn rule that counts the silence from there (pipelines/turns/after_pause.py): with `track_quiet`,
+        # `quiet_since` is when (time.monotonic()) the line fell near-silent, while it still is; None otherwise.
+        # Kept past the VAD's stop, until the caller speaks again.
+        self.track_quiet = False
+        self.quiet_since: float | None = None
         self._peak_rms = 0
         self._quiet_run = 0
         self._model = _SharedSileroModel()
@@ -180,6 +186,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         size = self._vad_frames_num_bytes
         if len(self._vad_buffer) < size:
             return self._vad_state
+        arrived = time.monotonic()  # when the newest audio in the buffer was heard (or a little after)
+        follow = self.on_quiet is not None or self.track_quiet
         quiet = True
         while len(self._vad_buffer) >= size:
             window, self._vad_buffer = self._vad_buffer[:size], self._vad_buffer[size:]
@@ -192,9 +200,11 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
                 self._maybe_reset_model(confidence)  # pipecat's periodic reset, as its voice_confidence does
                 speaking = confidence >= self._params.confidence
             self._advance(speaking)
-            if self.on_quiet is not None:
+            if follow:
                 if self._vad_state != VADState.QUIET:
-                    self._follow_level(window)
+                    if not self._peak_rms:
+                        self.quiet_since = None  # a new utterance
+                    self._follow_level(window, arrived - len(self._vad_buffer) / (2 * self.sample_rate))
                 elif self._peak_rms:
                     self._peak_rms = self._quiet_run = 0  # a new utterance measures against its own peak
         if quiet and not self._model_fresh:
@@ -227,16 +237,20 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
                 and self._vad_stopping_count == max(1, self._vad_stop_frames // 2)):
             self.on_pause(self.pauses)
 
-    def _follow_level(self, window: bytes) -> None:
-        """From the first window of speech to the VAD's stop: the line's level against the utterance's peak."""
+    def _follow_level(self, window: bytes, window_end: float) -> None:
+        """From the first window of speech to the VAD's stop: the line's level against the utterance's peak.
+        `window_end`: when the window's last sample was heard."""
         rms = audioop.rms(window, 2)
         self._peak_rms = max(self._peak_rms, rms)
         if rms * QUIET_BELOW_PEAK < self._peak_rms:
             self._quiet_run += 1
             if self._quiet_run == QUIET_WINDOWS and self._vad_state != VADState.STARTING:
-                self.on_quiet()
+                self.quiet_since = window_end - QUIET_WINDOWS * self._vad_frames / self.sample_rate
+                if self.on_quiet is not None:
+                    self.on_quiet()
         else:
             self._quiet_run = 0
+            self.quiet_since = None
 
     def _settle(self) -> VADState:
         """The end of pipecat's VADAnalyzer._run_analyzer: enough windows either way change the state."""

@@ -1,4 +1,10 @@
-"""The silence rule for a turn that starts in the caller's pause, after the VAD's stop.
+"""The silence rules' clock: from when the line fell silent, and from the VAD's stop for a turn that starts after it.
+
+pipecat times a turn's silence from the VAD's stop, taken as `stop_secs` into the silence. But Silero's confidence
+falls ~60–100 ms after the words, where the line's level falls at once, so every turn waited that much longer than
+its silence. On a line that falls near-silent when the words end (digital silence, VoIP, noise-suppressed mobiles),
+the VAD sees when (`quiet_since`, pipelines/providers/vad.py), and the silence is counted from there; on a noisy
+line nothing changes.
 
 Barge-in decides on the words the caller said over the agent (pipelines/turns/barge_in.py), and Whisper's words
 come after the VAD's stop, so such a turn starts in the pause, on its transcript. pipecat 1.14 then times the whole
@@ -22,14 +28,21 @@ from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFram
 
 from pipelines.turns.late_transcript import SilenceTurnStop
 
+# Silero hears a pause this much after the level at most: a longer lead is not that lag (a soft ending the level
+# took for silence), and only this much of it counts.
+MAX_LEVEL_LEAD_SECS = 0.15
+
 
 class PauseTimedTurnStop(SilenceTurnStop):
-    """pipecat's silence timeout with the late-transcript guard, timed from the VAD's stop also for a turn that
-    starts in the pause. Call `follow_replies` with the call's assistant aggregator."""
+    """pipecat's silence timeout with the late-transcript guard, counted from when the line fell silent where the
+    VAD saw that, and timed from the VAD's stop also for a turn that starts in the pause. Call `follow_replies`
+    with the call's assistant aggregator and `follow_level` with its VAD."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._stopped_at = 0.0
+        self._stopped_at = 0.0  # the VAD's stop, less the level's lead
+        self._lead = 0.0  # how long before the VAD's reckoning (its stop less `stop_secs`) the line fell silent
+        self._vad = None
         self._paused = False  # the VAD has stopped, and since then the caller has not spoken nor a turn ended
         self._reply_done = asyncio.Event()  # no reply of the agent's is open in the context
         self._reply_done.set()
@@ -38,6 +51,28 @@ class PauseTimedTurnStop(SilenceTurnStop):
         """Know when the agent's reply, interrupted or not, is in the context: `assistant`'s events say so."""
         assistant.add_event_handler("on_assistant_turn_started", lambda *_: self._reply_done.clear())
         assistant.add_event_handler("on_assistant_turn_stopped", lambda *_: self._reply_done.set())
+
+    def follow_level(self, vad) -> None:
+        """Count the silence from when `vad` (a SharedSileroVADAnalyzer) saw the line fall near-silent."""
+        vad.track_quiet = True
+        self._vad = vad
+
+    def _level_lead(self, now: float, stop_secs: float) -> float:
+        quiet_since = self._vad.quiet_since if self._vad is not None else None
+        if quiet_since is None:
+            return 0.0
+        return min(MAX_LEVEL_LEAD_SECS, max(0.0, now - stop_secs - quiet_since))
+
+    async def _restart_user_speech_timer(self):
+        """pipecat's, shortened by the level's lead when the VAD's stop starts it."""
+        if not (self._vad_stopped and self._lead):
+            return await super()._restart_user_speech_timer()
+        if self._user_speech_timeout_task:
+            await self.task_manager.cancel_task(self._user_speech_timeout_task)
+        self._user_speech_wait_done = False
+        self._user_speech_timeout_task = self.task_manager.create_task(
+            self._user_speech_timeout_handler(max(0.0, self._user_speech_timeout - self._lead)),
+            f"{self}::_user_speech_timeout_handler")
 
     def _pause_timeout(self) -> float:
         """The silence, counted from the VAD's stop, that ends a turn started in the pause."""
@@ -50,9 +85,15 @@ class PauseTimedTurnStop(SilenceTurnStop):
     async def process_frame(self, frame):
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._paused = False
+            self._lead = 0.0
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._stopped_at = time.monotonic()
+            now = time.monotonic()
+            self._lead = self._level_lead(now, frame.stop_secs)
+            self._stopped_at = now - self._lead
             self._paused = True
+            if self._lead:
+                logger.debug(f"{self}: the line fell silent {self._lead:.3f} s before the VAD's reckoning; the "
+                             "silence counts from there")
         result = await super().process_frame(frame)
         # pipecat's fallback has just armed its timer from this transcript: time it from the stop instead.
         if (isinstance(frame, TranscriptionFrame) and self._paused and not self._vad_stopped
