@@ -1,8 +1,8 @@
 """The silence rules' clock: from when the line fell silent, and from the VAD's stop for a turn that starts after it.
 
 pipecat times a turn's silence from the VAD's stop, taken as `stop_secs` into the silence. But Silero's confidence
-falls ~60–100 ms after the words, where the line's level falls at once, so every turn waited that much longer than
-its silence. On a line that falls near-silent when the words end (digital silence, VoIP, noise-suppressed mobiles),
+falls after the words (32–68 ms later in a server log of the load benchmark), where the line's level falls at once,
+so every turn waited that much longer than its silence. On a line that falls near-silent when the words end (digital silence, VoIP, noise-suppressed mobiles),
 the VAD sees when (`quiet_since`, pipelines/providers/vad.py), and the silence is counted from there; on a noisy
 line nothing changes.
 
