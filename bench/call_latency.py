@@ -17,32 +17,23 @@ import statistics
 import time
 from pathlib import Path
 
-from loadgen import synthesize
+from loadgen import Utterance, synthesize, time_reply
 
 from telephony.twilio.caller import MediaStreamCaller, post_incoming_call
 
 
-def utterance(text: str) -> tuple[bytes, float, float]:
-    """μ-law speech, and its leading and trailing silence in seconds."""
-    spoken = synthesize(text)
-    return spoken.ulaw, spoken.lead, spoken.trail
-
-
-async def one_call(server: str, to: str, question: tuple, interruption: tuple) -> dict:
+async def one_call(server: str, to: str, question: Utterance, interruption: Utterance) -> dict:
     answer = await post_incoming_call(server, to)
     result: dict = {}
     async with MediaStreamCaller(answer) as caller:
         await caller.wait_agent_audio(0.0, 20.0)
         await caller.wait_agent_quiet(0.8, 30.0)
-        sent_at = await caller.say(question[0])
-        speech_end = sent_at - question[2]  # the last loud frame, not the file's trailing silence
-        first = await caller.wait_agent_audio(speech_end, 20.0)  # a reply within the trailing silence counts
-        result["reply_ms"] = (first - speech_end) * 1000 if first else None
-        if first:
+        result["reply_ms"] = await time_reply(caller, question, await caller.say(question.ulaw))
+        if result["reply_ms"] is not None:
             await asyncio.sleep(0.3)  # the agent is mid-sentence
             clears_before = len(caller.events("clear"))
-            await caller.say(interruption[0])
-            onset = caller.first_speech_frame_at + interruption[1]
+            await caller.say(interruption.ulaw)
+            onset = caller.first_speech_frame_at + interruption.lead
             clears = caller.events("clear")[clears_before:]
             result["barge_in_ms"] = (clears[0].at - onset) * 1000 if clears else None
         await caller.wait_agent_quiet(0.8, 30.0)
@@ -65,8 +56,8 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    question = utterance("Where are you located?")
-    interruption = utterance("Wait, where is that exactly?")
+    question = synthesize("Where are you located?")
+    interruption = synthesize("Wait, where is that exactly?")
     results: list[dict] = []
     started = time.monotonic()
     for i in range(0, args.calls, args.concurrency):
