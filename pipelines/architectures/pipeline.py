@@ -19,6 +19,7 @@ from pipelines.call_pipeline import LINE_SAMPLE_RATE, CallPipeline
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext
 from pipelines.providers.tts_contexts import read_inline
+from pipelines.providers.tts_pacing import pace_to_output
 from pipelines.providers.tts_progress import drop_word_progress
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.providers.whisper import LocalWhisperSTTService
@@ -40,6 +41,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
     tts = registry.build("tts", agent.tts, ctx)
     speak_first_clause_early(tts)
     read_inline(tts)
+    pace_to_output(tts, transport.output())
     drop_word_progress(tts)
 
     vad = SharedSileroVADAnalyzer(
