@@ -33,8 +33,8 @@ def _whisper() -> Any:
     # run: a transcription took ~300 ms instead of ~240 ms on 2 cores. Nothing in the server needs BLAS threads.
     threadpool_limits(limits=1, user_api="blas")
 
-    # Two threads per transcription where there are two cores: tiny.en's encoder runs a fixed 30 s window, ~290 ms
-    # on one thread and ~230 ms on two, and that is the caller's wait after the end of a turn.
+    # Two threads per transcription where there are two cores: the encoder is most of the caller's wait after the
+    # end of a turn (on the full 30 s window ~290 ms on one thread and ~230 ms on two; whisper_window.py shortens it).
     threads = 2 if (os.cpu_count() or 1) >= 2 else 1
     return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=2)
 

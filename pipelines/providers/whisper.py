@@ -18,6 +18,7 @@ from pipecat.utils.time import time_now_iso8601
 
 from pipelines.providers import local_models
 from pipelines.providers.vad import QUIET_BELOW_PEAK, SharedSileroVADAnalyzer
+from pipelines.providers.whisper_window import transcribe_short
 
 WHISPER_RATE = 16000
 BLOCK_SECS = 0.032
@@ -56,12 +57,14 @@ class LocalWhisperSTTService(SegmentedSTTService):
     16 kHz here in one shot, which costs nothing in latency (unlike a streaming resampler on the input path).
     """
 
-    def __init__(self, *, language: str = "en", beam_size: int = 1, **kwargs):
-        # Whisper answers within ~0.5 s of the end of a segment on a 2-core machine; 1 s is the bound the turn
+    def __init__(self, *, language: str = "en", beam_size: int = 1, short_window: bool = True, **kwargs):
+        # Whisper answers within ~0.2 s of the end of a segment on a 2-core machine (~0.5 s on the full 30 s window,
+        # which a long or doubtful utterance still takes: see whisper_window.py); 1 s is the bound the turn
         # strategy waits for a transcript that may never come (noise).
         super().__init__(settings=STTSettings(model="tiny.en", language=language), ttfs_p99_latency=1.0, **kwargs)
         self._language = language
         self._beam_size = beam_size
+        self._short_window = short_window  # see whisper_window.py; False: always the fixed 30 s window
         self._vad: SharedSileroVADAnalyzer | None = None
         self._early: _EarlyRun | None = None
 
@@ -145,6 +148,10 @@ class LocalWhisperSTTService(SegmentedSTTService):
         if self.sample_rate != WHISPER_RATE:
             audio = soxr.resample(audio, self.sample_rate, WHISPER_RATE)
         model = local_models.get("whisper")
+        if self._short_window:
+            text = transcribe_short(model, audio, language=self._language, beam_size=self._beam_size)
+            if text is not None:
+                return text
         # temperature 0 only: faster-whisper's default retries a doubtful decode at five more temperatures, which
         # took tiny.en from ~180 ms to ~1.1 s on a misheard phrase, while the caller waited for the reply.
         segments, _ = model.transcribe(
