@@ -16,6 +16,7 @@ import asyncio
 import audioop
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +74,18 @@ async def segments(pcm: bytes) -> list[bytes]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_line_arguments(ap: argparse.ArgumentParser) -> None:
+    """The utterances' options, shared with bench/whisper_window.py."""
     ap.add_argument("--voices", default="en,en-us,en+f3")
     ap.add_argument("--speeds", default="140,165,190")
     ap.add_argument("--phrases", type=int, default=len(PHRASES), help="the first N phrases")
     ap.add_argument("--noise-dbfs", type=float, default=None)
-    args = ap.parse_args()
-    stt = LocalWhisperSTTService()
-    stt._sample_rate = RATE  # as its StartFrame would set it
-    silence = stt._trailing_silence()
+
+
+def lines(args: argparse.Namespace) -> Iterator[tuple[str, str, str, bytes]]:
+    """(voice, speed, phrase, the line) for every phrase × voice × speed: the phrase spoken by espeak-ng on an 8 kHz
+    μ-law line, as 16-bit PCM, with 1 s of silence either side (and white noise at `noise_dbfs`, if given)."""
     rng = np.random.default_rng(0)
-    ref_words = errors_as_is = errors_trimmed = utterances = differing = 0
     for voice in args.voices.split(","):
         for speed in args.speeds.split(","):
             for text in PHRASES[:args.phrases]:
@@ -94,17 +95,29 @@ def main() -> None:
                     line = np.frombuffer(pcm, np.int16) + rng.standard_normal(len(pcm) // 2) * 32768 * 10 ** (
                         args.noise_dbfs / 20)
                     pcm = np.clip(line, -32768, 32767).astype(np.int16).tobytes()
-                cut = asyncio.run(segments(pcm))
-                as_is = " ".join(stt._transcribe(s + silence) for s in cut)
-                trimmed = " ".join(stt._transcribe(without_quiet_tail(s, RATE) + silence) for s in cut)
-                ref = words(text)
-                ref_words += len(ref)
-                utterances += 1
-                errors_as_is += edits(ref, words(as_is))
-                errors_trimmed += edits(ref, words(trimmed))
-                if words(as_is) != words(trimmed):
-                    differing += 1
-                    print(f"  {voice} {speed} {text!r}: as handed over {as_is!r}, without the tail {trimmed!r}")
+                yield voice, speed, text, pcm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_line_arguments(ap)
+    args = ap.parse_args()
+    stt = LocalWhisperSTTService()
+    stt._sample_rate = RATE  # as its StartFrame would set it
+    silence = stt._trailing_silence()
+    ref_words = errors_as_is = errors_trimmed = utterances = differing = 0
+    for voice, speed, text, pcm in lines(args):
+        cut = asyncio.run(segments(pcm))
+        as_is = " ".join(stt._transcribe(s + silence) for s in cut)
+        trimmed = " ".join(stt._transcribe(without_quiet_tail(s, RATE) + silence) for s in cut)
+        ref = words(text)
+        ref_words += len(ref)
+        utterances += 1
+        errors_as_is += edits(ref, words(as_is))
+        errors_trimmed += edits(ref, words(trimmed))
+        if words(as_is) != words(trimmed):
+            differing += 1
+            print(f"  {voice} {speed} {text!r}: as handed over {as_is!r}, without the tail {trimmed!r}")
     print(f"{utterances} utterances, {ref_words} words, line noise {args.noise_dbfs} dBFS: word error rate "
           f"{errors_as_is / ref_words:.3f} as the VAD hands segments over, {errors_trimmed / ref_words:.3f} without "
           f"their near-silent tails; {differing} utterances' words differ")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import audioop
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadgen import synthesize  # noqa: E402
-from whisper_tail import PHRASES, RATE, edits, segments, words  # noqa: E402
+from whisper_tail import RATE, add_line_arguments, edits, lines, segments, words  # noqa: E402
 
 import pipelines.providers.whisper as whisper_module  # noqa: E402
 from pipelines.providers import whisper_window  # noqa: E402
@@ -32,10 +30,7 @@ from pipelines.providers.whisper import LocalWhisperSTTService, without_quiet_ta
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--voices", default="en,en-us,en+f3")
-    ap.add_argument("--speeds", default="140,165,190")
-    ap.add_argument("--phrases", type=int, default=len(PHRASES), help="the first N phrases")
-    ap.add_argument("--noise-dbfs", type=float, default=None)
+    add_line_arguments(ap)
     ap.add_argument("--pad-secs", type=float, default=whisper_window.PAD_SECS)
     ap.add_argument("--show", action="store_true", help="print every utterance whose words differ")
     args = ap.parse_args()
@@ -52,33 +47,24 @@ def main() -> None:
         return text
 
     whisper_module.transcribe_short = counting
-    rng = np.random.default_rng(0)
     ref_words, errors, times, runs = 0, {"full": 0, "short": 0}, {"full": [], "short": []}, 0
     full._transcribe(silence + silence)  # loads the model outside the timings
-    for voice in args.voices.split(","):
-        for speed in args.speeds.split(","):
-            for text in PHRASES[:args.phrases]:
-                spoken = synthesize(text, voice=voice, speed=int(speed)).ulaw
-                pcm = bytes(2 * RATE) + audioop.ulaw2lin(spoken, 2) + bytes(2 * RATE)
-                if args.noise_dbfs is not None:
-                    line = np.frombuffer(pcm, np.int16) + rng.standard_normal(len(pcm) // 2) * 32768 * 10 ** (
-                        args.noise_dbfs / 20)
-                    pcm = np.clip(line, -32768, 32767).astype(np.int16).tobytes()
-                given = [without_quiet_tail(s, RATE) + silence for s in asyncio.run(segments(pcm))]
-                ref = words(text)
-                ref_words += len(ref)
-                heard = {}
-                for name, stt in (("full", full), ("short", short)):
-                    parts = []
-                    for segment in given:
-                        started = time.perf_counter()
-                        parts.append(stt._transcribe(segment))
-                        times[name].append(time.perf_counter() - started)
-                    heard[name] = " ".join(parts)
-                    errors[name] += edits(ref, words(heard[name]))
-                runs += len(given)
-                if args.show and words(heard["full"]) != words(heard["short"]):
-                    print(f"  {voice} {speed} {text!r}: full window {heard['full']!r}, short {heard['short']!r}")
+    for voice, speed, text, pcm in lines(args):
+        given = [without_quiet_tail(s, RATE) + silence for s in asyncio.run(segments(pcm))]
+        ref = words(text)
+        ref_words += len(ref)
+        heard = {}
+        for name, stt in (("full", full), ("short", short)):
+            parts = []
+            for segment in given:
+                started = time.perf_counter()
+                parts.append(stt._transcribe(segment))
+                times[name].append(time.perf_counter() - started)
+            heard[name] = " ".join(parts)
+            errors[name] += edits(ref, words(heard[name]))
+        runs += len(given)
+        if args.show and words(heard["full"]) != words(heard["short"]):
+            print(f"  {voice} {speed} {text!r}: full window {heard['full']!r}, short {heard['short']!r}")
     print(f"{len(times['full'])} transcriptions, {ref_words} words, line noise {args.noise_dbfs} dBFS, pad "
           f"{args.pad_secs} s")
     for name in ("full", "short"):

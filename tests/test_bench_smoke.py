@@ -232,3 +232,18 @@ def test_whisper_tail_compares_transcripts_with_and_without_the_silent_tail():
     assert summary, proc.stdout[-3000:]
     assert int(summary[1]) == 9  # "Wait, where is that exactly?" and "Where are you located?"
     assert 0 <= float(summary[2]) <= 1.5 and 0 <= float(summary[3]) <= 1.5 and int(summary[4]) <= 2
+
+
+def test_whisper_window_compares_the_short_window_with_the_full_one():
+    """bench/whisper_window.py on two phrases in one voice: both windows' word error rates and times, and how many
+    short decodes were done again."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "whisper_window.py"), "--voices", "en", "--speeds",
+                           "150", "--phrases", "2"], cwd=ROOT, capture_output=True, text=True, timeout=200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^(\d+) transcriptions, 9 words, line noise None dBFS, pad 5.0 s$", proc.stdout, re.MULTILINE), \
+        proc.stdout[-3000:]
+    rates = dict(re.findall(r"^  (full|short) +window: word error rate ([\d.]+), time p50 \d+ ms, p95 \d+ ms$",
+                            proc.stdout, re.MULTILINE))
+    assert set(rates) == {"full", "short"} and all(0 <= float(r) <= 1.5 for r in rates.values()), proc.stdout[-3000:]
+    again = re.search(r"^  short-window decodes done again on the full window: (\d+) of (\d+)$", proc.stdout, re.MULTILINE)
+    assert again and int(again[2]) >= 2 and int(again[1]) <= int(again[2]), proc.stdout[-3000:]
