@@ -173,13 +173,19 @@ class MediaStreamCaller:
     # --- sending -----------------------------------------------------------------------------------------------
 
     async def say(self, ulaw: bytes) -> float:
-        """Stream an utterance in real time (between silence frames); returns when its last frame was sent."""
+        """Stream an utterance in real time (between silence frames); returns when its last frame was sent, or
+        when the call closes first (an agent may hang up on a caller whose words it has already heard)."""
         done = self._speech_done = asyncio.Event()
         self._utterance_starting = True
         for i in range(0, len(ulaw), FRAME_BYTES):
             self._outbox.put_nowait(ulaw[i:i + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
         self._outbox.put_nowait(b"")  # marker: utterance ends here
-        await done.wait()
+        waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(self.closed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         return self.last_speech_frame_at
 
     def feed(self, frame: bytes) -> None:
