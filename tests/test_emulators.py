@@ -113,8 +113,8 @@ async def test_deepgram_pipecat_service_transcribes_phone_speech(speech):
         seen = await run_until(stt, frames, lambda fs: any(isinstance(f, TranscriptionFrame) for f in fs),
                                params=PipelineParams(audio_in_sample_rate=8000))
     final = next(f for f in seen if isinstance(f, TranscriptionFrame))
-    # Words tiny.en hears in this phrase on every CPU tried: its int8 decode differs between them elsewhere in it
-    # ("welcome all 4 2 people tonight" on an AVX2-only EPYC, "book a table for two" on the Xeon).
+    # Words tiny.en hears in this phrase on both CPUs tried: its int8 decode differs between them elsewhere in it
+    # (an AVX2-only EPYC hears "welcome all 4 2 people tonight"; the Xeon heard "table" and "two" too).
     assert {"hello", "people", "tonight"} <= words(final.text), final.text
     assert final.result.is_final and final.result.speech_final
     assert not [f for f in seen if isinstance(f, ErrorFrame)]
@@ -143,8 +143,8 @@ async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(spee
         await asyncio.sleep(0.2)
         received = emulator.emulator[-1]
     final = next(f for f in seen if isinstance(f, TranscriptionFrame))
-    # Words tiny.en hears in this phrase on every CPU tried: its int8 decode differs between them elsewhere in it
-    # ("welcome all 4 2 people tonight" on an AVX2-only EPYC, "book a table for two" on the Xeon).
+    # Words tiny.en hears in this phrase on both CPUs tried: its int8 decode differs between them elsewhere in it
+    # (an AVX2-only EPYC hears "welcome all 4 2 people tonight"; the Xeon heard "table" and "two" too).
     assert {"hello", "people", "tonight"} <= words(final.text), final.text
     # 25 quiet frames in 5 messages; the 3 onset frames in 1, sent at the start; the rest live, one each; 40 quiet
     # frames after the live window in 8.
