@@ -115,7 +115,8 @@ async def first_request(service) -> tuple[float, float]:
 
 
 async def main(args) -> None:
-    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool, tls_context
+    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool
+    from pipelines.providers.tls import tls_context
 
     with tempfile.TemporaryDirectory() as d:
         key, cert = make_cert(Path(d))

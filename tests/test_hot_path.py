@@ -417,7 +417,8 @@ async def test_the_pacer_keeps_a_small_lead_and_catches_up_after_a_stall(monkeyp
 
 
 def test_openai_clients_share_one_tls_context_and_the_servers_pool():
-    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool, tls_context
+    from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool
+    from pipelines.providers.tls import tls_context
 
     a = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")
     b = SharedTLSOpenAILLMService(api_key="k", base_url="http://127.0.0.1:9/v1")

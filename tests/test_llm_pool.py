@@ -13,7 +13,8 @@ import ssl
 from config.agent import AgentConfig
 from config.settings import Settings
 from pipelines.providers import emulators
-from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool, tls_context
+from pipelines.providers.openai_llm import SharedTLSOpenAILLMService, shared_pool
+from pipelines.providers.tls import tls_context
 from runtime.analysis.extract import Turn, extract
 from runtime.analysis.rules import RuleDefinition, Wanted
 

@@ -10,6 +10,12 @@ The caller starting to speak (the VAD's start, ~0.1 s into the words) sends what
 a message per frame, so Deepgram hears the words' onset as soon as before, in one piece, and everything after as it
 comes. pipecat's `Finalize` at the VAD's stop, which asks for the final transcript, always follows audio sent live.
 Up to `QUIET_BATCH_SECS` of quiet still waiting when the call ends is not sent.
+
+pipecat builds a Deepgram SDK client per service, so per call, and the SDK gives it an HTTP client of its own (a
+new TLS context: the CA store loaded, ~33 ms on the event loop), which a streaming STT never uses; and the SDK dials
+`wss://` with a TLS context made for that one connection (the same again). Both get the process's shared context
+(pipelines/providers/tls.py) through the two names the SDK and pipecat 1.14 look up at call time, rebound once when
+this module is imported; a test fails if either seam moves (tests/test_provider_tls.py).
 """
 
 from __future__ import annotations
@@ -17,13 +23,41 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 
+import deepgram.listen.v1.client as deepgram_listen
+import httpx
+import pipecat.services.deepgram.stt as pipecat_deepgram
+from deepgram import AsyncDeepgramClient
 from pipecat.frames.frames import Frame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.deepgram.stt import DeepgramSTTService
 
+from pipelines.providers.tls import tls_context, ws_tls
+
 # 1 s: a quiet line is 1 send a second instead of 5; ~6 % less CPU per idle call side by side (bench/side_by_side.py).
 QUIET_BATCH_SECS = 1.0
 LIVE_AFTER_STOP_SECS = 1.0  # a pause this short may be mid-sentence, and Deepgram's own endpointing runs on it
+
+
+SDK_TIMEOUT_SECS = 60  # the SDK's own default for a client it makes
+
+
+class SharedTLSDeepgramClient(AsyncDeepgramClient):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("httpx_client", httpx.AsyncClient(verify=tls_context(), timeout=SDK_TIMEOUT_SECS))
+        super().__init__(*args, **kwargs)
+
+
+_sdk_ws_connect = deepgram_listen.websockets_client_connect
+
+
+def _ws_connect_shared_tls(uri: str, *args, **kwargs):
+    for key, value in ws_tls(uri).items():
+        kwargs.setdefault(key, value)
+    return _sdk_ws_connect(uri, *args, **kwargs)
+
+
+pipecat_deepgram.AsyncDeepgramClient = SharedTLSDeepgramClient
+deepgram_listen.websockets_client_connect = _ws_connect_shared_tls
 
 
 class QuietBatchingDeepgramSTT(DeepgramSTTService):

@@ -2,8 +2,8 @@
 on a silent LLM.
 
 pipecat builds an AsyncOpenAI client per service, and its HTTP client loads the system's CA store into a new TLS
-context (~60 ms, on the event loop, while every other call's audio waits). The context holds no per-connection
-state, so calls share one, made once.
+context (~60 ms, on the event loop, while every other call's audio waits). Calls share the process's one
+(pipelines/providers/tls.py).
 
 Connections are shared too, when the server hands the service its pool (`shared_pool()`, one per server process,
 for endpoints the operator configured or trusts). Otherwise every call's first turn, and every chat turn, which
@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore2
 import httpx
 import pydantic
 from openai import APITimeoutError, AsyncOpenAI, DefaultAsyncHttpxClient
@@ -45,11 +42,9 @@ from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
 
 from pipelines.providers.endpoint_guard import public_only_client
+from pipelines.providers.tls import tls_context
 
 DEFAULT_TIMEOUT_SECS = 10.0  # as LLMConfig.timeout_secs, which explains it
-
-_lock = threading.Lock()
-_tls: ssl.SSLContext | None = None
 
 
 # pipecat 1.14's limits for its OpenAI clients. With no expiry an idle connection is kept until the server closes it
@@ -61,16 +56,6 @@ def shared_pool() -> httpx.AsyncClient:
     """A connection pool for every call's client to trusted endpoints: make it on the event loop that will use it,
     and `aclose()` it when the server stops."""
     return DefaultAsyncHttpxClient(verify=tls_context(), limits=_LIMITS)
-
-
-def tls_context() -> ssl.SSLContext:
-    """The process's client TLS context, as httpx would make it (blocking the first time: warm it in a thread)."""
-    global _tls
-    if _tls is None:
-        with _lock:
-            if _tls is None:
-                _tls = httpcore2.default_ssl_context()
-    return _tls
 
 
 class LLMResponseTimeout(TimeoutError):

@@ -21,10 +21,12 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame, TTSAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+from websockets.asyncio.client import connect as websocket_connect
 
 from config.agent import AgentConfig, RealtimeConfig
 from pipelines.call_pipeline import LINE_SAMPLE_RATE, ULAW_METADATA_KEY
 from pipelines.providers.endpoint_guard import connect_public_only
+from pipelines.providers.tls import ws_tls
 
 DEFAULT_TIMEOUT_SECS = 10.0  # as RealtimeConfig.timeout_secs, which explains it
 _ULAW_BYTES_PER_MS = LINE_SAMPLE_RATE // 1000
@@ -88,10 +90,7 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
         self._owed.discard(what)
 
     async def _connect(self):
-        if self._public_only_for is None:
-            await super()._connect()
-        else:
-            await self._connect_public_only()
+        await self._connect_shared_tls()
         ws = self._websocket
         if ws is None or self._watchdog is not None:  # the connect failed (already reported), or was not needed
             return
@@ -109,22 +108,29 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
             return message
 
         ws.recv = recv_noting_activity  # type: ignore[method-assign]
-        self._listening = True  # super()._connect has just created the receive task, which has not run yet
+        self._listening = True  # _connect_shared_tls has just created the receive task, which has not run yet
         self._expect("session")  # session.created, then session.updated (the welcome waits for it)
         self._watchdog = self.create_task(self._watch(), name=f"{self}::realtime-watchdog")
 
-    async def _connect_public_only(self):
-        """pipecat 1.14's `_connect`, dialling the checked address."""
+    async def _connect_shared_tls(self):
+        """pipecat 1.14's `_connect`, with the process's TLS context (pipelines/providers/tls.py: a new one per call
+        loaded the CA store on the event loop), dialling the checked address when the URL may reach only public
+        ones."""
         if self._websocket:
             return
         try:
-            self._websocket = await connect_public_only(self.base_url, who=self._public_only_for,
-                                                        field="realtime.base_url",
-                                                        additional_headers=await self._auth_headers())
+            self._websocket = await self._open_socket()
             self._receive_task = self.create_task(self._receive_task_handler())
         except Exception as e:
             await self.push_error(error_msg=f"Error connecting: {e}", exception=e)
             self._websocket = None
+
+    async def _open_socket(self):
+        headers = await self._auth_headers()
+        if self._public_only_for is None:
+            return await websocket_connect(uri=self.base_url, additional_headers=headers, **ws_tls(self.base_url))
+        return await connect_public_only(self.base_url, who=self._public_only_for, field="realtime.base_url",
+                                         additional_headers=headers, **ws_tls(self.base_url))
 
     async def _disconnect(self):
         # stop, cancel and cleanup all come here (and reset_conversation, which then connects again).

@@ -108,7 +108,7 @@ def _default(kind: str, provider: str, attr: str) -> Any:
 # the server's gc.freeze(): left for later, every full collection would walk it again, stalling all calls' audio.
 PROVIDER_MODULES = (
     "pipelines.providers.whisper", "pipelines.providers.piper", "pipelines.providers.scripted",
-    "pipelines.providers.deepgram", "pipelines.providers.openai_llm", "pipecat.services.cartesia.tts",
+    "pipelines.providers.deepgram", "pipelines.providers.openai_llm", "pipelines.providers.cartesia",
     "pipelines.providers.openai_realtime",
 )
 
@@ -118,7 +118,8 @@ def import_all() -> None:
     (blocking: run it in a thread)."""
     for name in PROVIDER_MODULES:
         importlib.import_module(name)
-    from pipelines.providers.openai_llm import tls_context, warm_up
+    from pipelines.providers.openai_llm import warm_up
+    from pipelines.providers.tls import tls_context
 
     tls_context()
     warm_up()
@@ -188,7 +189,7 @@ def _openai(section, ctx: BuildContext) -> FrameProcessor:
 
 @register("tts", "cartesia")
 def _cartesia(section, ctx: BuildContext) -> FrameProcessor:
-    from pipecat.services.cartesia.tts import CartesiaTTSService
+    from pipelines.providers.cartesia import SharedTLSCartesiaTTS as CartesiaTTSService
 
     return CartesiaTTSService(
         api_key=_key(ctx, "tts", "cartesia"),

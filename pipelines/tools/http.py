@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 import httpx
 from loguru import logger
 
+from pipelines.providers.tls import tls_context
 from pipelines.tools.attachment import ToolAttachment
 from pipelines.tools.netguard import RefusedAddress, UnresolvableHost, resolve_checked
 from pipelines.tools.result import ToolResult
@@ -95,7 +96,9 @@ async def call_http_tool(spec: HttpToolSpec, arguments: dict[str, Any], *, allow
 async def _send(spec: HttpToolSpec, arguments: dict[str, Any], *, allow_private: bool, max_bytes: int) -> ToolResult:
     method, url, headers = spec.method.upper(), spec.url, dict(spec.headers)
     # Never a proxy from the environment, never redirects followed blindly: either would reach unchecked addresses.
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=spec.timeout_secs) as client:
+    # The process's TLS context: a new one per client loaded the CA store on the event loop (providers/tls.py).
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=tls_context(),
+                                 timeout=spec.timeout_secs) as client:
         for _ in range(MAX_REDIRECTS + 1):
             target = httpx.URL(url)
             if target.scheme not in ("http", "https") or not target.host:

@@ -167,7 +167,8 @@ async def _openai(turns: list[Turn], wanted: Wanted, settings: Settings, model: 
     """`own_url` is the agent's `llm.base_url` (None: the server's endpoint)."""
     import openai
 
-    from pipelines.providers.openai_llm import shared_pool, tls_context
+    from pipelines.providers.openai_llm import shared_pool
+    from pipelines.providers.tls import tls_context
 
     if provider_trust.withhold_server_key(settings, "openai", own_url, who=who):
         api_key = provider_trust.NO_SERVER_KEY

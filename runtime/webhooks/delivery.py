@@ -22,6 +22,7 @@ from loguru import logger
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from pipelines.providers.tls import tls_context
 from pipelines.tools.netguard import RefusedAddress, UnresolvableHost, resolve_checked
 from runtime import __version__
 from runtime.metrics import WEBHOOK_DELIVERIES
@@ -190,7 +191,9 @@ async def _post(url: str, body: bytes, headers: dict[str, str], *, allow_private
     port = target.port or (443 if target.scheme == "https" else 80)
     ip = await resolve_checked(host, port, allow_private=allow_private)
     # Never a proxy from the environment, never a redirect: either would reach an address that was not checked.
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout) as client:
+    # The process's TLS context: a new one per client loaded the CA store on the event loop (providers/tls.py).
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=tls_context(),
+                                 timeout=timeout) as client:
         request = client.build_request(
             "POST", target.copy_with(host=str(ip)), content=body,
             headers={**headers, "Content-Type": "application/json", "User-Agent": f"voxline-webhooks/{__version__}",
