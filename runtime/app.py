@@ -56,6 +56,19 @@ async def _end_live_calls(rt: Runtime) -> None:
         await asyncio.sleep(0.05)
 
 
+WARM_UP_PATH = "/.voxline-warm-up"  # routes nothing: matching it walks every route
+
+
+async def _build_routes(app: FastAPI) -> None:
+    """FastAPI (0.165) builds its routes' parameter models on the first request that walks past them: ~20-190 ms on
+    the event loop at the server's first request, a call's webhook as likely as anything. One request made inside
+    the process, before the server takes any, builds them all."""
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        await client.get(WARM_UP_PATH)
+
+
 def api_routers() -> list:
     from runtime.api.routes import (
         agents,
@@ -146,6 +159,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         for worker in (batches, webhooks, analyses):
             worker.start()
         await asyncio.to_thread(registry.import_all)
+        await _build_routes(app)
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
         gc.collect()

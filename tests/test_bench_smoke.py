@@ -247,3 +247,15 @@ def test_whisper_window_compares_the_short_window_with_the_full_one():
     assert set(rates) == {"full", "short"} and all(0 <= float(r) <= 1.5 for r in rates.values()), proc.stdout[-3000:]
     again = re.search(r"^  short-window decodes done again on the full window: (\d+) of (\d+)$", proc.stdout, re.MULTILINE)
     assert again and int(again[2]) >= 2 and int(again[1]) <= int(again[2]), proc.stdout[-3000:]
+
+
+def test_call_setup_times_a_cloud_calls_start_on_the_loop_and_counts_ca_loads():
+    """bench/call_setup.py builds a cloud call's three services and dials its two wss sockets against a local TLS
+    server: this code loads no CA store for it."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "call_setup.py"), "--calls", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = re.search(r"^2 cloud calls' setup on the event loop .*: CPU p50 ([\d.]+) ms, max ([\d.]+) ms; "
+                     r"CA stores loaded per call ([\d.]+)$", proc.stdout, re.MULTILINE)
+    assert line, proc.stdout[-3000:]
+    assert 0 < float(line[1]) <= float(line[2]) and float(line[3]) == 0, line[0]

@@ -122,6 +122,8 @@ def import_all() -> None:
     from pipelines.providers.tls import tls_context
 
     tls_context()
+    # httpx imports its transport (~20 ms) at its first client: the Deepgram SDK's for a call, a webhook's, a tool's.
+    importlib.import_module("httpcore")
     warm_up()
 
 
