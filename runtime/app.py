@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from config.agent import AgentConfig
 from config.settings import Settings, get_settings
-from pipelines.factory import local_models_needed
+from pipelines.factory import import_architectures, local_models_needed
 from pipelines.providers import local_models, registry
 from runtime import __version__, call_feed, retention, stall_watch, workers
 from runtime.api import errors, guards
@@ -159,6 +159,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         for worker in (batches, webhooks, analyses):
             worker.start()
         await asyncio.to_thread(registry.import_all)
+        await asyncio.to_thread(import_architectures)
         await _build_routes(app)
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.

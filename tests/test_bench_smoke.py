@@ -259,3 +259,6 @@ def test_call_setup_times_a_cloud_calls_start_on_the_loop_and_counts_ca_loads():
                      r"CA stores loaded per call ([\d.]+)$", proc.stdout, re.MULTILINE)
     assert line, proc.stdout[-3000:]
     assert 0 < float(line[1]) <= float(line[2]) and float(line[3]) == 0, line[0]
+    first = re.search(r"^the first call after start-up: CPU ([\d.]+) ms, CA stores loaded (\d+)$", proc.stdout,
+                      re.MULTILINE)
+    assert first and float(first[1]) > 0 and first[2] == "0", proc.stdout[-3000:]

@@ -1,14 +1,21 @@
 """The server builds at start-up what FastAPI would otherwise build at its first request (every route's parameter
 models: tens of milliseconds on the event loop, under a call's webhook or every call in progress): the first
-requests after start-up build none. In process, through the app's own lifespan."""
+requests after start-up build none, and the modules a first call would import are imported. Through the app's own
+lifespan."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import fastapi.routing
 import httpx
 
 from config.settings import Settings
 from runtime.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_the_first_requests_build_no_route(tmp_path, monkeypatch):
@@ -28,3 +35,26 @@ async def test_the_first_requests_build_no_route(tmp_path, monkeypatch):
     assert webhook.status_code == 200 and "<Response>" in webhook.text, webhook.text
     assert listing.status_code == 401  # the route ran: it asked for a key
     assert built == []
+
+
+def test_start_up_imports_what_a_first_call_would():
+    """In a fresh interpreter: the lifespan imports the phone architectures' modules and httpx's transport, which a
+    first call would otherwise import on the event loop."""
+    script = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from config.settings import Settings
+from runtime.app import create_app
+from pipelines.factory import ARCHITECTURE_MODULES
+d = Path(tempfile.mkdtemp()); (d / "agents").mkdir()
+app = create_app(Settings(_env_file=None, data_dir=d / "data", agents_dir=d / "agents"))
+wanted = [*ARCHITECTURE_MODULES, "httpcore"]
+before = [m for m in wanted if m in sys.modules]
+async def main():
+    async with app.router.lifespan_context(app):
+        print("before", before, "after", [m for m in wanted if m not in sys.modules])
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "before [] after []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
