@@ -29,6 +29,7 @@ from runtime.reasons import DisconnectionReason
 from runtime.store import db as store_db
 from runtime.store.models import Agent
 from runtime.tokens import StreamTokens
+from telephony.twilio import rest as twilio_rest
 
 SHUTDOWN_GRACE_SECS = 5.0
 
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             worker.start()
         await asyncio.to_thread(registry.import_all)
         await asyncio.to_thread(import_architectures)
+        await asyncio.to_thread(twilio_rest.warm_up)
         await _build_routes(app)
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.

@@ -38,8 +38,8 @@ async def test_the_first_requests_build_no_route(tmp_path, monkeypatch):
 
 
 def test_start_up_imports_what_a_first_call_would():
-    """In a fresh interpreter: the lifespan imports the phone architectures' modules and httpx's transport, which a
-    first call would otherwise import on the event loop."""
+    """In a fresh interpreter: the lifespan imports the phone architectures' modules, httpx's transport and the Twilio
+    SDK's async client and Calls API, which a first call would otherwise import on the event loop."""
     script = """
 import asyncio, sys, tempfile
 from pathlib import Path
@@ -48,7 +48,7 @@ from runtime.app import create_app
 from pipelines.factory import ARCHITECTURE_MODULES
 d = Path(tempfile.mkdtemp()); (d / "agents").mkdir()
 app = create_app(Settings(_env_file=None, data_dir=d / "data", agents_dir=d / "agents"))
-wanted = [*ARCHITECTURE_MODULES, "httpcore"]
+wanted = [*ARCHITECTURE_MODULES, "httpcore", "twilio.http.async_http_client", "twilio.rest.api.v2010.account.call"]
 before = [m for m in wanted if m in sys.modules]
 async def main():
     async with app.router.lifespan_context(app):
