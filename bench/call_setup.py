@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import certifi
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # after PYTHONPATH, so that another checkout given there is the one measured
+
+from llm_connect import make_cert  # noqa: E402  (this folder: the throwaway CA)
 
 
 def serve_tls(port: int, key: str, cert: str, ready) -> None:
@@ -74,10 +75,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        key, cert = Path(d) / "key.pem", Path(d) / "cert.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        key, cert = make_cert(Path(d))
         # Trusted as one more CA beside a real store (certifi's, as httpx loads), since a load's cost grows with the
         # store: a file with the throwaway CA alone would make every new context look cheap.
         trust = Path(d) / "trust.pem"

@@ -57,6 +57,13 @@ async def _end_live_calls(rt: Runtime) -> None:
         await asyncio.sleep(0.05)
 
 
+def _import_for_calls() -> None:
+    """What a first call, or a first request to Twilio, would otherwise import on the event loop (blocking)."""
+    registry.import_all()
+    import_architectures()
+    twilio_rest.warm_up()
+
+
 WARM_UP_PATH = "/.voxline-warm-up"  # routes nothing: matching it walks every route
 
 
@@ -159,9 +166,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         batches, webhooks, analyses = BatchEngine(rt), Dispatcher(rt), AnalysisWorker(rt)
         for worker in (batches, webhooks, analyses):
             worker.start()
-        await asyncio.to_thread(registry.import_all)
-        await asyncio.to_thread(import_architectures)
-        await asyncio.to_thread(twilio_rest.warm_up)
+        await asyncio.to_thread(_import_for_calls)
         await _build_routes(app)
         # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
         # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.

@@ -46,7 +46,7 @@ def call_objects(worker: BaseObject | None, *others: BaseObject | None) -> list[
         if isinstance(obj, FrameProcessor):
             stack.extend(obj.processors)
         client = getattr(obj, "_client", None)
-        if isinstance(client, BaseObject):
+        if _pipecat(client):
             stack.append(client)
         if isinstance(obj, FrameProcessor) or id(obj) in root_ids:
             stack.extend(_held(obj))  # one level down: what a processor holds directly was built with it

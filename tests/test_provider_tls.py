@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,9 @@ from websockets.asyncio.server import serve
 from config.agent import AgentConfig
 from config.settings import Settings
 from pipelines.providers import registry, tls
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from llm_connect import make_cert  # noqa: E402  (a throwaway CA, as the TLS benchmarks make)
 
 KEYS = dict(OPENAI_API_KEY="sk-test", DEEPGRAM_API_KEY="dg-test", CARTESIA_API_KEY="ca-test")
 
@@ -58,10 +61,7 @@ def test_building_a_calls_provider_services_loads_no_ca_store(ca_loads):
 @pytest.fixture
 def throwaway_ca(tmp_path: Path, monkeypatch) -> ssl.SSLContext:
     """A server context for localhost, whose CA only the shared client context trusts."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key, cert = make_cert(tmp_path)
     client = ssl.create_default_context(cafile=str(cert))
     monkeypatch.setattr(tls, "_context", client)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

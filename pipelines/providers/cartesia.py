@@ -10,6 +10,4 @@ from pipelines.providers.tls import ws_tls
 
 class SharedTLSCartesiaTTS(CartesiaTTSService):
     async def _websocket_connect(self, uri: str, **kwargs):
-        for key, value in ws_tls(uri).items():
-            kwargs.setdefault(key, value)
-        return await super()._websocket_connect(uri, **kwargs)
+        return await super()._websocket_connect(uri, **ws_tls(uri, kwargs))

@@ -51,9 +51,7 @@ _sdk_ws_connect = deepgram_listen.websockets_client_connect
 
 
 def _ws_connect_shared_tls(uri: str, *args, **kwargs):
-    for key, value in ws_tls(uri).items():
-        kwargs.setdefault(key, value)
-    return _sdk_ws_connect(uri, *args, **kwargs)
+    return _sdk_ws_connect(uri, *args, **ws_tls(uri, kwargs))
 
 
 pipecat_deepgram.AsyncDeepgramClient = SharedTLSDeepgramClient

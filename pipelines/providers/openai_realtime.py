@@ -126,11 +126,11 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
             self._websocket = None
 
     async def _open_socket(self):
-        headers = await self._auth_headers()
+        options = ws_tls(self.base_url, {"additional_headers": await self._auth_headers()})
         if self._public_only_for is None:
-            return await websocket_connect(uri=self.base_url, additional_headers=headers, **ws_tls(self.base_url))
+            return await websocket_connect(uri=self.base_url, **options)
         return await connect_public_only(self.base_url, who=self._public_only_for, field="realtime.base_url",
-                                         additional_headers=headers, **ws_tls(self.base_url))
+                                         **options)
 
     async def _disconnect(self):
         # stop, cancel and cleanup all come here (and reset_conversation, which then connects again).

@@ -30,7 +30,9 @@ def tls_context() -> ssl.SSLContext:
     return _context
 
 
-def ws_tls(uri: str) -> dict[str, Any]:
-    """websockets' `connect` keyword for `uri`: the shared context for `wss://`, nothing for `ws://` (which refuses
-    one)."""
-    return {"ssl": tls_context()} if uri.lower().startswith("wss://") else {}
+def ws_tls(uri: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """websockets' `connect` keywords for `uri`: the shared context for `wss://` unless `kwargs` name one, nothing
+    added for `ws://` (which refuses one)."""
+    if uri.lower().startswith("wss://"):
+        kwargs.setdefault("ssl", tls_context())
+    return kwargs
