@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio_cache import cached_audio  # noqa: E402
+import harness_loop  # noqa: E402
 
 from pipelines.providers import emulators, local_models  # noqa: E402
 from pipelines.providers.emulators import audio  # noqa: E402
@@ -41,6 +42,8 @@ BLOCK_SECS = 0.02
 
 class LoudnessSegmenter:
     """`audio.Segmenter`'s interface (feed/take/utterance, now/speaking/started_at) on 20 ms RMS blocks."""
+
+    blocking = False  # an RMS a block: fed on the emulator's loop, not through a thread
 
     def __init__(self, rate: int, *, threshold: float = 0.5, start_secs: float = 0.2, stop_secs: float = 0.5,
                  preroll_secs: float = 0.3, min_volume: float = 0.4, max_secs: float | None = None):
@@ -139,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     patch(args.transcript, args.audio_cache)
     try:
-        asyncio.run(serve(args.provider, args.port, args.latency_ms, args.rules, args.audio_cache))
+        harness_loop.run(serve(args.provider, args.port, args.latency_ms, args.rules, args.audio_cache))
     except KeyboardInterrupt:
         pass
 

@@ -28,7 +28,6 @@ Figures, never assertions.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # the modules next to this one (the script's directory is on sys.path when run as `python bench/load.py`)
+import harness_loop  # noqa: E402
 from loadgen import INTERRUPTION, QUESTION, Plan, line_noise, run_level, soak, synthesize, warm_up  # noqa: E402
 from processes import Baseline, Emulators, Target, Voxline  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    report = asyncio.run(amain(args))
+    report = harness_loop.run(amain(args))
     print((args.out / "results.md").read_text())
     return report
 

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -38,6 +39,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers.deepgram import QuietBatchingDeepgramSTT
 from pipelines.providers.emulators import cartesia, deepgram, openai_chat, openai_realtime
+from pipelines.providers.emulators import audio as emulator_audio
 from pipelines.providers.emulators.rules import Rules
 from telephony.audio import ulaw_rms
 from tests.conftest import ROOT, free_port
@@ -716,3 +718,22 @@ def test_voxline_emulate_openai_starts_and_answers(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "pong"
+
+
+
+class _FeedRecorder:
+    def __init__(self, blocking: bool):
+        self.blocking, self.threads = blocking, []
+
+    def feed(self, pcm: bytes) -> list:
+        self.threads.append(threading.get_ident())
+        return [len(pcm)]
+
+
+async def test_a_segmenter_that_blocks_is_fed_in_a_thread_and_a_cheap_one_on_the_loop():
+    silero_like, loudness_like = _FeedRecorder(blocking=True), _FeedRecorder(blocking=False)
+    assert await emulator_audio.feed(silero_like, b"\0" * 320) == [320]
+    assert await emulator_audio.feed(loudness_like, b"\0" * 320) == [320]
+    assert silero_like.threads[0] != threading.get_ident()  # Silero never runs on the emulator's loop
+    assert loudness_like.threads == [threading.get_ident()]
+    assert emulator_audio.Segmenter.blocking is True

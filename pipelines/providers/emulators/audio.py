@@ -5,6 +5,7 @@ Everything here that touches a model blocks: run it through `local_models.run_in
 
 from __future__ import annotations
 
+import asyncio
 import audioop
 import re
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ class Segmenter:
     stream's own rate and is resampled once, for Whisper.
     """
 
+    # Silero runs in `feed`: the emulators hand it to a thread. A cheap stand-in (bench/fast_providers.py) says
+    # False and is fed on the loop, which saves a thread hop per audio message (~10 % of a core at 100 calls).
+    blocking = True
+
     def __init__(self, rate: int, *, threshold: float = 0.5, start_secs: float = 0.2, stop_secs: float = 0.5,
                  preroll_secs: float = 0.3, min_volume: float = 0.4, max_secs: float | None = None):
         from pipelines.providers.vad import SharedSileroVADAnalyzer
@@ -186,3 +191,10 @@ class Segmenter:
 
     def utterance(self) -> bytes:
         return bytes(self._audio) if self.speaking else b""
+
+
+async def feed(segmenter, pcm: bytes) -> list[Segment]:
+    """`segmenter.feed(pcm)`, in a thread when it blocks."""
+    if segmenter.blocking:
+        return await asyncio.to_thread(segmenter.feed, pcm)
+    return segmenter.feed(pcm)

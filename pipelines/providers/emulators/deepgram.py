@@ -145,7 +145,7 @@ class _Session:
         self.received.messages += 1
         self.received.bytes += len(data)
         pcm = audio.decode(data, self.opts["encoding"])
-        segments = await asyncio.to_thread(self.segmenter.feed, pcm)
+        segments = await audio.feed(self.segmenter, pcm)
         for seg in segments:
             if seg.kind == "start":
                 self.words_pending_end = None

@@ -161,7 +161,7 @@ class _Session(Responding):
         if self.segmenter is None:
             self.buffer += pcm
             return
-        for seg in await asyncio.to_thread(self.segmenter.feed, pcm):
+        for seg in await audio.feed(self.segmenter, pcm):
             if seg.kind == "start":
                 self.speech_item = _id("item")
                 await self._send("input_audio_buffer.speech_started", audio_start_ms=int(seg.at * 1000),
