@@ -262,3 +262,13 @@ def test_call_setup_times_a_cloud_calls_start_on_the_loop_and_counts_ca_loads():
     first = re.search(r"^the first call after start-up: CPU ([\d.]+) ms, CA stores loaded (\d+)$", proc.stdout,
                       re.MULTILINE)
     assert first and float(first[1]) > 0 and first[2] == "0", proc.stdout[-3000:]
+
+
+def test_llm_request_times_a_turns_request_with_and_without_the_sdks_walk():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "llm_request.py"), "--requests", "3", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = re.findall(r"^(\d+) messages: ([\d.]+) ms a request with the SDK's walk, ([\d.]+) ms around it",
+                       proc.stdout, re.M)
+    assert [int(n) for n, _, _ in lines] == [6, 22, 42], proc.stdout
+    assert all(float(w) > 0 and float(a) > 0 for _, w, a in lines), proc.stdout

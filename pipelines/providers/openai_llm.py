@@ -41,6 +41,7 @@ from openai.types.chat import ChatCompletionChunk
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.http import TIMEOUT_EXCEPTIONS, connection_limits
 
+from pipelines.providers import openai_params
 from pipelines.providers.endpoint_guard import public_only_client
 from pipelines.providers.tls import tls_context
 
@@ -185,6 +186,9 @@ def warm_up() -> str:
                 tools=[{"type": "function", "function": {
                     "name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}],
             )
-            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            # A body that is not plain JSON still takes the SDK's own walk (openai_params.py): its caches too.
+            await openai_params.warm_sdk_transform()
+            return text
 
     return asyncio.run(request())
