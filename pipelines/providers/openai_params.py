@@ -31,7 +31,7 @@ _sdk_transform = sdk_completions.async_maybe_transform
 CHAT_PARAMS = (completion_create_params.CompletionCreateParamsStreaming,
                completion_create_params.CompletionCreateParamsNonStreaming)
 
-_SCALARS = (str, int, float, bool, type(None))  # bool is an int; listed for the reader
+_SCALARS = (str, int, float, bool, type(None))  # matched by exact type: a str or int subclass takes the walk
 
 
 def has_alias(tp: Any, seen: set[int] | None = None) -> bool:

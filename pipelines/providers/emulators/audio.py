@@ -118,7 +118,8 @@ class Segmenter:
     """
 
     # Silero runs in `feed`: the emulators hand it to a thread. A cheap stand-in (bench/fast_providers.py) says
-    # False and is fed on the loop, which saves a thread hop per audio message (~10 % of a core at 100 calls).
+    # False and is fed on the loop, which saves a thread hop per audio message (the load benchmark's Deepgram
+    # emulator at 40 calls: 4-5 % of a core instead of 7-10 %).
     blocking = True
 
     def __init__(self, rate: int, *, threshold: float = 0.5, start_secs: float = 0.2, stop_secs: float = 0.5,
