@@ -161,6 +161,20 @@ _WARM_CHUNK = {"id": "warm-up", "object": "chat.completion.chunk", "created": 0,
                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]}
 
 
+_WARM_REQUEST = {
+    "model": "warm-up", "stream": True, "stream_options": {"include_usage": True},
+    "messages": [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t", "content": "{}"},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}],
+}
+
+
 def warm_up() -> str:
     """One streamed chat request through the SDK, the way a call's turn makes it (every kind of message, a tool),
     answered in-process: nothing leaves the machine. Blocking (it runs its own loop): call it in a thread at
@@ -174,21 +188,10 @@ def warm_up() -> str:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
             client = ChunkValidatingAsyncOpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
                                                 http_client=http)
-            stream = await client.chat.completions.create(
-                model="warm-up", stream=True, stream_options={"include_usage": True},
-                messages=[
-                    {"role": "system", "content": "s"},
-                    {"role": "user", "content": "u"},
-                    {"role": "assistant", "content": None, "tool_calls": [
-                        {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                    {"role": "tool", "tool_call_id": "t", "content": "{}"},
-                ],
-                tools=[{"type": "function", "function": {
-                    "name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}],
-            )
+            stream = await client.chat.completions.create(**_WARM_REQUEST)
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
             # A body that is not plain JSON still takes the SDK's own walk (openai_params.py): its caches too.
-            await openai_params.warm_sdk_transform()
+            await openai_params.warm_sdk_transform(_WARM_REQUEST)
             return text
 
     return asyncio.run(request())

@@ -81,16 +81,10 @@ async def _transform(data: object, expected_type: object) -> Any:
     return await _sdk_transform(data, expected_type)
 
 
-async def warm_sdk_transform() -> None:
-    """The SDK's walk once over a body of every kind of message and a tool, the way a request would take it: what
-    it builds the first time (the type hints of the TypedDicts it meets) is then built at start-up, not under a call."""
-    body = {"model": "warm-up", "stream": True, "stream_options": {"include_usage": True}, "tool_choice": "auto",
-            "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                         {"role": "assistant", "content": None, "tool_calls": [
-                             {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                         {"role": "tool", "tool_call_id": "t", "content": "{}"}],
-            "tools": [{"type": "function", "function": {"name": "f", "description": "d",
-                                                        "parameters": {"type": "object", "properties": {}}}}]}
+async def warm_sdk_transform(body: dict) -> None:
+    """The SDK's walk once over `body` (a request of every kind of message and a tool), as a request would take it:
+    what it builds the first time (the type hints of the TypedDicts it meets) is then built at start-up, not under a
+    call."""
     for params in CHAT_PARAMS:
         await _sdk_transform(body, params)
 
