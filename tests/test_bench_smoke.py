@@ -272,3 +272,13 @@ def test_llm_request_times_a_turns_request_with_and_without_the_sdks_walk():
                        proc.stdout, re.M)
     assert [int(n) for n, _, _ in lines] == [6, 22, 42], proc.stdout
     assert all(float(w) > 0 and float(a) > 0 for _, w, a in lines), proc.stdout
+
+
+def test_tts_words_times_a_sentences_words_with_pipecats_matching_and_voxlines():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tts_words.py"), "--sentences", "3", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = re.findall(r"^(\d+) words: ([\d.]+) µs a word with pipecat's matching, ([\d.]+) µs with voxline's$",
+                       proc.stdout, re.M)
+    assert [int(n) for n, _, _ in lines] == [24, 53], proc.stdout
+    assert all(float(p) > 0 and float(v) > 0 for _, p, v in lines), proc.stdout

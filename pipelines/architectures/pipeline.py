@@ -21,6 +21,7 @@ from pipelines.providers.registry import BuildContext
 from pipelines.providers.tts_contexts import read_inline
 from pipelines.providers.tts_pacing import pace_to_output
 from pipelines.providers.tts_progress import drop_word_progress
+from pipelines.providers import tts_words  # noqa: F401  (its import rebinds pipecat's word matching)
 from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.providers.whisper import LocalWhisperSTTService
 from pipelines.turns.after_pause import PauseTimedTurnStop
