@@ -53,7 +53,11 @@ def from_breakdown(total_secs: float, breakdown: LatencyBreakdown) -> TurnLatenc
 
 class _CallObserver(UserBotLatencyObserver):
     """pipecat's latency observer, also handing on every metric a service reports (usage, for the call's record):
-    one observer, not two, because each observer costs a queue hop for every frame of the call."""
+    one observer, not two, because each observer costs a queue hop for every frame of the call. Its work per event
+    is a few timestamps and a callback that records a metric, so the call tells it at once (`told_inline`,
+    runtime/call_observer.py); the latency it reports goes on through pipecat's event handlers, each a task."""
+
+    told_inline = True
 
     def __init__(self, on_metrics: Callable[[MetricsData], None] | None):
         super().__init__()
