@@ -116,7 +116,7 @@ def test_a_call_from_firefox_plays_the_agent_shows_the_welcome_sends_the_microph
     rate = ff.js("return new AudioContext().sampleRate")
     wait_js(ff, f"window.softphone.stats.samplesPlayed > 2 * {rate} && window.softphone.stats.framesSent > 100", 10)
     stats = ff.js("return window.softphone.stats")
-    assert stats["mediaReceived"] > 50 and stats["marksEchoed"] >= 1, stats  # over 2 s of 40 ms messages
+    assert stats["mediaReceived"] > 25 and stats["marksEchoed"] >= 1, stats  # over 2 s of 80 ms messages
     assert ff.js("return document.getElementById('error').hidden"), page_state(ff)
     ARTIFACTS.mkdir(exist_ok=True)
     ff.screenshot(ARTIFACTS / "softphone-firefox.png")
