@@ -264,21 +264,24 @@ def test_call_setup_times_a_cloud_calls_start_on_the_loop_and_counts_ca_loads():
     assert first and float(first[1]) > 0 and first[2] == "0", proc.stdout[-3000:]
 
 
-def test_llm_request_times_a_turns_request_with_and_without_the_sdks_walk():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "llm_request.py"), "--requests", "3", "--rounds", "1"],
+def _before_and_after(script: str, args: list[str], line: str) -> list[tuple[str, str, str]]:
+    """Runs a bench script that prints one line per size, `line` capturing (size, before, after); checks that it
+    ran and that both figures were measured."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = re.findall(r"^(\d+) messages: ([\d.]+) ms a request with the SDK's walk, ([\d.]+) ms around it",
-                       proc.stdout, re.M)
-    assert [int(n) for n, _, _ in lines] == [6, 22, 42], proc.stdout
-    assert all(float(w) > 0 and float(a) > 0 for _, w, a in lines), proc.stdout
+    lines = re.findall(line, proc.stdout, re.M)
+    assert lines and all(float(before) > 0 and float(after) > 0 for _, before, after in lines), proc.stdout
+    return lines
+
+
+def test_llm_request_times_a_turns_request_with_and_without_the_sdks_walk():
+    lines = _before_and_after("llm_request.py", ["--requests", "3", "--rounds", "1"],
+                              r"^(\d+) messages: ([\d.]+) ms a request with the SDK's walk, ([\d.]+) ms around it")
+    assert [int(n) for n, _, _ in lines] == [6, 22, 42], lines
 
 
 def test_tts_words_times_a_sentences_words_with_pipecats_matching_and_voxlines():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tts_words.py"), "--sentences", "3", "--rounds", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = re.findall(r"^(\d+) words: ([\d.]+) µs a word with pipecat's matching, ([\d.]+) µs with voxline's$",
-                       proc.stdout, re.M)
-    assert [int(n) for n, _, _ in lines] == [24, 53], proc.stdout
-    assert all(float(p) > 0 and float(v) > 0 for _, p, v in lines), proc.stdout
+    lines = _before_and_after("tts_words.py", ["--sentences", "3", "--rounds", "1"],
+                              r"^(\d+) words: ([\d.]+) µs a word with pipecat's matching, ([\d.]+) µs with voxline's$")
+    assert [int(n) for n, _, _ in lines] == [24, 53], lines

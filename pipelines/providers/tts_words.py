@@ -13,15 +13,16 @@ And each sentence's map starts by lining up the text the TTS was given with the 
 word with `difflib`, though the two are the same text unless something rewrote it.
 
 A 24-word sentence took ~170 µs of CPU per word, a 53-word one ~320 µs, and ~130 / ~450 µs more to start
-(`bench/tts_words.py`); in a load run the TTS's audio-context task, where this runs, was ~9 % of the server's
-event loop.
+(`bench/tts_words.py`: 37 µs a word at either length now); in a load run the TTS's audio-context task, where
+this runs, was ~9 % of the server's event loop.
 
-Here two equal texts are one equal piece without asking `difflib`, `is_transformed` is kept once computed (the segment is a frozen dataclass: its answer cannot change), and
-`alnum_only` and `has_alnum` take a fast road for text that is ASCII once its markup is stripped, where folding
-accents is a no-op and `isalnum` is `[A-Za-z0-9]`; any other text goes through pipecat's own functions. The
-answers are pipecat's, character for character (`tests/test_tts_words.py` compares them). Tied to the names
-pipecat 1.14's `text_segment_map` and `word_completion_tracker` import from `alnum_utils`, rebound here when this
-module is imported (with the module's `difflib`), and to `TextSegment.is_transformed`; pinned like the other seams.
+Here two equal texts are one equal piece without asking `difflib`; `is_transformed` is kept once computed (the
+segment is a frozen dataclass: its answer cannot change); and `alnum_only` and `has_alnum` take a fast road for
+text that is ASCII once its markup is stripped, where folding accents is a no-op and `isalnum` is `[A-Za-z0-9]`;
+any other text goes through pipecat's own functions. The answers are pipecat's, character for character
+(`tests/test_tts_words.py` compares them). Tied to the names pipecat 1.14's `text_segment_map` and
+`word_completion_tracker` import from `alnum_utils`, rebound here when this module is imported (with the
+module's `difflib`), and to `TextSegment.is_transformed`; pinned like the other seams.
 """
 
 from __future__ import annotations
