@@ -2,6 +2,7 @@
 
     git worktree add /tmp/wt-old <rev>
     .venv/bin/python bench/side_by_side.py --old /tmp/wt-old [--calls 12] [--rounds 5] [--phase speaking|idle|talking]
+                                           [--line-noise -60]
     .venv/bin/python bench/side_by_side.py --old . --old-env VOXLINE_EVENT_LOOP=asyncio   # one setting, same code
 
 A shared VM's speed drifts by ±25 % from one minute to the next, so two runs one after the other cannot tell a
@@ -12,7 +13,8 @@ both, alternating; `speaking` and `idle` then wait 3 s and measure each server's
 
 - `speaking`: the agent's welcome is ~35 s long, so every call is hearing the agent and the caller is silent: the
   outbound path (TTS → output → carrier) on top of a connected call's inbound audio.
-- `idle`: the welcome is short and over; connected calls streaming silence: the inbound path alone.
+- `idle`: the welcome is short and over; connected calls streaming silence (or, with `--line-noise`, white noise
+  at that level, which the VAD scores window by window): the inbound path alone.
 - `talking`: the load benchmark's cycle, once per call, the calls starting within 3 s: a question, and 0.3 s into
   the reply an interruption, then silence until the agent is quiet. The server's CPU from the first question to
   the last quiet, divided by the cycles: everything a turn costs (VAD, STT, turn rules, LLM, TTS, output,
@@ -39,7 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import processes  # noqa: E402
-from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, synthesize  # noqa: E402
+from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize  # noqa: E402
 
 from telephony.twilio.caller import sid  # noqa: E402
 
@@ -93,11 +95,14 @@ async def talk(callers: dict[str, list[BenchCaller]], targets: dict[str, process
 
 
 async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClient, calls: int,
-                 phase: str, speech: tuple[Utterance, Utterance] | None) -> dict[str, float]:
+                 phase: str, speech: tuple[Utterance, Utterance] | None,
+                 idle_frames: list[bytes] | None = None) -> dict[str, float]:
     callers: dict[str, list[BenchCaller]] = {name: [] for name in targets}
     for _ in range(calls):
         for name, target in targets.items():
             caller = BenchCaller(await target.answer(client), call_sid=sid("CA"))
+            if idle_frames:
+                caller.idle_frames = idle_frames
             await caller.__aenter__()
             callers[name].append(caller)
         await asyncio.sleep(0.02)
@@ -146,7 +151,8 @@ async def main(args) -> None:
                     await caller.wait_agent_audio(0.0, 30.0)
                     await asyncio.sleep(3.0)
             for i in range(args.rounds):
-                got = await round_(targets, client, args.calls, args.phase, speech)
+                got = await round_(targets, client, args.calls, args.phase, speech,
+                                   line_noise(args.line_noise) if args.line_noise is not None else None)
                 for name, value in got.items():
                     figures[name].append(value)
                 print(f"round {i + 1}: this tree {got['new']:.3g}, --old {got['old']:.3g} {unit}; "
@@ -159,7 +165,8 @@ async def main(args) -> None:
     shutil.rmtree(work, ignore_errors=True)  # kept when a round fails: the servers' logs are there
     ratios = [n / o for n, o in zip(figures["new"], figures["old"])]
     new, old = statistics.median(figures["new"]), statistics.median(figures["old"])
-    print(f"{args.phase}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, --old {old:.3g} {unit} "
+    noise = f" on lines with noise at {args.line_noise:g} dBFS" if args.line_noise is not None else ""
+    print(f"{args.phase}{noise}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, --old {old:.3g} {unit} "
           f"(medians); ratio median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}")
 
 
@@ -172,6 +179,8 @@ if __name__ == "__main__":
     ap.add_argument("--calls", type=int, default=12, help="calls to each server")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--phase", choices=("speaking", "idle", "talking"), default="speaking")
+    ap.add_argument("--line-noise", type=float, default=None, metavar="DBFS",
+                    help="white noise at this RMS level on the callers' lines instead of digital silence (e.g. -60)")
     args = ap.parse_args()
     if any("=" not in kv for kv in args.old_env):
         sys.exit("--old-env takes KEY=VALUE")

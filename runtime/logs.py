@@ -10,6 +10,8 @@ import sys
 
 from loguru import logger
 
+from pipelines.frame_push import trace_pushes
+
 # Query parameters whose values are credentials, wherever a logged URL has them.
 _SECRET_QUERY = re.compile(r"([?&](?:token|key|api_key|apikey|access_token|secret|signature|sig)=)[^&\s\"']*",
                            re.IGNORECASE)
@@ -28,6 +30,7 @@ def configure_logging(level: str, json_lines: bool = False) -> None:
     else:
         logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
                    diagnose=False, backtrace=False)
+    trace_pushes(level.upper() == "TRACE")  # pipecat's line at every push between processors
 
 
 class ToLoguru(logging.Handler):
