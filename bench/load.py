@@ -128,7 +128,7 @@ async def amain(args) -> dict:
     server_cpus, harness_cpus = split_cpus(args.server_cpus)
     if harness_cpus:
         os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
-    plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold,
+    plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, barge_in_after=args.barge_in_after,
                 question=synthesize(QUESTION, cache=args.audio_cache),
                 interruption=synthesize(INTERRUPTION, cache=args.audio_cache),
                 idle_frames=line_noise(args.line_noise) if args.line_noise is not None else None)
@@ -139,6 +139,7 @@ async def amain(args) -> dict:
             "baseline_rate": 16000 if args.agent == "local" else args.baseline_rate,
             "baseline_turn": args.baseline_turn, "providers": args.providers, "latency_ms":
             args.latency_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread, "hold_s": args.hold,
+            "barge_in_after_s": args.barge_in_after,
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
             "voxline_turn_sentence_end": args.turn_sentence_end,
@@ -220,6 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "instead of digital silence: the VAD then scores every window")
     ap.add_argument("--turns", type=int, default=2, help="question + barge-in cycles per call")
     ap.add_argument("--spread", type=float, default=5.0, help="calls start talking within this many seconds")
+    ap.add_argument("--barge-in-after", type=float, default=0.3, metavar="SECS",
+                    help="seconds into the agent's reply the caller speaks over it (default 0.3; the reply is ~6 s)")
     ap.add_argument("--hold", type=float, default=10.0, help="seconds all calls stay connected and silent (CPU, RSS)")
     ap.add_argument("--connect-secs", type=float, default=0.0, help="spread connections over this (default 0.05 s/call)")
     ap.add_argument("--out", type=Path, default=Path("bench-out"))

@@ -213,6 +213,7 @@ class Plan:
     question: Utterance
     interruption: Utterance
     barge_in: bool = True
+    barge_in_after: float = 0.3  # seconds into the reply the caller speaks over it
     idle_frames: list[bytes] | None = None  # the caller's line between utterances (None: digital silence)
 
 
@@ -255,7 +256,7 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
                 continue
             res.turn_ms.append(turn_ms)
             if plan.barge_in:
-                await asyncio.sleep(0.3)  # the agent is mid-sentence
+                await asyncio.sleep(plan.barge_in_after)  # the agent is mid-sentence
                 clears_before = len(caller.clear_times)
                 await caller.say(plan.interruption.ulaw)
                 onset = caller.first_speech_frame_at + plan.interruption.lead

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipecat.frames.frames import Frame
@@ -32,4 +33,7 @@ class CallPipeline:
     # After this much of the caller's audio below the VAD's loudness gate, a carrier may hand the pipeline larger
     # frames (TwilioMediaSerializer.coalesce_quiet); None where something downstream needs every frame on time.
     quiet_frames_after_secs: float | None = None
+    # The VAD's "hears nothing" (SharedSileroVADAnalyzer.hears_nothing): with it, a line with a steady noise floor
+    # may get larger frames too, while it holds.
+    vad_hears_nothing: Callable[[], bool] | None = None
     audio_out_sample_rate: int = LINE_SAMPLE_RATE

@@ -317,7 +317,7 @@ class CallSession(StreamEvents):
             return
 
         if built.quiet_frames_after_secs is not None:
-            self._serializer.coalesce_quiet(built.quiet_frames_after_secs)
+            self._serializer.coalesce_quiet(built.quiet_frames_after_secs, built.vad_hears_nothing)
         worker = self._worker = PipelineWorker(
             built.pipeline,
             params=PipelineParams(

@@ -1,6 +1,7 @@
 """A silent line's larger frames (TwilioMediaSerializer.coalesce_quiet): the VAD changes state on the same message
 as with 40 ms frames, no audio is lost or reordered, the recording keeps every message as it came, and a line with
-any sound on it keeps 40 ms frames."""
+any sound on it keeps 40 ms frames unless its level holds steady while the VAD hears nothing: then 200 ms frames,
+and the VAD still changes state on the same message when words come."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from config.agent import AgentConfig
 from pipelines.architectures.pipeline import QUIET_MARGIN_SECS, quiet_frames_after_secs
 from pipelines.providers.vad import BELOW_GATE_RMS, SharedSileroVADAnalyzer
 from runtime.recording import CallRecorder
-from telephony.twilio.serializer import INPUT_FRAME_BYTES, QUIET_FRAME_BYTES, StreamEvents, TwilioMediaSerializer
+from telephony.twilio.serializer import (
+    INPUT_FRAME_BYTES,
+    QUIET_FRAME_BYTES,
+    STEADY_FRAME_BYTES,
+    StreamEvents,
+    TwilioMediaSerializer,
+)
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.1, stop_secs=0.2, min_volume=0.3)
 SID = "MZ" + "0" * 32
@@ -35,18 +42,44 @@ def _messages(ulaw: bytes) -> list[str]:
         for i in range(0, len(ulaw), MESSAGE)]
 
 
-async def _frames(ulaw: bytes, quiet_after: float | None, recorder: CallRecorder | None = None) -> list:
+async def _frames(ulaw: bytes, quiet_after: float | None, recorder: CallRecorder | None = None,
+                  hears_nothing=None) -> list:
     """The frame (or None) the serializer makes of each of the line's messages."""
     serializer = TwilioMediaSerializer(SID, StreamEvents())
     serializer.recorder = recorder
     if quiet_after is not None:
-        serializer.coalesce_quiet(quiet_after)
+        serializer.coalesce_quiet(quiet_after, hears_nothing)
     return [await serializer.deserialize(m) for m in _messages(ulaw)]
 
 
-def _noise(secs: float, rms: float) -> bytes:
-    pcm = (np.random.default_rng(5).standard_normal(int(secs * 8000)) * rms).astype(np.int16)
+def _noise(secs: float, rms: float, seed: int = 5) -> bytes:
+    pcm = (np.random.default_rng(seed).standard_normal(int(secs * 8000)) * rms).astype(np.int16)
     return audioop.lin2ulaw(pcm.tobytes(), 2)
+
+
+def _under_noise(ulaw: bytes, rms: float) -> bytes:
+    """The line with white noise at `rms` all along, under the words too, as a real line has it."""
+    pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), np.int16).astype(np.float64)
+    pcm += np.random.default_rng(7).standard_normal(len(pcm)) * rms
+    return audioop.lin2ulaw(np.clip(pcm, -32768, 32767).astype(np.int16).tobytes(), 2)
+
+
+async def _states_as_the_vad_hears(line: bytes, quiet_after: float | None) -> tuple[list[VADState], list[int]]:
+    """The VAD's state after each message, with the serializer asking that VAD whether it hears nothing (as a call
+    does), and the frames' sizes."""
+    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    vad.set_sample_rate(8000)
+    serializer = TwilioMediaSerializer(SID, StreamEvents())
+    if quiet_after is not None:
+        serializer.coalesce_quiet(quiet_after, vad.hears_nothing)
+    state, states, sizes = VADState.QUIET, [], []
+    for message in _messages(line):
+        frame = await serializer.deserialize(message)
+        if frame is not None:
+            sizes.append(len(frame.metadata["ulaw"]))
+            state = await vad.analyze_audio(frame.audio)
+        states.append(state)
+    return states, sizes
 
 
 def _loud(message: bytes) -> bool:
@@ -99,6 +132,45 @@ async def test_a_line_with_sound_on_it_keeps_40_ms_frames(rms):
     """Line noise, however faint, is above the VAD's loudness gate: its windows are scored as they come."""
     frames = await _frames(_noise(5.0, rms), quiet_after=1.2)
     assert {len(f.metadata["ulaw"]) for f in frames if f} == {INPUT_FRAME_BYTES}
+
+
+@pytest.mark.parametrize("rms", [8, 30, 300])
+async def test_a_steady_noisy_line_gets_200_ms_frames_while_the_vad_hears_nothing(rms):
+    line = _noise(5.0, rms)
+    frames = await _frames(line, quiet_after=1.2, hears_nothing=lambda: True)
+    sizes = [len(f.metadata["ulaw"]) for f in frames if f]
+    assert set(sizes) == {INPUT_FRAME_BYTES, STEADY_FRAME_BYTES}
+    # 40 ms frames for the wait (1.2 s), 200 ms frames from there on
+    assert sizes.index(STEADY_FRAME_BYTES) * INPUT_FRAME_BYTES == pytest.approx(1.2 * 8000, abs=INPUT_FRAME_BYTES)
+    assert sizes.count(STEADY_FRAME_BYTES) >= (5.0 - 1.3) * 8000 // STEADY_FRAME_BYTES
+    ulaw = b"".join(f.metadata["ulaw"] for f in frames if f)  # nothing lost or reordered
+    assert ulaw == line[:len(ulaw)] and len(line) - len(ulaw) < STEADY_FRAME_BYTES
+    # While the VAD hears something (speech starting, going on or stopping), every frame is 40 ms.
+    frames = await _frames(line, quiet_after=1.2, hears_nothing=lambda: False)
+    assert {len(f.metadata["ulaw"]) for f in frames if f} == {INPUT_FRAME_BYTES}
+
+
+async def test_a_line_whose_level_moves_keeps_40_ms_frames():
+    """Every 100 ms the noise doubles or halves (6 dB): never steady for the wait."""
+    line = b"".join(_noise(0.1, 40 if i % 2 else 80, seed=i) for i in range(50))
+    frames = await _frames(line, quiet_after=1.2, hears_nothing=lambda: True)
+    assert {len(f.metadata["ulaw"]) for f in frames if f} == {INPUT_FRAME_BYTES}
+
+
+@pytest.mark.parametrize("rms", [30, 300])
+async def test_on_a_noisy_line_the_vad_changes_state_on_the_same_message_as_with_40_ms_frames(speech, rms):
+    """Noise at −60 and −40 dBFS all along the line, under the words too: the words lift the level, which ends the
+    200 ms frames, so the VAD hears each utterance start and stop on the message it would with 40 ms frames."""
+    noise = _noise(3.0, 0)  # digital silence, which _under_noise fills
+    line = _under_noise(noise + speech["located"] + noise + speech["stop"] + noise, rms)
+    paired, paired_sizes = await _states_as_the_vad_hears(line, None)
+    grown, sizes = await _states_as_the_vad_hears(line, quiet_frames_after_secs(_agent()))
+    assert set(paired_sizes) == {INPUT_FRAME_BYTES}
+    assert sizes.count(STEADY_FRAME_BYTES) > 0.8 * (3 * 3 - 3 * 1.5) * 8000 / STEADY_FRAME_BYTES, sizes
+    assert grown == paired
+    assert grown.count(VADState.SPEAKING) > 20 and grown[-1] == VADState.QUIET
+    starts = [i for i in range(1, len(grown)) if grown[i] != VADState.QUIET and grown[i - 1] == VADState.QUIET]
+    assert len(starts) >= 2, starts
 
 
 async def test_a_silence_shorter_than_the_wait_keeps_40_ms_frames():

@@ -110,6 +110,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
         closing_mute=closing_mute,
         llm=llm,
         quiet_frames_after_secs=quiet_frames_after_secs(agent),
+        vad_hears_nothing=vad.hears_nothing,
     )
 
 

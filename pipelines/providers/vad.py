@@ -181,6 +181,10 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self._low_confidence_windows = 0
         self._model_fresh = True  # no state carried over from earlier audio
 
+    def hears_nothing(self) -> bool:
+        """No speech heard, starting or stopping: what pipecat calls QUIET, as of the last audio analyzed."""
+        return self._vad_state == VADState.QUIET
+
     async def analyze_audio(self, buffer: bytes) -> VADState:
         self._vad_buffer += buffer
         size = self._vad_frames_num_bytes

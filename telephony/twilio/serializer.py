@@ -54,6 +54,16 @@ INPUT_FRAME_BYTES = 320
 # 0.85 of the CPU per idle call side by side. No clock in the pipeline is shorter while the line is quiet (the
 # VAD's 1 s no-audio stop acts only while it hears speech), and a quiet Deepgram batch is 1 s too.
 QUIET_FRAME_BYTES = 8000
+# A line with a steady noise floor (a quiet room, a fan, a carrier's comfort noise: most real lines) is above that
+# gate, so the VAD scores every window of it, but once it has held steady for the same wait, with the VAD hearing
+# nothing, its frames grow to 200 ms. Steady: no message louder than STEADY_RATIO times the quietest of the run
+# (white noise's 20 ms messages stay within ~1.25 of each other; a word's onset jumps 10–30 dB). The first louder
+# message ends the wait as above, so speech that lifts the line's level reaches the VAD when it did with 40 ms
+# frames. Speech that does not (under 3.5 dB above the floor, which Silero rarely calls speech) waits at most
+# 160 ms more; the VAD then no longer hears nothing and frames are 40 ms again until the line has been steady and
+# quiet for the wait. Five frames a second instead of 25: the per-frame work of a listening caller on a noisy line.
+STEADY_FRAME_BYTES = 1600
+STEADY_RATIO = 1.5
 
 
 class StreamEvents:
@@ -125,12 +135,18 @@ class TwilioMediaSerializer(FrameSerializer):
         self._inbound_pcm = bytearray()  # the same audio as 16-bit PCM
         self._quiet_after: int | None = None  # bytes below the gate after which frames grow; None: never
         self._quiet_run = 0  # bytes below the gate since the last message above it
+        self._hears_nothing: Callable[[], bool] | None = None  # the VAD's: frames grow on a steady line only then
+        self._steady_run = 0  # bytes since the line's level last jumped
+        self._steady_floor = 0  # the quietest message's RMS in that run
 
-    def coalesce_quiet(self, after_secs: float) -> None:
+    def coalesce_quiet(self, after_secs: float, hears_nothing: Callable[[], bool] | None = None) -> None:
         """Send the pipeline QUIET_FRAME_BYTES frames once the caller's audio has been below the VAD's loudness gate
         for `after_secs` on end. The caller (pipelines/architectures/pipeline.py) picks a time by which every rule
-        that counts the caller's silence in audio (the VAD's stop, smart-turn's limit) has had its say."""
+        that counts the caller's silence in audio (the VAD's stop, smart-turn's limit) has had its say.
+        With `hears_nothing` (the VAD's: True while it hears no speech), a line whose level has held steady for as
+        long gets STEADY_FRAME_BYTES frames while the VAD hears nothing."""
         self._quiet_after = int(after_secs * TWILIO_RATE)
+        self._hears_nothing = hears_nothing
 
     @property
     def stream_sid(self) -> str:
@@ -198,9 +214,13 @@ class TwilioMediaSerializer(FrameSerializer):
             self.recorder.caller(pcm)  # per message, as it arrives: the recording's clock (runtime/recording.py)
         limit = INPUT_FRAME_BYTES
         if self._quiet_after is not None:
-            self._quiet_run = self._quiet_run + len(ulaw) if audioop.rms(pcm, 2) <= BELOW_GATE_RMS else 0
+            rms = audioop.rms(pcm, 2)
+            self._quiet_run = self._quiet_run + len(ulaw) if rms <= BELOW_GATE_RMS else 0
+            steady = self._hears_nothing is not None and self._steady(rms, len(ulaw))
             if self._quiet_run >= self._quiet_after:
                 limit = QUIET_FRAME_BYTES
+            elif steady:
+                limit = STEADY_FRAME_BYTES
         self._inbound += ulaw
         self._inbound_pcm += pcm
         if len(self._inbound) < limit:
@@ -221,6 +241,22 @@ class TwilioMediaSerializer(FrameSerializer):
         frame = InputAudioRawFrame(audio=pcm, num_channels=1, sample_rate=TWILIO_RATE)
         frame.metadata[ULAW_METADATA_KEY] = ulaw
         return frame
+
+    def _steady(self, rms: int, size: int) -> bool:
+        """Whether the line's level has held within STEADY_RATIO of its quietest message for the wait, this message
+        included, all of it while the VAD heard nothing; a louder message starts a new run. Counted from the VAD's
+        quiet, not the words' end: every rule that counts silence in audio (the VAD's stop, smart-turn's limit) has
+        had its say before frames grow, as on a silent line."""
+        if not self._hears_nothing():
+            self._steady_run = 0
+            return False
+        rms = max(rms, BELOW_GATE_RMS)  # below the gate all is one level: silence, then noise, is a jump
+        if self._steady_run and rms <= self._steady_floor * STEADY_RATIO:
+            self._steady_run += size
+            self._steady_floor = min(self._steady_floor, rms)
+        else:
+            self._steady_run, self._steady_floor = size, rms
+        return self._steady_run >= self._quiet_after
 
     # --- pipeline → Twilio -------------------------------------------------------------------------------------
 
