@@ -139,7 +139,7 @@ async def amain(args) -> dict:
             "baseline_rate": 16000 if args.agent == "local" else args.baseline_rate,
             "baseline_turn": args.baseline_turn, "providers": args.providers, "latency_ms":
             args.latency_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread, "hold_s": args.hold,
-            "barge_in_after_s": args.barge_in_after,
+            "barge_in_after_s": args.barge_in_after, "voxline_vad_batch_ms": os.environ.get("VOXLINE_VAD_BATCH_MS"),
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
             "voxline_turn_sentence_end": args.turn_sentence_end,

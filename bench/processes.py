@@ -207,9 +207,10 @@ class Voxline(Target):
             "VOXLINE_DEEPGRAM_BASE_URL": emulators.urls["deepgram"],
             "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
             "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],
-            # Forwarded: names in the server log whatever blocks its event loop (runtime/stall_watch.py).
-            **({"VOXLINE_STALL_WARN_MS": os.environ["VOXLINE_STALL_WARN_MS"]}
-               if os.environ.get("VOXLINE_STALL_WARN_MS") else {}),
+            # Forwarded: the first names in the server log whatever blocks its event loop (runtime/stall_watch.py),
+            # the second sets how often Silero runs (pipelines/providers/vad.py).
+            **{name: os.environ[name] for name in ("VOXLINE_STALL_WARN_MS", "VOXLINE_VAD_BATCH_MS")
+               if os.environ.get(name)},
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
                                      "--workers", str(workers)], env, work / "voxline.log", cwd=base, cpus=cpus)

@@ -166,8 +166,8 @@ async def main(args) -> None:
     ratios = [n / o for n, o in zip(figures["new"], figures["old"])]
     new, old = statistics.median(figures["new"]), statistics.median(figures["old"])
     noise = f" on lines with noise at {args.line_noise:g} dBFS" if args.line_noise is not None else ""
-    print(f"{args.phase}{noise}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, --old {old:.3g} {unit} "
-          f"(medians); ratio median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}")
+    print(f"{args.phase}{noise}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, "
+          f"--old {old:.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
     async def lifespan(app: FastAPI):
         if settings.stall_warn_ms:
             stall_watch.start(asyncio.get_running_loop(), settings.stall_warn_ms)
+        from pipelines.providers import vad
+
+        vad.set_batch_window(settings.vad_batch_ms / 1000)
         engine = store_db.create_engine(settings.resolved_database_url)
         if not prepared:
             await prepare_store(engine, settings)

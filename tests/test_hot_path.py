@@ -226,6 +226,46 @@ async def test_calls_scored_together_decide_as_each_alone(speech, monkeypatch):
     assert sum(batches) > len(batches)
 
 
+async def test_the_batch_window_is_the_servers_setting_and_runs_keep_to_it(tmp_path, monkeypatch):
+    """VOXLINE_VAD_BATCH_MS sets how often Silero may run: windows that come within it wait for one run."""
+    from config.settings import Settings
+    from runtime.app import create_app
+
+    monkeypatch.setattr(shared_vad, "RUN_EVERY_SECS", shared_vad.RUN_EVERY_SECS)  # restored after the test
+    (tmp_path / "agents").mkdir()
+    app = create_app(Settings(_env_file=None, data_dir=tmp_path / "data", agents_dir=tmp_path / "agents",
+                              vad_batch_ms=40))
+    async with app.router.lifespan_context(app):
+        assert shared_vad.RUN_EVERY_SECS == pytest.approx(0.04)
+
+    batches = []
+    real_run = shared_vad._run_batch
+    monkeypatch.setattr(shared_vad, "_run_batch", lambda rows, rate: batches.append(len(rows)) or real_run(rows, rate))
+    analyzers = [SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS) for _ in range(4)]
+    noise = (np.random.default_rng(3).standard_normal(256 * 30) * 3000).astype(np.int16).tobytes()
+    for analyzer in analyzers:  # past the 400 ms the volume needs and the smoothing's climb: every window scored
+        analyzer.set_sample_rate(8000)
+        await analyzer.analyze_audio(noise[:512 * 20])
+    assert len(batches) > 4
+    await asyncio.sleep(0.05)
+    batches.clear()
+    fed = [512 * 20] * 4
+
+    async def one(i: int, after: float):
+        await asyncio.sleep(after)
+        await analyzers[i].analyze_audio(noise[fed[i]:fed[i] + 512])  # one 32 ms window
+        fed[i] += 512
+
+    shared_vad.set_batch_window(0.2)  # wide, so a slow machine's scheduling cannot split what comes within it
+    await one(0, 0)  # a first run: the next may start 200 ms after it
+    await asyncio.gather(*(one(i, 0.01 * i) for i in range(1, 4)))  # within 20 ms of each other
+    assert batches == [1, 3]
+    shared_vad.set_batch_window(0.001)
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*(one(i, 0.05 * i) for i in range(1, 4)))
+    assert batches[2:] == [1, 1, 1]  # each alone when runs may come every millisecond
+
+
 def test_the_vad_pool_is_shared_not_per_call():
     a, b = SharedSileroVADAnalyzer(sample_rate=8000), SharedSileroVADAnalyzer(sample_rate=8000)
     assert a._model.session is b._model.session
