@@ -46,13 +46,13 @@ from pipelines.providers import local_models
 # loop and sample rate; the second thread serves the other rate or another loop (tests).
 _VAD_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voxline-vad")
 RUN_EVERY_SECS = 0.01  # VOXLINE_VAD_BATCH_MS (set_batch_window) where the server sets it
+_CONTEXT = {8000: 32, 16000: 64}  # samples of the previous window that Silero v5 prepends, as pipecat's wrapper does
 
 
 def set_batch_window(secs: float) -> None:
     """At most one Silero run every `secs` per event loop (the server's VOXLINE_VAD_BATCH_MS)."""
     global RUN_EVERY_SECS
     RUN_EVERY_SECS = secs
-_CONTEXT = {8000: 32, 16000: 64}  # samples of the previous window that Silero v5 prepends, as pipecat's wrapper does
 
 
 def _run_batch(rows: list[tuple[_SharedSileroModel, np.ndarray]], sample_rate: int) -> list[float]:

@@ -57,7 +57,7 @@ QUIET_FRAME_BYTES = 8000
 # A line with a steady noise floor (a quiet room, a fan, a carrier's comfort noise: most real lines) is above that
 # gate, so the VAD scores every window of it, but once it has held steady for the same wait, with the VAD hearing
 # nothing, its frames grow to 200 ms. Steady: no message louder than STEADY_RATIO times the quietest of the run
-# (white noise's 20 ms messages stay within ~1.25 of each other; a word's onset jumps 10–30 dB). The first louder
+# (white noise's 20 ms messages stay within ~1.3 of each other; a word's onset jumps 10–30 dB). The first louder
 # message ends the wait as above, so speech that lifts the line's level reaches the VAD when it did with 40 ms
 # frames. Speech that does not (under 3.5 dB above the floor, which Silero rarely calls speech) waits at most
 # 160 ms more; the VAD then no longer hears nothing and frames are 40 ms again until the line has been steady and
