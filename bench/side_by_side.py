@@ -150,9 +150,9 @@ async def main(args) -> None:
                 async with BenchCaller(await target.answer(client), call_sid=sid("CA")) as caller:
                     await caller.wait_agent_audio(0.0, 30.0)
                     await asyncio.sleep(3.0)
+            idle_frames = line_noise(args.line_noise) if args.line_noise is not None else None
             for i in range(args.rounds):
-                got = await round_(targets, client, args.calls, args.phase, speech,
-                                   line_noise(args.line_noise) if args.line_noise is not None else None)
+                got = await round_(targets, client, args.calls, args.phase, speech, idle_frames)
                 for name, value in got.items():
                     figures[name].append(value)
                 print(f"round {i + 1}: this tree {got['new']:.3g}, --old {got['old']:.3g} {unit}; "
@@ -167,7 +167,8 @@ async def main(args) -> None:
     new, old = statistics.median(figures["new"]), statistics.median(figures["old"])
     noise = f" on lines with noise at {args.line_noise:g} dBFS" if args.line_noise is not None else ""
     print(f"{args.phase}{noise}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, "
-          f"--old {old:.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}")
+          f"--old {old:.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}–{max(ratios):.3f}")
 
 
 if __name__ == "__main__":
