@@ -150,6 +150,14 @@ async def main(args) -> None:
                 async with BenchCaller(await target.answer(client), call_sid=sid("CA")) as caller:
                     await caller.wait_agent_audio(0.0, 30.0)
                     await asyncio.sleep(3.0)
+                    if speech:
+                        # The reply too: the fast Cartesia emulator synthesizes a sentence the first time it is
+                        # asked, once per concurrent request, so a cold first round had every call wait for Piper
+                        # (TTFB up to 17 s at 20 calls each, contexts ending with no audio).
+                        await caller.wait_agent_quiet(0.8, 30.0)
+                        sent_at = await caller.say(speech[0].ulaw)
+                        await caller.wait_agent_audio(sent_at, 20.0)
+                        await caller.wait_agent_quiet(1.0, 30.0)
             idle_frames = line_noise(args.line_noise) if args.line_noise is not None else None
             for i in range(args.rounds):
                 got = await round_(targets, client, args.calls, args.phase, speech, idle_frames)
