@@ -1,7 +1,7 @@
 """The call's transports, trimmed (telephony/audio_out.py, telephony/audio_in.py). Out: every chunk still reaches the
-carrier, in order, from the sender's one task; written audio goes no further; the bot's speaking frames, the
-no-audio fallback and the write deadline work as in pipecat. In: every frame of the caller's audio reaches the
-pipeline in order, without a task per frame."""
+carrier, in order, from the sender's one task; a frame is handled in the task that pushes it; written audio goes
+no further; the bot's speaking frames, the no-audio fallback and the write deadline work as in pipecat. In: every
+frame of the caller's audio reaches the pipeline in order, without a task per frame."""
 
 from __future__ import annotations
 
@@ -179,6 +179,19 @@ async def test_no_task_is_made_per_chunk(trimmed):
         assert per_chunk == []
     else:  # what pipecat's `asyncio.wait_for` around the queue and the write costs: a task each, per chunk
         assert len(per_chunk) >= 40, call.tasks
+
+
+@pytest.mark.parametrize("trimmed", [True, False])
+async def test_a_frame_pushed_to_the_output_is_handled_in_the_pushing_task(trimmed):
+    """Trimmed, the output is in pipecat's direct mode: when the TTS's push returns, the chunks are already in the
+    media sender's queue. pipecat's output has only queued the frame for its own input task by then."""
+    async with _Call(_Socket(), trimmed=trimmed) as call:
+        sender = next(iter(call.output._media_senders.values()))
+        await call.upstream.push_frame(TTSAudioRawFrame(audio=_speech(4), sample_rate=8000, num_channels=1))
+        handed_over = sender._audio_queue.qsize()  # the loop has not turned since the push
+        await call.until(lambda: len(call.socket.messages) >= 4)
+    assert call.socket.ulaw() == audioop.lin2ulaw(_speech(4), 2)
+    assert handed_over == (4 if trimmed else 0)
 
 
 async def test_the_bot_stops_speaking_when_audio_stops_without_a_tts_stop(monkeypatch):
