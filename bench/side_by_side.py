@@ -21,7 +21,10 @@ both, alternating; `speaking` and `idle` then wait 3 s and measure each server's
   barge-in), and the connected calls' inbound audio over that window.
 
 Per server: CPU µs per agent `media` message received (speaking), % of a core per call (idle), or CPU ms per
-cycle (talking), and the ratio of the working tree to `--old`. Figures, never assertions.
+cycle (talking), and the ratio of the working tree to `--old`. The talking phase also gives each server's latency
+over all rounds' cycles, timed as `bench/load.py` times them (turn, barge-in, and the runtime overhead from the
+server's histogram): under the same load at the same moment, where runs one after the other differ by ±15 ms at
+p95 from one minute to the next. Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import processes  # noqa: E402
-from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize  # noqa: E402
+from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize, time_reply  # noqa: E402
+from report import bucket_delta, bucket_summary, overhead_buckets, summary  # noqa: E402
 
 from telephony.twilio.caller import sid  # noqa: E402
 
@@ -71,32 +75,58 @@ def cpu_secs(target: processes.Voxline) -> float:
     return times.user + times.system
 
 
-async def cycle(caller: BenchCaller, question: Utterance, interruption: Utterance) -> bool:
+async def cycle(caller: BenchCaller, question: Utterance, interruption: Utterance) -> tuple[bool, dict]:
+    """One question and its interruption; the cycle's turn latency and barge-in (ms, as bench/load.py times them)."""
     await asyncio.sleep(random.uniform(0.0, 3.0))
     sent_at = await caller.say(question.ulaw)
-    if await caller.wait_agent_audio(sent_at, 20.0) is None:
-        return False
+    turn_ms = await time_reply(caller, question, sent_at)
+    if turn_ms is None:
+        return False, {}
     await asyncio.sleep(0.3)
+    clears_before = len(caller.clear_times)
     await caller.say(interruption.ulaw)
-    return await caller.wait_agent_quiet(1.0, 30.0)
+    onset = caller.first_speech_frame_at + interruption.lead
+    await caller.wait_for(lambda: len(caller.clear_times) > clears_before, 2.0)
+    clears = [t for t in caller.clear_times[clears_before:] if t >= onset - 0.1]
+    timed = {"turn": turn_ms, "barge_in": (clears[0] - onset) * 1000 if clears else None}
+    return await caller.wait_agent_quiet(1.0, 30.0), timed
 
 
 async def talk(callers: dict[str, list[BenchCaller]], targets: dict[str, processes.Voxline],
-               speech: tuple[Utterance, Utterance]) -> dict[str, float]:
+               speech: tuple[Utterance, Utterance], latency: dict[str, dict[str, list]]) -> dict[str, float]:
+    """CPU ms per cycle per server; each cycle's latencies, and the servers' overhead histograms over the round,
+    added to `latency`."""
     for group in callers.values():
         for caller in group:
             await caller.wait_agent_quiet(0.8, 30.0)
+    buckets0 = {name: overhead_buckets(t.metrics_text()) for name, t in targets.items()}
     cpu0 = {name: cpu_secs(t) for name, t in targets.items()}
+    names = [name for name, group in callers.items() for _ in group]
     done = await asyncio.gather(*(cycle(c, *speech) for group in callers.values() for c in group))
     cpu = {name: cpu_secs(t) - cpu0[name] for name, t in targets.items()}
-    if not all(done):
-        raise RuntimeError(f"{done.count(False)} cycles got no reply or never went quiet")
+    if not all(ok for ok, _ in done):
+        raise RuntimeError(f"{sum(not ok for ok, _ in done)} cycles got no reply or never went quiet")
+    for name, (_, timed) in zip(names, done):
+        for key, value in timed.items():
+            latency[name][key].append(value)
+    for name, t in targets.items():
+        delta = bucket_delta(buckets0[name], overhead_buckets(t.metrics_text())).get("runtime", [])
+        latency[name]["overhead"] = [(le, c + dict(latency[name]["overhead"]).get(le, 0.0)) for le, c in delta]
     return {name: cpu[name] / len(callers[name]) * 1000 for name in targets}
+
+
+def latency_line(figures: dict[str, list]) -> str:
+    turn, barge = summary(figures["turn"]), summary(figures["barge_in"])
+    overhead = bucket_summary(figures["overhead"])
+    return (f"turn p50 / p95 / mean {turn.get('p50')} / {turn.get('p95')} / {turn.get('mean')} ms, barge-in "
+            f"{barge.get('p50')} / {barge.get('p95')} / {barge.get('mean')} ms (missed "
+            f"{sum(v is None for v in figures['barge_in'])}), runtime overhead p50 / p95 {overhead.get('p50')} / "
+            f"{overhead.get('p95')} ms")
 
 
 async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClient, calls: int,
                  phase: str, speech: tuple[Utterance, Utterance] | None,
-                 idle_frames: list[bytes] | None = None) -> dict[str, float]:
+                 idle_frames: list[bytes] | None = None, latency: dict | None = None) -> dict[str, float]:
     callers: dict[str, list[BenchCaller]] = {name: [] for name in targets}
     for _ in range(calls):
         for name, target in targets.items():
@@ -108,7 +138,7 @@ async def round_(targets: dict[str, processes.Voxline], client: httpx.AsyncClien
         await asyncio.sleep(0.02)
     if phase == "talking":
         try:
-            return await talk(callers, targets, speech)
+            return await talk(callers, targets, speech, latency)
         finally:
             for group in callers.values():
                 for caller in group:
@@ -143,6 +173,7 @@ async def main(args) -> None:
             "talking": "ms CPU per cycle"}[args.phase]
     speech = (synthesize(QUESTION), synthesize(INTERRUPTION)) if args.phase == "talking" else None
     figures: dict[str, list[float]] = {"new": [], "old": []}
+    latency = {name: {"turn": [], "barge_in": [], "overhead": []} for name in figures}
     try:
         targets = servers(work, emulators, args.old, dict(kv.split("=", 1) for kv in args.old_env))
         async with httpx.AsyncClient(timeout=30) as client:
@@ -160,7 +191,7 @@ async def main(args) -> None:
                         await caller.wait_agent_quiet(1.0, 30.0)
             idle_frames = line_noise(args.line_noise) if args.line_noise is not None else None
             for i in range(args.rounds):
-                got = await round_(targets, client, args.calls, args.phase, speech, idle_frames)
+                got = await round_(targets, client, args.calls, args.phase, speech, idle_frames, latency)
                 for name, value in got.items():
                     figures[name].append(value)
                 print(f"round {i + 1}: this tree {got['new']:.3g}, --old {got['old']:.3g} {unit}; "
@@ -177,6 +208,9 @@ async def main(args) -> None:
     print(f"{args.phase}{noise}, {args.calls} calls each, {args.rounds} rounds: this tree {new:.3g}, "
           f"--old {old:.3g} {unit} (medians); ratio median {statistics.median(ratios):.3f}, "
           f"range {min(ratios):.3f}–{max(ratios):.3f}")
+    if args.phase == "talking":
+        for name, label in (("new", "this tree"), ("old", "--old")):
+            print(f"  {label}, all rounds' cycles: {latency_line(latency[name])}")
 
 
 if __name__ == "__main__":

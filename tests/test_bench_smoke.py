@@ -132,6 +132,12 @@ def test_side_by_side_runs_two_servers_through_the_talking_cycle():
     figures = re.search(r"this tree ([\d.e+]+), --old ([\d.e+]+) ms CPU per cycle", summary)
     assert figures and float(figures[1]) > 0 and float(figures[2]) > 0, summary
     assert re.search(r"ratio median \d+\.\d{3}", summary), summary
+    for label in ("this tree", "--old"):  # each server's latencies over the cycles, as bench/load.py times them
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}, all rounds' cycles"))
+        timed = re.search(r"turn p50 / p95 / mean ([\d.]+) / .* barge-in ([\d.]+) / .*\(missed 0\), runtime "
+                          r"overhead p50 / p95 ([\d.]+) / ([\d.]+) ms", line)
+        assert timed and 0 < float(timed[1]) < 5000 and 0 < float(timed[2]) < 2000, line
+        assert 0 <= float(timed[3]) <= float(timed[4]), line
 
 
 def _run_under(tool: str, out_variable: str, program: Path, out: Path) -> Path:
