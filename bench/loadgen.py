@@ -80,6 +80,17 @@ async def time_reply(caller: MediaStreamCaller, said: Utterance, sent_at: float,
     return None if first is None else (first - speech_end) * 1000
 
 
+async def time_barge_in(caller: BenchCaller, said: Utterance) -> float | None:
+    """Barge-in latency, ms: say `said` over the agent; its onset (first speech frame + its lead) → the first
+    `clear` after it (within 2 s); None if none came."""
+    clears_before = len(caller.clear_times)
+    await caller.say(said.ulaw)
+    onset = caller.first_speech_frame_at + said.lead
+    await caller.wait_for(lambda: len(caller.clear_times) > clears_before, 2.0)
+    clears = [t for t in caller.clear_times[clears_before:] if t >= onset - 0.1]
+    return (clears[0] - onset) * 1000 if clears else None
+
+
 class BenchCaller(MediaStreamCaller):
     """The Twilio-side caller, with waits that stay cheap with hundreds of calls in one process: the stock ones scan
     every message received so far at every 10 ms poll, which alone took more than a core at 10 calls. Arrival
@@ -257,13 +268,9 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
             res.turn_ms.append(turn_ms)
             if plan.barge_in:
                 await asyncio.sleep(plan.barge_in_after)  # the agent is mid-sentence
-                clears_before = len(caller.clear_times)
-                await caller.say(plan.interruption.ulaw)
-                onset = caller.first_speech_frame_at + plan.interruption.lead
-                await caller.wait_for(lambda: len(caller.clear_times) > clears_before, 2.0)
-                clears = [t for t in caller.clear_times[clears_before:] if t >= onset - 0.1]
-                if clears:
-                    res.barge_in_ms.append((clears[0] - onset) * 1000)
+                barge_in_ms = await time_barge_in(caller, plan.interruption)
+                if barge_in_ms is not None:
+                    res.barge_in_ms.append(barge_in_ms)
                 else:
                     res.missed_clears += 1
             await caller.wait_agent_quiet(1.0, 30.0)

@@ -44,7 +44,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import processes  # noqa: E402
-from loadgen import INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize, time_reply  # noqa: E402
+from loadgen import (  # noqa: E402
+    INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize, time_barge_in, time_reply)
 from report import bucket_delta, bucket_summary, overhead_buckets, summary  # noqa: E402
 
 from telephony.twilio.caller import sid  # noqa: E402
@@ -83,12 +84,7 @@ async def cycle(caller: BenchCaller, question: Utterance, interruption: Utteranc
     if turn_ms is None:
         return False, {}
     await asyncio.sleep(0.3)
-    clears_before = len(caller.clear_times)
-    await caller.say(interruption.ulaw)
-    onset = caller.first_speech_frame_at + interruption.lead
-    await caller.wait_for(lambda: len(caller.clear_times) > clears_before, 2.0)
-    clears = [t for t in caller.clear_times[clears_before:] if t >= onset - 0.1]
-    timed = {"turn": turn_ms, "barge_in": (clears[0] - onset) * 1000 if clears else None}
+    timed = {"turn": turn_ms, "barge_in": await time_barge_in(caller, interruption)}
     return await caller.wait_agent_quiet(1.0, 30.0), timed
 
 
@@ -111,7 +107,8 @@ async def talk(callers: dict[str, list[BenchCaller]], targets: dict[str, process
             latency[name][key].append(value)
     for name, t in targets.items():
         delta = bucket_delta(buckets0[name], overhead_buckets(t.metrics_text())).get("runtime", [])
-        latency[name]["overhead"] = [(le, c + dict(latency[name]["overhead"]).get(le, 0.0)) for le, c in delta]
+        before = dict(latency[name]["overhead"])  # cumulative buckets: the rounds' counts add up
+        latency[name]["overhead"] = [(le, c + before.get(le, 0.0)) for le, c in delta]
     return {name: cpu[name] / len(callers[name]) * 1000 for name in targets}
 
 
