@@ -1,7 +1,8 @@
 """A silent line's larger frames (TwilioMediaSerializer.coalesce_quiet): the VAD changes state on the same message
 as with 40 ms frames, no audio is lost or reordered, the recording keeps every message as it came, and a line with
 any sound on it keeps 40 ms frames unless its level holds steady while the VAD hears nothing: then 200 ms frames,
-and the VAD still changes state on the same message when words come."""
+ending on the process's 200 ms grid whatever the line's phase, and the VAD still changes state on the same message
+when words come."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from telephony.twilio.serializer import (
     INPUT_FRAME_BYTES,
     QUIET_FRAME_BYTES,
     STEADY_FRAME_BYTES,
+    STEADY_FRAME_SECS,
     StreamEvents,
     TwilioMediaSerializer,
 )
@@ -42,14 +44,36 @@ def _messages(ulaw: bytes) -> list[str]:
         for i in range(0, len(ulaw), MESSAGE)]
 
 
+class _LineClock:
+    """The process's clock as the line's messages arrive, 20 ms apart as Twilio sends them, from `start` (off the
+    200 ms grid, so no message lands exactly on a grid point)."""
+
+    def __init__(self, start: float = 1000.013):
+        self.now = start - 0.02
+
+    def tick(self) -> None:
+        self.now += 0.02
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def _frames(ulaw: bytes, quiet_after: float | None, recorder: CallRecorder | None = None,
-                  hears_nothing=None) -> list:
-    """The frame (or None) the serializer makes of each of the line's messages."""
+                  hears_nothing=None, clock: _LineClock | None = None, times: list[float] | None = None) -> list:
+    """The frame (or None) the serializer makes of each of the line's messages; `times` gets the clock's time of
+    each frame."""
+    clock = clock or _LineClock()
     serializer = TwilioMediaSerializer(SID, StreamEvents())
     serializer.recorder = recorder
     if quiet_after is not None:
-        serializer.coalesce_quiet(quiet_after, hears_nothing)
-    return [await serializer.deserialize(m) for m in _messages(ulaw)]
+        serializer.coalesce_quiet(quiet_after, hears_nothing, clock=clock)
+    frames = []
+    for message in _messages(ulaw):
+        clock.tick()
+        frames.append(await serializer.deserialize(message))
+        if frames[-1] is not None and times is not None:
+            times.append(clock())
+    return frames
 
 
 def _noise(secs: float, rms: float, seed: int = 5) -> bytes:
@@ -70,10 +94,12 @@ async def _states_as_the_vad_hears(line: bytes, quiet_after: float | None) -> tu
     vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
     vad.set_sample_rate(8000)
     serializer = TwilioMediaSerializer(SID, StreamEvents())
+    clock = _LineClock()
     if quiet_after is not None:
-        serializer.coalesce_quiet(quiet_after, vad.hears_nothing)
+        serializer.coalesce_quiet(quiet_after, vad.hears_nothing, clock=clock)
     state, states, sizes = VADState.QUIET, [], []
     for message in _messages(line):
+        clock.tick()
         frame = await serializer.deserialize(message)
         if frame is not None:
             sizes.append(len(frame.metadata["ulaw"]))
@@ -139,15 +165,40 @@ async def test_a_steady_noisy_line_gets_200_ms_frames_while_the_vad_hears_nothin
     line = _noise(5.0, rms)
     frames = await _frames(line, quiet_after=1.2, hears_nothing=lambda: True)
     sizes = [len(f.metadata["ulaw"]) for f in frames if f]
-    assert set(sizes) == {INPUT_FRAME_BYTES, STEADY_FRAME_BYTES}
-    # 40 ms frames for the wait (1.2 s), 200 ms frames from there on
-    assert sizes.index(STEADY_FRAME_BYTES) * INPUT_FRAME_BYTES == pytest.approx(1.2 * 8000, abs=INPUT_FRAME_BYTES)
-    assert sizes.count(STEADY_FRAME_BYTES) >= (5.0 - 1.3) * 8000 // STEADY_FRAME_BYTES
+    # 40 ms frames for the wait (1.2 s), then one that reaches the grid, then 200 ms frames
+    first = next(i for i, size in enumerate(sizes) if size > INPUT_FRAME_BYTES)
+    assert first * INPUT_FRAME_BYTES == pytest.approx(1.2 * 8000, abs=2 * INPUT_FRAME_BYTES)
+    assert set(sizes[:first]) == {INPUT_FRAME_BYTES} and set(sizes[first + 1:]) == {STEADY_FRAME_BYTES}
+    assert sizes[first] % INPUT_FRAME_BYTES == 0 and sizes[first] <= STEADY_FRAME_BYTES
+    assert sizes.count(STEADY_FRAME_BYTES) >= (5.0 - 1.5) * 8000 // STEADY_FRAME_BYTES
     ulaw = b"".join(f.metadata["ulaw"] for f in frames if f)  # nothing lost or reordered
-    assert ulaw == line[:len(ulaw)] and len(line) - len(ulaw) < STEADY_FRAME_BYTES
+    assert ulaw == line[:len(ulaw)] and len(line) - len(ulaw) < STEADY_FRAME_BYTES + 2 * MESSAGE  # to the grid
     # While the VAD hears something (speech starting, going on or stopping), every frame is 40 ms.
     frames = await _frames(line, quiet_after=1.2, hears_nothing=lambda: False)
     assert {len(f.metadata["ulaw"]) for f in frames if f} == {INPUT_FRAME_BYTES}
+
+
+async def test_steady_frames_of_lines_in_any_phase_end_together_on_the_grid():
+    """So the VAD scores every steady line's windows in the same runs. Lines whose messages come at any phase of
+    the grid: each steady frame after the first ends with the first message past a grid point, within the 20 ms of
+    a message; the same grid points for every line."""
+    line = _noise(5.0, 30)
+    ends = {}
+    for start in (1000.013, 1000.071, 1000.139, 1000.197):
+        times: list[float] = []
+        frames = await _frames(line, 1.2, hears_nothing=lambda: True, clock=_LineClock(start), times=times)
+        sizes = [len(f.metadata["ulaw"]) for f in frames if f]
+        first = next(i for i, size in enumerate(sizes) if size > INPUT_FRAME_BYTES)
+        steady = times[first:]
+        assert len(steady) >= 15
+        assert all(t % STEADY_FRAME_SECS < 0.02 + 1e-9 for t in steady), (start, steady)
+        ends[start] = {round(t // STEADY_FRAME_SECS) for t in steady[1:-1]}
+    assert len(set.intersection(*ends.values())) >= 14, ends
+    # A burst (messages that all come at once after a stall) is cut at twice the size, not held until the grid.
+    frozen = _LineClock()
+    frozen.tick = lambda: None
+    sizes = [len(f.metadata["ulaw"]) for f in await _frames(line, 1.2, hears_nothing=lambda: True, clock=frozen) if f]
+    assert max(sizes) == 2 * STEADY_FRAME_BYTES and sizes.count(2 * STEADY_FRAME_BYTES) >= 5
 
 
 async def test_a_line_whose_level_moves_keeps_40_ms_frames():

@@ -60,10 +60,19 @@ QUIET_FRAME_BYTES = 8000
 # (white noise's 20 ms messages stay within ~1.3 of each other; a word's onset jumps 10–30 dB). The first louder
 # message ends the wait as above, so speech that lifts the line's level reaches the VAD when it did with 40 ms
 # frames. Speech that does not (under 3.5 dB above the floor, which Silero rarely calls speech) waits at most
-# 160 ms more; the VAD then no longer hears nothing and frames are 40 ms again until the line has been steady and
-# quiet for the wait. Five frames a second instead of 25: the per-frame work of a listening caller on a noisy line.
+# 180 ms more (a frame ends on the grid below); the VAD then no longer hears nothing and frames are 40 ms again
+# until the line has been steady and quiet for the wait. Five frames a second instead of 25: the per-frame work
+# of a listening caller on a noisy line.
 STEADY_FRAME_BYTES = 1600
 STEADY_RATIO = 1.5
+# Silero scores every window of a steady frame, and the VAD scores all calls' waiting windows in one run
+# (pipelines/providers/vad.py), so a steady frame ends at the first message past a 200 ms grid of the process's
+# clock rather than after 200 ms of its own line: every steady line's frame then reaches the VAD within the 20 ms
+# of the lines' message phases, and its six windows share runs with the other lines' instead of each line's
+# frame making six runs of its own (20 lines: ~15 windows a run instead of ~6.6; the VAD alone, 0.85 → 0.64 % of
+# a core per line, `bench/vad_batch.py --frame-ms 200 [--aligned]`). The first steady frame is shorter, to reach
+# the grid; a burst of late messages is cut at twice the size.
+STEADY_FRAME_SECS = STEADY_FRAME_BYTES / TWILIO_RATE
 
 
 class StreamEvents:
@@ -138,15 +147,20 @@ class TwilioMediaSerializer(FrameSerializer):
         self._hears_nothing: Callable[[], bool] | None = None  # the VAD's: frames grow on a steady line only then
         self._steady_run = 0  # bytes since the line's level last jumped
         self._steady_floor = 0  # the quietest message's RMS in that run
+        self._steady_until: float | None = None  # the grid point at which the steady frame being made ends
+        self._clock: Callable[[], float] = time.monotonic
 
-    def coalesce_quiet(self, after_secs: float, hears_nothing: Callable[[], bool] | None = None) -> None:
+    def coalesce_quiet(self, after_secs: float, hears_nothing: Callable[[], bool] | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> None:
         """Send the pipeline QUIET_FRAME_BYTES frames once the caller's audio has been below the VAD's loudness gate
         for `after_secs` on end. The caller (pipelines/architectures/pipeline.py) picks a time by which every rule
         that counts the caller's silence in audio (the VAD's stop, smart-turn's limit) has had its say.
         With `hears_nothing` (the VAD's: True while it hears no speech), a line whose level has held steady for as
-        long gets STEADY_FRAME_BYTES frames while the VAD hears nothing."""
+        long gets frames of about STEADY_FRAME_BYTES while the VAD hears nothing, ending on `clock`'s grid of
+        STEADY_FRAME_SECS (the same clock for every call of the process)."""
         self._quiet_after = int(after_secs * TWILIO_RATE)
         self._hears_nothing = hears_nothing
+        self._clock = clock
 
     @property
     def stream_sid(self) -> str:
@@ -217,10 +231,12 @@ class TwilioMediaSerializer(FrameSerializer):
             rms = audioop.rms(pcm, 2)
             self._quiet_run = self._quiet_run + len(ulaw) if rms <= BELOW_GATE_RMS else 0
             steady = self._hears_nothing is not None and self._steady(rms, len(ulaw))
-            if self._quiet_run >= self._quiet_after:
-                limit = QUIET_FRAME_BYTES
-            elif steady:
-                limit = STEADY_FRAME_BYTES
+            if steady and self._quiet_run < self._quiet_after:
+                limit = self._steady_limit(len(self._inbound) + len(ulaw))
+            else:
+                self._steady_until = None
+                if self._quiet_run >= self._quiet_after:
+                    limit = QUIET_FRAME_BYTES
         self._inbound += ulaw
         self._inbound_pcm += pcm
         if len(self._inbound) < limit:
@@ -241,6 +257,18 @@ class TwilioMediaSerializer(FrameSerializer):
         frame = InputAudioRawFrame(audio=pcm, num_channels=1, sample_rate=TWILIO_RATE)
         frame.metadata[ULAW_METADATA_KEY] = ulaw
         return frame
+
+    def _steady_limit(self, size: int) -> int:
+        """The limit for the steady frame being made, which holds `size` bytes with this message: this message ends
+        it if it comes at or past the grid point (and the frame holds 40 ms at least) or makes it twice
+        STEADY_FRAME_BYTES; it then sets the next grid point."""
+        now = self._clock()
+        if self._steady_until is None:
+            self._steady_until = (now // STEADY_FRAME_SECS + 1) * STEADY_FRAME_SECS
+        if size < INPUT_FRAME_BYTES or (now < self._steady_until and size < 2 * STEADY_FRAME_BYTES):
+            return 2 * STEADY_FRAME_BYTES
+        self._steady_until = (now // STEADY_FRAME_SECS + 1) * STEADY_FRAME_SECS
+        return INPUT_FRAME_BYTES
 
     def _steady(self, rms: int, size: int) -> bool:
         """Whether the line's level has held within STEADY_RATIO of its quietest message for the wait, this message
