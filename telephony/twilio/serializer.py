@@ -73,6 +73,11 @@ STEADY_RATIO = 1.5
 # a core per line, `bench/vad_batch.py --frame-ms 200 [--aligned]`). The first steady frame is shorter, to reach
 # the grid; a burst of late messages is cut at twice the size.
 STEADY_FRAME_SECS = STEADY_FRAME_BYTES / TWILIO_RATE
+STEADY_BURST_BYTES = 2 * STEADY_FRAME_BYTES
+
+
+def _grid_point_after(now: float) -> float:
+    return (now // STEADY_FRAME_SECS + 1) * STEADY_FRAME_SECS
 
 
 class StreamEvents:
@@ -232,7 +237,8 @@ class TwilioMediaSerializer(FrameSerializer):
             self._quiet_run = self._quiet_run + len(ulaw) if rms <= BELOW_GATE_RMS else 0
             steady = self._hears_nothing is not None and self._steady(rms, len(ulaw))
             if steady and self._quiet_run < self._quiet_after:
-                limit = self._steady_limit(len(self._inbound) + len(ulaw))
+                ends = self._steady_frame_ends(len(self._inbound) + len(ulaw))
+                limit = INPUT_FRAME_BYTES if ends else STEADY_BURST_BYTES  # a burst of late messages: by size
             else:
                 self._steady_until = None
                 if self._quiet_run >= self._quiet_after:
@@ -258,17 +264,16 @@ class TwilioMediaSerializer(FrameSerializer):
         frame.metadata[ULAW_METADATA_KEY] = ulaw
         return frame
 
-    def _steady_limit(self, size: int) -> int:
-        """The limit for the steady frame being made, which holds `size` bytes with this message: this message ends
-        it if it comes at or past the grid point (and the frame holds 40 ms at least) or makes it twice
-        STEADY_FRAME_BYTES; it then sets the next grid point."""
+    def _steady_frame_ends(self, size: int) -> bool:
+        """Whether this message ends the steady frame being made (`size` bytes with it): the first message at or past
+        the grid's next point does, once the frame holds 40 ms."""
         now = self._clock()
         if self._steady_until is None:
-            self._steady_until = (now // STEADY_FRAME_SECS + 1) * STEADY_FRAME_SECS
-        if size < INPUT_FRAME_BYTES or (now < self._steady_until and size < 2 * STEADY_FRAME_BYTES):
-            return 2 * STEADY_FRAME_BYTES
-        self._steady_until = (now // STEADY_FRAME_SECS + 1) * STEADY_FRAME_SECS
-        return INPUT_FRAME_BYTES
+            self._steady_until = _grid_point_after(now)
+        if now < self._steady_until or size < INPUT_FRAME_BYTES:
+            return False
+        self._steady_until = _grid_point_after(now)
+        return True
 
     def _steady(self, rms: int, size: int) -> bool:
         """Whether the line's level has held within STEADY_RATIO of its quietest message for the wait, this message
