@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-out}
 py=.venv/bin/python
-$py -c "import psutil, matplotlib" 2>/dev/null || .venv/bin/pip install -q -e ".[bench]"
+# From a fresh clone (no .venv yet) or without the benchmark's extras: ./dev installs them and comes back here.
+if ! { [ -x "$py" ] && $py -c "import psutil, matplotlib" 2>/dev/null; }; then
+  [ -z "${VOXLINE_BENCH_INSTALLED:-}" ] || { echo "reproduce.sh: .venv still lacks psutil or matplotlib" >&2; exit 1; }
+  exec ./dev bench "$@"
+fi
 run() { local name=$1; shift; echo "== $name: bench/load.py $*"; $py bench/load.py "$@" --out "$out/$name" --quiet; }
 run cloud-10 --target both --calls 10
 run noisy-20 --target both --calls 20 --line-noise -60 --hold 20
