@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 # the modules next to this one (the script's directory is on sys.path when run as `python bench/load.py`)
 import harness_loop  # noqa: E402
 from loadgen import INTERRUPTION, QUESTION, Plan, line_noise, run_level, soak, synthesize, warm_up  # noqa: E402
-from processes import Baseline, Emulators, Target, Voxline  # noqa: E402
+from processes import Baseline, Emulators, Target, Voxline, nice_harness  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
 
 
@@ -128,6 +128,8 @@ async def amain(args) -> dict:
     server_cpus, harness_cpus = split_cpus(args.server_cpus)
     if harness_cpus:
         os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
+    # Before the emulators start, which inherit it; the servers are set back as they start.
+    server_nice = nice_harness(args.harness_nice) if args.harness_nice else None
     plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, barge_in_after=args.barge_in_after,
                 question=synthesize(QUESTION, cache=args.audio_cache),
                 interruption=synthesize(INTERRUPTION, cache=args.audio_cache),
@@ -146,7 +148,7 @@ async def amain(args) -> dict:
             "voxline_workers": args.workers, "voxline_only_agent": args.only_agent,
             "audio_cache": str(args.audio_cache) if args.audio_cache else None,
             "server_cpus": sorted(server_cpus) if server_cpus else None,
-            "harness_cpus": sorted(harness_cpus) if harness_cpus else None},
+            "harness_cpus": sorted(harness_cpus) if harness_cpus else None, "harness_nice": args.harness_nice},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
     emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus,
@@ -155,9 +157,10 @@ async def amain(args) -> dict:
         for name in targets:
             log(f"{name}: starting")
             target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end,
-                              cpus=server_cpus, only_agent=args.only_agent)
+                              cpus=server_cpus, only_agent=args.only_agent, nice=server_nice)
                       if name == "voxline" else
-                      Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent, cpus=server_cpus))
+                      Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent, cpus=server_cpus,
+                               nice=server_nice))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
             try:
                 others = {"generator": psutil.Process()} | {f"emulator-{k}": p.ps for k, p in emulators.procs.items()}
@@ -165,6 +168,10 @@ async def amain(args) -> dict:
                 report["results"][name]["cpu_affinity"] = {
                     "server": target.proc.cpu_affinity(), "generator": sorted(os.sched_getaffinity(0)),
                     **{f"emulator-{k}": p.cpu_affinity() for k, p in emulators.procs.items()}}
+                report["results"][name]["niceness"] = {
+                    **{f"server{w}": n for w, n in target.proc.niceness().items()},
+                    "generator": os.getpriority(os.PRIO_PROCESS, 0),
+                    **{f"emulator-{k}": p.ps.nice() for k, p in emulators.procs.items()}}
             finally:
                 target.stop()
     finally:
@@ -209,6 +216,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--server-cpus", default=None, metavar="LIST",
                     help="pin the server under test to these CPUs (e.g. 0,1), and the load generator and the "
                          "emulators to the others: a 2-core server measured on a bigger host")
+    ap.add_argument("--harness-nice", type=int, default=0, metavar="N",
+                    help="run the load generator and the emulators N nicer than the server under test (1-19; "
+                         "needs root or CAP_SYS_NICE): where they share its cores, they then take what it leaves, "
+                         "as if they ran elsewhere")
     ap.add_argument("--only-agent", action="store_true",
                     help="give the voxline server only the agent under test (by default it has both bench agents "
                          "and loads Whisper and Piper at start-up): with --agent cloud it then loads no local model, "
@@ -231,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not 0 <= args.harness_nice <= 19:
+        ap.error("--harness-nice: 0 (off) to 19")
     if args.smoke:
         args.turns, args.spread, args.hold, args.connect_secs = 1, 0.3, 1.5, 0.3
     return args

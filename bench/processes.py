@@ -82,15 +82,31 @@ class Proc:
     """A child process with its log in the work dir; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(self, name: str, argv: list[str], env: dict, log: Path, cwd: Path = ROOT,
-                 cpus: set[int] | None = None):
-        """`cpus`: the CPUs it (and every process it starts, e.g. `serve --workers`) may run on."""
+                 cpus: set[int] | None = None, nice: int | None = None):
+        """`cpus`: the CPUs it (and every process it starts, e.g. `serve --workers`) may run on. `nice`: its
+        niceness, where it is not to inherit this process's (a server under a niced load, `nice_harness`)."""
         self.name, self.log = name, log
         self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
+        # Both at once, while it is still importing: long before it starts a thread or a worker, which inherit them.
         if cpus:
-            # Pinned at once, while it is still importing: long before a server starts its workers, which inherit it.
             os.sched_setaffinity(self.popen.pid, cpus)
+        if nice is not None and nice != os.getpriority(os.PRIO_PROCESS, self.popen.pid):
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.popen.pid, nice)
+            except PermissionError:
+                self.popen.kill()
+                raise SystemExit(f"--harness-nice: {name} could not be kept at niceness {nice} under the niced load "
+                                 "(lowering a niceness needs root or CAP_SYS_NICE)") from None
         self.ps = psutil.Process(self.popen.pid)
+
+    def niceness(self) -> dict[str, int]:
+        """Its niceness, and each worker's where a server started some."""
+        found = {"": self.ps.nice()}
+        for child in self.ps.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found[f" worker {child.pid}"] = child.nice()
+        return found
 
     def cpu_affinity(self) -> list[int]:
         """Every CPU that it or a process it started (a worker) may run on."""
@@ -114,6 +130,17 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+def nice_harness(by: int) -> int:
+    """`--harness-nice`: this process (the load generator, every thread of it) and every process it starts from
+    now on run `by` nicer; returns the niceness the servers under test are to keep (`Proc(nice=)`). On a host
+    where the load shares the server's cores, the load then takes what the server leaves, as if it ran elsewhere.
+    On Linux a niceness is a thread's, so each thread is set."""
+    kept = os.getpriority(os.PRIO_PROCESS, 0)
+    for tid in os.listdir("/proc/self/task"):
+        os.setpriority(os.PRIO_PROCESS, int(tid), min(19, kept + by))
+    return kept
 
 
 def base_env(extra: dict | None = None) -> dict:
@@ -191,7 +218,7 @@ class Target:
 class Voxline(Target):
     def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
                  workers: int = 1, sentence_end: str | None = None, cpus: set[int] | None = None,
-                 only_agent: bool = False):
+                 only_agent: bool = False, nice: int | None = None):
         """`only_agent`: the server gets only the agent under test, so a cloud run loads no local model."""
         self.name = "voxline"
         base = work / "voxline"
@@ -213,7 +240,8 @@ class Voxline(Target):
                if os.environ.get(name)},
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
-                                     "--workers", str(workers)], env, work / "voxline.log", cwd=base, cpus=cpus)
+                                     "--workers", str(workers)], env, work / "voxline.log", cwd=base, cpus=cpus,
+                         nice=nice)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=30).status_code == 200, 120, self.proc, "healthy")
         seen: set[str] = set()  # every worker answering, not just the first one up
 
@@ -232,7 +260,7 @@ class Voxline(Target):
 
 class Baseline(Target):
     def __init__(self, work: Path, emulators: Emulators, sample_rate: int, turn: str, stack: str = "cloud",
-                 cpus: set[int] | None = None):
+                 cpus: set[int] | None = None, nice: int | None = None):
         self.name = "baseline"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -240,7 +268,7 @@ class Baseline(Target):
                 "--deepgram-url", emulators.urls["deepgram"], "--openai-url", emulators.urls["openai"],
                 "--cartesia-url", emulators.urls["cartesia"], "--sample-rate", str(sample_rate), "--turn", turn,
                 "--stack", stack]
-        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log", cpus=cpus)
+        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log", cpus=cpus, nice=nice)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
 
     async def answer(self, client: httpx.AsyncClient) -> Answer:

@@ -220,6 +220,11 @@ def markdown(report: dict) -> str:
     if c.get("server_cpus"):
         setup += (f"\nThe server under test ran on CPUs {c['server_cpus']}, the load generator and the emulators on "
                   f"{c['harness_cpus']}.\n")
+    if c.get("harness_nice"):
+        seen = "; ".join(f"{name}: " + ", ".join(f"{who} {n}" for who, n in res.get("niceness", {}).items())
+                         for name, res in report["results"].items())
+        setup += (f"\nThe load generator and the emulators ran {c['harness_nice']} nicer than the servers under test, "
+                  f"so that where they share its cores they take what the server leaves (niceness as run: {seen}).\n")
     out = ["# voxline load benchmark\n", setup, f"Command: `{report['command']}`\n"]
     rows = report["comparison"]
     if rows:
