@@ -40,6 +40,7 @@ from runtime.turn_metrics import TurnLatency, TurnLatencyTracker
 from runtime.store import repo
 from telephony import audio_in, audio_out
 from telephony.pacing import LeadPacer
+from telephony.peer_gone import quiet_when_peer_gone
 from telephony.twilio.rest import CarrierError, TwilioCalls
 from telephony.twilio.serializer import StreamEvents
 
@@ -293,6 +294,7 @@ class CallSession(StreamEvents):
         audio_out.trim(transport.output())
         audio_in.trim(transport.input())
         self._tell_carrier_before_closing(transport)
+        quiet_when_peer_gone(transport._client, f"call {self.call_id}")  # pipecat 1.14: both transports' one client
         if agent.call.record:
             self._recorder = CallRecorder(self.rt.settings.resolved_recordings_dir / f"{self.call_id}.wav")
             await asyncio.to_thread(self._recorder.open)
