@@ -169,7 +169,7 @@ async def amain(args) -> dict:
                     "server": target.proc.cpu_affinity(), "generator": sorted(os.sched_getaffinity(0)),
                     **{f"emulator-{k}": p.cpu_affinity() for k, p in emulators.procs.items()}}
                 report["results"][name]["niceness"] = {
-                    **{f"server{w}": n for w, n in target.proc.niceness().items()},
+                    **target.proc.niceness("server"),
                     "generator": os.getpriority(os.PRIO_PROCESS, 0),
                     **{f"emulator-{k}": p.ps.nice() for k, p in emulators.procs.items()}}
             finally:

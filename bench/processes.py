@@ -100,12 +100,12 @@ class Proc:
                                  "(lowering a niceness needs root or CAP_SYS_NICE)") from None
         self.ps = psutil.Process(self.popen.pid)
 
-    def niceness(self) -> dict[str, int]:
-        """Its niceness, and each worker's where a server started some."""
-        found = {"": self.ps.nice()}
+    def niceness(self, label: str) -> dict[str, int]:
+        """Its niceness under `label`, and each worker's where a server started some."""
+        found = {label: self.ps.nice()}
         for child in self.ps.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                found[f" worker {child.pid}"] = child.nice()
+                found[f"{label} worker {child.pid}"] = child.nice()
         return found
 
     def cpu_affinity(self) -> list[int]:

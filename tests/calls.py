@@ -57,14 +57,6 @@ def loud(ulaw: bytes) -> bool:
     return ulaw_rms(ulaw) > 300
 
 
-def trailing_quiet_secs(ulaw: bytes, frame: int = 160) -> float:
-    """Seconds of quiet at the end of an utterance (espeak-ng's are ~0.4 s): `say()` returns when its last frame,
-    quiet or not, has gone, so the caller's speech ended this long before."""
-    end = len(ulaw)
-    while end > 0 and not loud(ulaw[max(0, end - frame):end]):
-        end -= frame
-    return (len(ulaw) - max(0, end)) / 8000
-
 
 async def apology_then_hang_up(caller: MediaStreamCaller, since: float, within: float,
                                what: str = "the caller heard nothing") -> tuple[float, float]:

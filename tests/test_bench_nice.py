@@ -27,7 +27,7 @@ CHILD = textwrap.dedent("""
     server = Proc("server", sleeper, dict(os.environ), log / "server.log", nice=kept)
     threads = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
     print(json.dumps({"start": start, "kept": kept, "threads": list(threads.values()),
-                      "emulator": emulator.niceness()[""], "server": server.niceness()[""]}))
+                      "emulator": emulator.niceness("e")["e"], "server": server.niceness("s")["s"]}))
     emulator.stop(); server.stop()
 """)
 

@@ -6,7 +6,8 @@ import asyncio
 import re
 import time
 
-from tests.calls import converse, dial, heard_secs, hung_up_by_rest, loud, media_payloads, trailing_quiet_secs
+from telephony.audio import speech_bounds
+from tests.calls import converse, dial, heard_secs, hung_up_by_rest, loud, media_payloads
 from tests.conftest import LONG_WELCOME_NUMBER, STEADY_WELCOME_NUMBER
 
 
@@ -77,7 +78,7 @@ async def test_speaking_over_the_agent_clears_twilio_and_marks_the_turn_interrup
         assert started < clear.at < spoke_at + 1.0
         # The agent stops talking: no welcome audio between the clear and the end of the caller's speech. Not up to
         # the utterance's last frame: its trailing quiet (~0.4 s) is time enough for the reply to start.
-        speech_end = spoke_at - trailing_quiet_secs(speech["located"])
+        speech_end = spoke_at - speech_bounds(speech["located"])[1]
         assert speech_end > clear.at + 0.5
         assert not [t for t in caller.media_times if clear.at + 0.2 < t < speech_end]
         reply_at = await caller.wait_agent_audio(spoke_at, 20.0)
