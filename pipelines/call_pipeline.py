@@ -9,10 +9,11 @@ from pipecat.frames.frames import Frame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipelines import frame_push
+from pipelines import frame_express, frame_push
 from pipelines.turns.mute import ClosingMuteStrategy
 
 frame_push.install()  # pipecat's push between processors, without formatting its trace line for no one
+frame_express.install()  # a data frame for an idle processor skips the hop through its input task
 
 # Phone audio is 8 kHz: keeping the whole pipeline there means no resampling on the per-frame path.
 LINE_SAMPLE_RATE = 8000
