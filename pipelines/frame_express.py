@@ -6,11 +6,14 @@ task handles system frames at once and moves every other frame to the processing
 When the input queue is empty and its task is waiting on it, nothing waits to be overtaken: moving the frame is all
 that task would do, one loop turn later. Under load a loop turn is the sum of every call's ready work, and a reply
 crosses that hop at each processor between the end of the caller's turn and its first audio (the context into the
-LLM, each token into the TTS): at 100 calls on two cores those hops were ~20 ms of the reply's p95 (bench/HISTORY.md,
-session 25). Here `queue_frame` moves such a frame itself, in the pusher's task, exactly when the input task would
-have moved it without waiting: it is idle (waiting on an empty queue), not paused, and the frame is not a system
-frame. Every other frame takes pipecat's road, so the order of frames, system frames overtaking data frames still
-queued, pausing, and an interruption's reset of the processing queue are unchanged.
+LLM, each token into the TTS): at 100 calls on two cores those two hops were ~25 ms of the reply's p95
+(bench/HISTORY.md, session 25). Here `queue_frame` moves such a frame itself, in the pusher's task, when the input
+task would move it next and do nothing else: it is idle (waiting on an empty queue), not paused, and the frame is not
+a system frame. Every other frame takes pipecat's road, so frames keep their order, a system frame still overtakes
+data frames queued before it, and pausing and an interruption's reset of the processing queue are unchanged. The one
+difference is timing, as if the input task had run at once: a data frame pushed just before a system frame is
+already in the processing queue when the system frame comes, which in pipecat depends on whether the input task got
+a loop turn in between.
 
 Tied to pipecat 1.14's `FrameProcessor.queue_frame` and `__input_frame_task_handler`, copied statement for statement
 with the idle mark and the shortcut added and rebound on the class by `install()` (pipelines/call_pipeline.py);
