@@ -560,7 +560,9 @@ def test_two_server_processes_share_one_campaign_and_dial_each_row_once(tmp_path
                           extra_env={**env, "VOXLINE_DATABASE_URL": first.database_url})
     try:
         with first.client() as c:
-            batch_id = launch(c, numbers, batch_size=10)
+            # Whichever process ticks first after a wave of calls ends claims the whole room, so each wave goes to one
+            # of the two: 10 waves of 5 rows. With 5 waves of 10, one process once took them all (a CI run).
+            batch_id = launch(c, numbers, batch_size=5)
             status = wait_batch(c, batch_id, timeout=100)
     finally:
         stop_server(second)
@@ -569,6 +571,6 @@ def test_two_server_processes_share_one_campaign_and_dial_each_row_once(tmp_path
     assert status["status_counts"] == {"not_started": 0, "calling": 0, "completed": 40, "failed": 0,
                                        "no_answer": 10}, status
     assert dials(carrier) == Counter(numbers)
-    assert httpx.get(f"{carrier}/_emulator/stats").json()["max_concurrent"] <= 10
+    assert httpx.get(f"{carrier}/_emulator/stats").json()["max_concurrent"] <= 5
     # Both processes took part (each logs the rows it dialed).
     assert first.server.log().count(f"batch {batch_id}: row") > 0 and second.log().count(f"batch {batch_id}: row") > 0
