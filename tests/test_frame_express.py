@@ -5,10 +5,8 @@ pipecat's worker."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import inspect
-import textwrap
 
 from pipecat.frames.frames import (
     EndFrame,
@@ -24,6 +22,7 @@ from pipecat.workers.runner import WorkerRunner
 
 import pipelines.call_pipeline  # noqa: F401  (installs it, as every architecture's import does)
 from pipelines import frame_express
+from tests.pinned_source import statements
 
 
 class _Hold(SystemFrame):
@@ -140,31 +139,20 @@ async def test_what_arrives_and_its_order_are_pipecats():
     assert [a for a in pipecats if a.startswith("t")] == texts and pipecats.count("InputAudioRawFrame") == 30
 
 
-def _statements(function, added: tuple[str, ...]) -> list[str]:
-    """A function's body line by line (no signature, docstring or comments), less the lines this module adds."""
-    source = textwrap.dedent(inspect.getsource(function))
-    body = ast.parse(source).body[0].body
-    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    lines = source.splitlines()[body[0].lineno - 1:]
-    return [line.strip().replace("self._FrameProcessor__", "self.__") for line in lines
-            if line.strip() and not line.strip().startswith("#") and not any(a in line for a in added)]
-
-
 def test_the_copies_are_pipecats_statement_for_statement():
     """If pipecat 1.14's methods changed, these copies would be stale: the test says so."""
     assert FrameProcessor.queue_frame is frame_express.queue_frame
     express = ("_voxline_input_idle and not isinstance(frame, SystemFrame)",
-               "and not self._FrameProcessor__should_block_system_frames):",
-               "await self._FrameProcessor__process_queue.put((frame, direction, callback))\n        return")
-    ours = _statements(frame_express.queue_frame, express[:2])
+               "and not self._FrameProcessor__should_block_system_frames):", "# What the idle input task would do")
+    ours = statements(frame_express.queue_frame, dropped=express)
     # The shortcut's body: the move and its return, right before pipecat's put into the input queue.
-    i = ours.index("await self.__input_queue.put((frame, direction, callback))")
-    assert ours[i - 2:i] == ["await self.__process_queue.put((frame, direction, callback))", "return"]
-    assert ours[:i - 2] + ours[i:] == _statements(frame_express.PIPECATS["queue_frame"], ())
+    i = ours.index("    await self.__input_queue.put((frame, direction, callback))")
+    assert ours[i - 2:i] == ["        await self.__process_queue.put((frame, direction, callback))", "        return"]
+    assert ours[:i - 2] + ours[i:] == statements(frame_express.PIPECATS["queue_frame"])
+    # The idle mark wraps the queue's get in a try block of its own, hence the lines compared unindented.
     idle = ("_voxline_input_idle", "try:", "finally:")
-    assert (_statements(frame_express.input_frame_task_handler, idle)
-            == _statements(frame_express.PIPECATS["input_frame_task_handler"], ()))
+    assert (statements(frame_express.input_frame_task_handler, dropped=idle, indented=False)
+            == statements(frame_express.PIPECATS["input_frame_task_handler"], indented=False))
     assert frame_express.PIPECATS["input_frame_task_handler"].__name__ == "__input_frame_task_handler"
     assert "self.__input_frame_task_handler()" in inspect.getsource(FrameProcessor._FrameProcessor__create_input_task)
     assert isinstance(StartFrame(), SystemFrame)  # the StartFrame never takes the shortcut

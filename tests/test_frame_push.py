@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import textwrap
 
 from loguru import logger
 from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, TextFrame
@@ -20,6 +19,7 @@ from pipecat.workers.runner import WorkerRunner
 import pipelines.call_pipeline  # noqa: F401  (installs the push, as every architecture's import does)
 from pipelines import frame_push
 from runtime.logs import configure_logging
+from tests.pinned_source import statements
 
 
 class _Counted(InputAudioRawFrame):
@@ -151,19 +151,10 @@ async def test_an_error_past_the_push_becomes_pipecats_error_frame():
     assert "Uncaught exception: next processor broke" in errors
 
 
-def _statements(function) -> list[str]:
-    """A function's body line by line, less its trace lines (and our guard of them) and comments' noqa marks."""
-    lines = textwrap.dedent(inspect.getsource(function)).splitlines()
-    body = lines[1:]
-    if body and body[0].strip().startswith('"""'):
-        end = next(i for i, line in enumerate(body) if line.rstrip().endswith('"""') and (i or line.count('"""') == 2))
-        body = body[end + 1:]
-    return [line.split("  # noqa")[0].rstrip() for line in body
-            if line.strip() and "logger.trace(" not in line and line.strip() != "if _trace:"]
-
-
 def test_the_push_is_pipecats_statement_for_statement():
     """If pipecat 1.14's method changed, this copy would be stale: the test says so."""
     assert frame_push.PIPECATS is not None and frame_push.PIPECATS.__name__ == "__internal_push_frame"
-    assert _statements(frame_push._internal_push_frame) == _statements(frame_push.PIPECATS)
+    trace = ("logger.trace(", "if _trace:")
+    assert (statements(frame_push._internal_push_frame, dropped=trace)
+            == statements(frame_push.PIPECATS, dropped=trace))
     assert "self.__internal_push_frame(frame, direction)" in inspect.getsource(FrameProcessor.push_frame)
