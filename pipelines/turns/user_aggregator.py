@@ -11,11 +11,29 @@ in a call is pipecat's idle watch (300 s); the turn rules go by the VAD's starte
 once a second, as the bot's does (telephony/audio_out.py), and a call stops it at its first push
 (`runtime/call_observer.py`). Tied to pipecat 1.14's `_vad_controller` and its
 `_speech_activity_period`, pinned like the other seams.
+
+The VAD's verdicts are handled before the caller's audio that came after the audio they were made from. pipecat
+queues its VAD's started/stopped frame to the aggregator itself, behind every frame already waiting, and the caller's
+audio frames are system frames of the same rank. Each audio frame waits for its VAD windows to be scored (a thread
+round trip: ~10 ms idle, 40-60 ms at p95 with 100 calls on two cores), so under load the caller's frames pile up
+behind the one being scored, and the verdict waited behind all of them, each costing its own round trip: at 100
+calls the audio reached the aggregator 170-320 ms late at p95, and a barge-in's hold waited for that backlog
+(bench/HISTORY.md, session 26). Here a verdict goes into the queue just ahead of the first audio frame waiting, where
+it would have been had that frame's predecessor been scored at once; frames of any other kind that came before that
+audio frame stay ahead of it, as in pipecat. Tied to pipecat 1.14's `_queued_broadcast_frame` and the
+`FrameProcessorQueue` heap of (tier, arrival count, item), pinned like the other seams.
 """
 
 from __future__ import annotations
 
-from pipecat.frames.frames import Frame, InputAudioRawFrame
+import asyncio
+
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMAssistantAggregator,
@@ -28,11 +46,39 @@ from pipecat.processors.frame_processor import FrameDirection
 USER_SPEAKING_EVERY_SECS = 1.0  # pipecat's is 0.2; the bot's heartbeat is the same (telephony/audio_out.py)
 
 
+_VERDICTS = (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
+
+
 class CallerUserAggregator(LLMUserAggregator):
+    _verdicts_ahead = 0  # verdicts put ahead of waiting audio so far: keeps their keys apart and in order
+
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):
             return
         await super().push_frame(frame, direction)
+
+    async def _queued_broadcast_frame(self, frame_cls: type[Frame], **kwargs):
+        if frame_cls in _VERDICTS and self._queue_ahead_of_audio(frame_cls(**kwargs)):
+            await self.push_frame(frame_cls(**kwargs), FrameDirection.UPSTREAM)
+            return
+        await super()._queued_broadcast_frame(frame_cls, **kwargs)
+
+    def _queue_ahead_of_audio(self, frame: Frame) -> bool:
+        """Queues `frame` just ahead of the first caller audio frame waiting in the input queue; False (nothing
+        queued) when none waits, or where pipecat's `queue_frame` would not simply put it in that queue."""
+        if self._cancelling or self._enable_direct_mode:
+            return self._cancelling  # cancelling: pipecat's queue_frame drops it too
+        queue = self._FrameProcessor__input_queue
+        system = queue.SYSTEM_PRIORITY
+        first = min((order for tier, order, (waiting, _, _) in queue._queue
+                     if tier == system and type(waiting) is InputAudioRawFrame), default=None)
+        if first is None:
+            return False
+        self._verdicts_ahead += 1
+        # Between the audio frame's arrival count and the one before it, later verdicts after earlier ones.
+        key = first - 0.5 / self._verdicts_ahead
+        asyncio.PriorityQueue.put_nowait(queue, (system, key, (frame, FrameDirection.DOWNSTREAM, None)))
+        return True
 
 
 def aggregator_pair(context: LLMContext, user_params: LLMUserAggregatorParams
