@@ -15,10 +15,10 @@ once a second, as the bot's does (telephony/audio_out.py), and a call stops it a
 The VAD's verdicts are handled before the caller's audio that came after the audio they were made from. pipecat
 queues its VAD's started/stopped frame to the aggregator itself, behind every frame already waiting, and the caller's
 audio frames are system frames of the same rank. Each audio frame waits for its VAD windows to be scored (a thread
-round trip: ~10 ms idle, 40-60 ms at p95 with 100 calls on two cores), so under load the caller's frames pile up
-behind the one being scored, and the verdict waited behind all of them, each costing its own round trip: at 100
-calls the audio reached the aggregator 170-320 ms late at p95, and a barge-in's hold waited for that backlog
-(bench/HISTORY.md, session 26). Here a verdict goes into the queue just ahead of the first audio frame waiting, where
+round trip: up to ~10 ms on an idle server, 50-60 ms at p95 with 100 calls on two cores), so under load the
+caller's frames pile up behind the one being scored (at 100 calls they reached the aggregator 170-450 ms late at
+p95), and the verdict waited behind all of them, each costing its own round trip: a barge-in's hold waited 81 ms at
+p95 and 279 ms at p99 for that pile (bench/HISTORY.md, session 26). Here a verdict goes into the queue just ahead of the first audio frame waiting, where
 it would have been had that frame's predecessor been scored at once; frames of any other kind that came before that
 audio frame stay ahead of it, as in pipecat. Tied to pipecat 1.14's `_queued_broadcast_frame` and the
 `FrameProcessorQueue` heap of (tier, arrival count, item), pinned like the other seams.
