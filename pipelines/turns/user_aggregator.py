@@ -18,10 +18,11 @@ audio frames are system frames of the same rank. Each audio frame waits for its 
 round trip: up to ~10 ms on an idle server, 50-60 ms at p95 with 100 calls on two cores), so under load the
 caller's frames pile up behind the one being scored (at 100 calls they reached the aggregator 170-450 ms late at
 p95), and the verdict waited behind all of them, each costing its own round trip: a barge-in's hold waited 81 ms at
-p95 and 279 ms at p99 for that pile (bench/HISTORY.md, session 26). Here a verdict goes into the queue just ahead of the first audio frame waiting, where
-it would have been had that frame's predecessor been scored at once; frames of any other kind that came before that
-audio frame stay ahead of it, as in pipecat. Tied to pipecat 1.14's `_queued_broadcast_frame` and the
-`FrameProcessorQueue` heap of (tier, arrival count, item), pinned like the other seams.
+p95 and 279 ms at p99 for that pile (bench/HISTORY.md, session 26). Here a verdict goes into the queue just ahead
+of the first audio frame waiting, where it would have been had that frame's predecessor been scored at once; frames
+of any other kind that came before that audio frame stay ahead of it, as in pipecat. Tied to pipecat 1.14's
+`_queued_broadcast_frame` and the `FrameProcessorQueue` heap of (tier, arrival count, item), pinned like the other
+seams (tests/test_vad_verdict_order.py).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CallerUserAggregator(LLMUserAggregator):
         queue = self._FrameProcessor__input_queue
         system = queue.SYSTEM_PRIORITY
         first = min((order for tier, order, (waiting, _, _) in queue._queue
-                     if tier == system and type(waiting) is InputAudioRawFrame), default=None)
+                     if tier == system and isinstance(waiting, InputAudioRawFrame)), default=None)
         if first is None:
             return False
         self._verdicts_ahead += 1
