@@ -1,5 +1,6 @@
-"""A copied pipecat method's body, statement by statement, for the tests that pin voxline's copies to pipecat's
-source (pipelines/frame_push.py, pipelines/frame_express.py): if pipecat's method changed, the copy is stale."""
+"""A pipecat method's body, statement by statement, for the tests that pin voxline's seams to pipecat's source
+(pipelines/frame_push.py and pipelines/frame_express.py copy methods; pipelines/turns/user_aggregator.py relies on
+one's two statements): if pipecat's method changed, the seam is stale."""
 
 from __future__ import annotations
 

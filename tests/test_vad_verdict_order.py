@@ -18,8 +18,6 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -32,10 +30,10 @@ from pipecat.turns.user_start.base_user_turn_start_strategy import (
     BaseUserTurnStartStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.workers.runner import WorkerRunner
 
 from pipelines.turns.user_aggregator import aggregator_pair
 from tests.pinned_source import statements
+from tests.pipelines import running
 
 FRAMES = 12
 SPEAKING = range(3, 8)  # the frames (1-based) after which the VAD hears speech; QUIET from the 8th
@@ -78,6 +76,10 @@ class _Seen(BaseUserTurnStartStrategy):
         return ProcessFrameResult.CONTINUE
 
 
+def _audio(n: int) -> InputAudioRawFrame:
+    return InputAudioRawFrame(audio=bytes([n]) * 640, sample_rate=8000, num_channels=1)
+
+
 async def _handled(voxlines: bool) -> list[str]:
     seen: list[str] = []
     params = LLMUserAggregatorParams(vad_analyzer=_SlowVAD(),
@@ -87,21 +89,16 @@ async def _handled(voxlines: bool) -> list[str]:
     else:
         pair = LLMContextAggregatorPair(LLMContext(), user_params=params)
         user, assistant = pair.user(), pair.assistant()
-    worker = PipelineWorker(Pipeline([user, assistant]), enable_rtvi=False, enable_turn_tracking=False)
-    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
-    await runner.add_workers(worker)
-    running = asyncio.create_task(runner.run())
-    await asyncio.sleep(0.2)
+    worker, _, task = await running(user, assistant)
     # A burst of the caller's audio, as the aggregator gets it when its frames pile up behind the VAD.
-    await worker.queue_frames([InputAudioRawFrame(audio=bytes([i]) * 640, sample_rate=8000, num_channels=1)
-                               for i in range(1, FRAMES + 1)])
+    await worker.queue_frames([_audio(i) for i in range(1, FRAMES + 1)])
 
     async def all_handled():
         while seen.count("stopped") < 1 or sum(s.startswith("a") for s in seen) < FRAMES:
             await asyncio.sleep(0.01)
     await asyncio.wait_for(all_handled(), 10)
     await worker.queue_frame(EndFrame())
-    await asyncio.wait_for(running, 10)
+    await asyncio.wait_for(task, 10)
     return seen
 
 
@@ -118,10 +115,6 @@ async def test_pipecats_aggregator_hands_a_verdict_the_whole_backlog_first():
     seen = await _handled(voxlines=False)
     assert seen.index("started") > seen.index("a4") + 1
     assert seen.index("stopped") > seen.index("a9") + 1
-
-
-def _audio(n: int) -> InputAudioRawFrame:
-    return InputAudioRawFrame(audio=bytes([n]) * 640, sample_rate=8000, num_channels=1)
 
 
 def _waiting(user) -> list[str]:
