@@ -33,7 +33,7 @@ from pipelines.turns.late_transcript import SmartTurnStop
 from pipelines.turns.mute import ClosingMuteStrategy
 from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.smart_turn import SharedSmartTurnAnalyzer
-from pipelines.turns.user_aggregator import aggregator_pair
+from pipelines.turns.user_aggregator import CallerUserAggregator, aggregator_pair
 
 
 def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> CallPipeline:
@@ -85,9 +85,7 @@ def build(agent: AgentConfig, transport: BaseTransport, ctx: BuildContext) -> Ca
             )],
         ),
     )
-    if isinstance(stop, PauseTimedTurnStop):
-        stop.follow_replies(assistant_aggregator)
-        stop.follow_level(vad)
+    follow_the_caller(stop, vad, user_aggregator, assistant_aggregator)
     dtmf = [KeypadAggregator()] if agent.call.dtmf else []
     # Between the output and the assistant aggregator, so the context and transcript keep only what was heard.
     heard = [HeardTextGate(ctx.playout, label=ctx.label)] if ctx.playout is not None else []
@@ -129,6 +127,16 @@ def quiet_frames_after_secs(agent: AgentConfig) -> float | None:
     if agent.turn.strategy == "smart_turn":
         counted = max(counted, agent.turn.smart_turn_max_secs)
     return counted + QUIET_MARGIN_SECS
+
+
+def follow_the_caller(stop, vad: SharedSileroVADAnalyzer, user_aggregator: CallerUserAggregator,
+                      assistant_aggregator) -> None:
+    """What a silence rule times the caller's pauses by: the agent's replies, the line's level, and how far the
+    VAD has got through the caller's audio (pipelines/turns/after_pause.py, heard_silence.py)."""
+    if isinstance(stop, PauseTimedTurnStop):
+        stop.follow_replies(assistant_aggregator)
+        stop.follow_level(vad)
+        stop.follow_hearing(vad, user_aggregator)
 
 
 def _stop_strategy(agent: AgentConfig, segmented_stt: bool):

@@ -26,17 +26,18 @@ import time
 from loguru import logger
 from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 
-from pipelines.turns.late_transcript import SilenceTurnStop
+from pipelines.turns.heard_silence import HeardSilenceTurnStop
 
 # Silero hears a pause this much after the level at most: a longer lead is not that lag (a soft ending the level
 # took for silence), and only this much of it counts.
 MAX_LEVEL_LEAD_SECS = 0.15
 
 
-class PauseTimedTurnStop(SilenceTurnStop):
+class PauseTimedTurnStop(HeardSilenceTurnStop):
     """pipecat's silence timeout with the late-transcript guard, counted from when the line fell silent where the
     VAD saw that, and timed from the VAD's stop also for a turn that starts in the pause. Call `follow_replies`
-    with the call's assistant aggregator and `follow_level` with its VAD."""
+    with the call's assistant aggregator, `follow_level` with its VAD, and `follow_hearing` with its VAD and user
+    aggregator."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -52,6 +52,23 @@ _VERDICTS = (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
 
 class CallerUserAggregator(LLMUserAggregator):
     _verdicts_ahead = 0  # verdicts put ahead of waiting audio so far: keeps their keys apart and in order
+    # The caller's audio frames queued here, and those done with (analyzed by the VAD, or dropped while the caller
+    # is muted): how far behind the clock the VAD is, for the turn rules (pipelines/turns/heard_silence.py).
+    audio_arrived = 0
+    audio_settled = 0
+
+    async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM,
+                          callback=None):
+        if isinstance(frame, InputAudioRawFrame) and not self._cancelling:
+            self.audio_arrived += 1
+        await super().queue_frame(frame, direction, callback)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        try:
+            await super().process_frame(frame, direction)
+        finally:
+            if isinstance(frame, InputAudioRawFrame):
+                self.audio_settled += 1
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):

@@ -1,0 +1,109 @@
+"""A turn ends on silence the VAD has heard, not on the clock alone.
+
+The silence rules run on timers (pipecat's `user_speech_timeout` from the VAD's stop, and the shorter ones here),
+while the VAD judges the caller's audio as it reaches the user aggregator. The clock can run ahead of the ears:
+- the caller goes on before the timer fires, but the VAD calls it speech only after `start_secs` of it (0.1 s).
+  Espeak's "Hello, I would like to book a table for two people tonight." has a 0.19 s pause at the comma; for two
+  of the eight ways its windows can fall, Silero stops in it and starts again 0.1 s after the words resume, which is
+  when the sentence rule's timer fires once Whisper has written "Hello?" (a finished sentence: 0.3 s of silence).
+  A CI run (2026-12-05) stored "Hello?" as the caller's turn and the rest as a second one;
+- under load the caller's audio waits for the VAD (170-450 ms at p95 at 100 calls on two cores: bench/HISTORY.md,
+  session 26), and the timer fires before the caller's next words have been analyzed.
+So a turn the timers end is ended only once the VAD hears nothing and has analyzed all the caller's audio that had
+reached the aggregator by then. Until then the end is held: the VAD's start drops it (pipecat's own reset, which a
+new start makes), and otherwise the first caller frame analyzed after that audio, with the VAD quiet, releases it.
+The hold gives way to the clock after MAX_HOLD_SECS: a caller's stream can stall, and a muted caller's audio is
+not analyzed. On an idle server it costs at most the frame being analyzed when the timer fires (~10 ms).
+
+Tied to pipecat 1.14's `trigger_user_turn_stopped` (what every stop rule calls to end the turn) and
+`_discard_pending_end_of_turn` (what it calls when the caller speaks again or a turn begins or ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from loguru import logger
+from pipecat.frames.frames import InputAudioRawFrame
+
+from pipelines.turns.late_transcript import SilenceTurnStop
+
+# Past the clock, the longest a turn's end waits for the VAD to catch up.
+MAX_HOLD_SECS = 1.0
+
+
+class Ears(Protocol):
+    """The user aggregator's count of the caller's audio frames (pipelines/turns/user_aggregator.py)."""
+
+    audio_arrived: int  # queued to it
+    audio_settled: int  # of those, done with: analyzed by its VAD (or dropped while the caller is muted)
+
+
+class HeardSilenceTurnStop(SilenceTurnStop):
+    """pipecat's silence timeout, with the late-transcript guard, whose end waits for the VAD to have heard the
+    silence. Call `follow_hearing` with the call's VAD and user aggregator."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._hearing: tuple[object, Ears] | None = None
+        self._held: tuple[int, dict] | None = None  # (caller frames to be analyzed first, the trigger's arguments)
+        self._hold_timer: asyncio.Task | None = None
+
+    def follow_hearing(self, vad, ears: Ears) -> None:
+        """`vad`: the call's SharedSileroVADAnalyzer; `ears`: the aggregator running it on the caller's audio."""
+        self._hearing = (vad, ears)
+
+    def _heard(self, frames: int, analyzing: int = 0) -> bool:
+        """The VAD hears nothing, and has analyzed the caller's first `frames` frames. `analyzing`: 1 while the
+        aggregator hands the rules the frame its VAD has just analyzed (it is settled once they are done)."""
+        vad, ears = self._hearing
+        return ears.audio_settled + analyzing >= frames and vad.hears_nothing()
+
+    async def trigger_user_turn_stopped(self, **kwargs):
+        if self._hearing is None or self._heard(self._hearing[1].audio_arrived):
+            return await super().trigger_user_turn_stopped(**kwargs)
+        vad, ears = self._hearing
+        self._held = (ears.audio_arrived, kwargs)
+        state = (f"{ears.audio_arrived - ears.audio_settled} caller frame(s) behind" if vad.hears_nothing()
+                 else "hearing sound")
+        logger.debug(f"{self}: the silence is up on the clock, but the VAD is {state}: the turn's end waits for it")
+        if self._hold_timer is None:
+            self._hold_timer = self.task_manager.create_task(self._give_way(), f"{self}::_give_way")
+
+    async def process_frame(self, frame):
+        result = await super().process_frame(frame)
+        if self._held is not None and isinstance(frame, InputAudioRawFrame) and self._heard(self._held[0], 1):
+            await self._release()
+        return result
+
+    async def _release(self) -> None:
+        _, kwargs = self._held
+        self._held = None
+        if self._hold_timer is not None and self._hold_timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(self._hold_timer)
+        self._hold_timer = None
+        await super().trigger_user_turn_stopped(**kwargs)
+
+    async def _give_way(self) -> None:
+        try:
+            await asyncio.sleep(MAX_HOLD_SECS)
+        except asyncio.CancelledError:
+            return
+        if self._held is not None:
+            logger.debug(f"{self}: the VAD did not catch up within {MAX_HOLD_SECS} s; the turn ends on the clock")
+            await self._release()
+
+    async def _drop_hold(self) -> None:
+        self._held = None
+        if self._hold_timer is not None:
+            await self.task_manager.cancel_task(self._hold_timer)
+            self._hold_timer = None
+
+    async def _discard_pending_end_of_turn(self):
+        await self._drop_hold()
+        await super()._discard_pending_end_of_turn()
+
+    async def cleanup(self):
+        await self._drop_hold()
+        await super().cleanup()
