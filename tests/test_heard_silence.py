@@ -10,7 +10,6 @@ import audioop
 import time
 
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
-from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     EndFrame,
     InputAudioRawFrame,
@@ -22,14 +21,12 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
-from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_start.base_user_turn_start_strategy import (
     BaseUserTurnStartStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.utils.asyncio.task_manager import TaskManager
 
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy, follow_the_caller
@@ -38,6 +35,7 @@ from pipelines.turns import heard_silence
 from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.user_aggregator import CallerUserAggregator, aggregator_pair
 from tests.pipelines import running
+from tests.turn_rules import started
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.1, stop_secs=0.2, min_volume=0.3)  # the agents' defaults
 FRAME = 320  # 20 ms of 8 kHz 16-bit audio, as the serializer hands the caller's audio on
@@ -64,20 +62,11 @@ async def _rule(counts: _Counts, vad: SharedSileroVADAnalyzer | None = None
     """The default sentence rule (0.3 s of silence after a sentence: 0.1 s past the VAD's stop), following `vad`
     and `counts`, on pipecat's real timers and task manager."""
     rule = SentenceEndTurnStop(silence_secs=3.0, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=True)
-    await rule.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
-                                         task_manager=TaskManager(loop=asyncio.get_running_loop())))
     if vad is None:
         vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
         vad.set_sample_rate(8000)  # as the pipeline's start does
     rule.follow_hearing(vad, counts)
-    ended: list[float] = []
-
-    async def on_stopped(_rule, _params):
-        ended.append(time.monotonic())
-
-    rule.add_event_handler("on_user_turn_stopped", on_stopped)
-    await rule.handle_user_turn_started()
-    return rule, ended
+    return rule, await started(rule)
 
 
 async def _sentence_then_pause(rule: SentenceEndTurnStop) -> float:

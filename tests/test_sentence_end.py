@@ -10,15 +10,12 @@ import time
 import pytest
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     STTMetadataFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.utils.asyncio.task_manager import TaskManager
 
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy
@@ -26,6 +23,7 @@ from pipelines.providers.vad import SharedSileroVADAnalyzer
 from pipelines.turns.after_pause import MAX_LEVEL_LEAD_SECS, PauseTimedTurnStop
 from pipelines.turns.late_transcript import SmartTurnStop
 from pipelines.turns.sentence_end import SentenceEndTurnStop, ends_sentence
+from tests.turn_rules import started
 
 
 # What tiny.en wrote for espeak phrases over an 8 kHz line (complete, then cut off mid-sentence).
@@ -97,17 +95,7 @@ async def _strategy(segmented_stt: bool = True, silence_secs: float = 3.0, rule:
         strategy = PauseTimedTurnStop(user_speech_timeout=silence_secs - 0.2, segmented_stt=segmented_stt)
     else:
         strategy = SmartTurnStop(turn_analyzer=_EveryPauseEndsTheTurn(), segmented_stt=segmented_stt)
-    # The strategy uses only the task manager; there is no pipeline around it here.
-    await strategy.setup(FrameProcessorSetup(clock=SystemClock(), pipeline_worker=None,
-                                             task_manager=TaskManager(loop=asyncio.get_running_loop())))
-    ended: list[float] = []
-
-    async def on_stopped(_strategy, _params):
-        ended.append(time.monotonic())
-
-    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
-    await strategy.handle_user_turn_started()
-    return strategy, ended
+    return strategy, await started(strategy)
 
 
 async def _speak_then_pause(strategy: SentenceEndTurnStop) -> float:
