@@ -124,6 +124,7 @@ class BatchEngine:
                 return
             claim = await claims.claim(db, batch_id, self.worker)
             if claim is None:
+                logger.debug(f"batch {batch_id}: nothing for {self.worker} to claim this tick")
                 await claims.finish(db, batch_id)
                 continue
             for item in claim.items:
