@@ -79,10 +79,7 @@ class HeardSilenceTurnStop(SilenceTurnStop):
 
     async def _release(self) -> None:
         _, kwargs = self._held
-        self._held = None
-        if self._hold_timer is not None and self._hold_timer is not asyncio.current_task():
-            await self.task_manager.cancel_task(self._hold_timer)
-        self._hold_timer = None
+        await self._drop_hold()
         await super().trigger_user_turn_stopped(**kwargs)
 
     async def _give_way(self) -> None:
@@ -90,6 +87,7 @@ class HeardSilenceTurnStop(SilenceTurnStop):
             await asyncio.sleep(MAX_HOLD_SECS)
         except asyncio.CancelledError:
             return
+        self._hold_timer = None  # this task, which the release must not cancel
         if self._held is not None:
             logger.debug(f"{self}: the VAD did not catch up within {MAX_HOLD_SECS} s; the turn ends on the clock")
             await self._release()
