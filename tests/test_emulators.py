@@ -124,8 +124,9 @@ async def test_deepgram_pipecat_service_transcribes_phone_speech(speech):
 
 async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(speech):
     """QuietBatchingDeepgramSTT against the emulator: quiet before the words goes out 0.2 s a message, the VAD's
-    start sends what waits and the words go out frame by frame, quiet again after the live window is batched, and
-    every byte arrives, in order (the transcript has the words from their onset)."""
+    start sends what waits and the words go out two frames a message, the VAD's stop sends the last one before
+    pipecat's Finalize, quiet again after the live window is batched, and every byte arrives, in order (the
+    transcript has the words from their onset)."""
     async with await deepgram.start() as emulator:
         stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url, live_after_stop_secs=0.2,
                                        quiet_batch_secs=0.2,
@@ -148,10 +149,13 @@ async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(spee
     # Words tiny.en hears in this phrase on both CPUs tried: its int8 decode differs between them elsewhere in it
     # (an AVX2-only EPYC hears "welcome all 4 2 people tonight"; the Xeon heard "table" and "two" too).
     assert {"hello", "people", "tonight"} <= words(final.text), final.text
-    # 25 quiet frames in 5 messages; the 3 onset frames in 1, sent at the start; the rest live, one each; 40 quiet
-    # frames after the live window in 8.
-    assert received.messages == 5 + 1 + len(rest) + 8, (received, len(rest))
+    # 25 quiet frames in 5 messages; the 3 onset frames in 1, sent at the start; the rest live, two a message (an odd
+    # one last, sent at the stop); 40 quiet frames after the live window in 8.
+    assert len(rest) % 2 == 1, "the phrase no longer ends on an odd frame: the stop's own send goes untested"
+    assert received.messages == 5 + 1 + (len(rest) + 1) // 2 + 8, (received, len(rest))
     assert received.bytes == 640 * (len(quiet) + len(words_) + len(after))
+    # pipecat's Finalize at the stop came after every frame of the words.
+    assert received.finalized_at[0] == 640 * (len(quiet) + len(words_)), received
     assert stt.messages_sent == received.messages
 
 

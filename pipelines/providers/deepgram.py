@@ -6,10 +6,13 @@ a call the caller is quiet: listening to the agent or thinking. There the audio 
 order, not at once, so once the caller has been quiet for `LIVE_AFTER_STOP_SECS` after their last words, frames are
 batched into `QUIET_BATCH_SECS` pieces. Nothing is dropped or reordered, so Deepgram's timestamps are unchanged.
 
-The caller starting to speak (the VAD's start, ~0.1 s into the words) sends what is waiting at once and goes back to
-a message per frame, so Deepgram hears the words' onset as soon as before, in one piece, and everything after as it
-comes. pipecat's `Finalize` at the VAD's stop, which asks for the final transcript, always follows audio sent live.
-Up to `QUIET_BATCH_SECS` of quiet still waiting when the call ends is not sent.
+The caller starting to speak (the VAD's start, ~0.1 s into the words) sends what is waiting at once, so Deepgram
+hears the words' onset as soon as before, in one piece. While the caller speaks, audio goes out in `LIVE_BATCH_SECS`
+pieces (two of our 40 ms frames): half pipecat's sends, each a WebSocket frame and a socket write on the event loop,
+at the time the server is busiest (a burst of callers talking). Nothing a turn waits for comes later: the VAD's stop
+sends what waits before pipecat's `Finalize`, which asks for the final transcript, so the final covers every word
+as before; an interim transcript comes at most one frame (40 ms) later. Up to `QUIET_BATCH_SECS` of quiet still
+waiting when the call ends is not sent.
 
 pipecat builds a Deepgram SDK client per service, so per call, and the SDK gives it an HTTP client of its own (a
 new TLS context: the CA store loaded, ~33 ms on the event loop), which a streaming STT never uses; and the SDK dials
@@ -36,6 +39,8 @@ from pipelines.providers.tls import tls_context, ws_tls
 # 1 s: a quiet line is 1 send a second instead of 5; ~6 % less CPU per idle call side by side (bench/side_by_side.py).
 QUIET_BATCH_SECS = 1.0
 LIVE_AFTER_STOP_SECS = 1.0  # a pause this short may be mid-sentence, and Deepgram's own endpointing runs on it
+# Deepgram asks for 20–250 ms of audio a message when streaming; 80 ms is two of our 40 ms input frames.
+LIVE_BATCH_SECS = 0.08
 
 
 SDK_TIMEOUT_SECS = 60  # the SDK's own default for a client it makes
@@ -60,28 +65,30 @@ deepgram_listen.websockets_client_connect = _ws_connect_shared_tls
 
 class QuietBatchingDeepgramSTT(DeepgramSTTService):
     def __init__(self, *args, quiet_batch_secs: float = QUIET_BATCH_SECS,
-                 live_after_stop_secs: float = LIVE_AFTER_STOP_SECS, **kwargs):
+                 live_after_stop_secs: float = LIVE_AFTER_STOP_SECS, live_batch_secs: float = LIVE_BATCH_SECS,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._quiet_batch_secs = quiet_batch_secs
         self._live_after_stop_secs = live_after_stop_secs
-        self._batch_bytes = 0  # known once the pipeline's sample rate is (start)
+        self._live_batch_secs = live_batch_secs
+        self._batch_bytes = 0  # known once the pipeline's sample rate is (the first audio)
+        self._live_bytes = 0
         self._pending = bytearray()
         self._speaking = False
         self._live_until = 0.0
         self.messages_sent = 0  # audio messages, for tests and benchmarks
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        # Live, nothing waits: the VAD's start sent it.
-        if not self._speaking and time.monotonic() >= self._live_until:
-            if not self._batch_bytes:
-                self._batch_bytes = int(self.sample_rate * 2 * self._quiet_batch_secs)  # 16-bit mono
+        if not self._batch_bytes:
+            self._batch_bytes = int(self.sample_rate * 2 * self._quiet_batch_secs)  # 16-bit mono
+            self._live_bytes = int(self.sample_rate * 2 * self._live_batch_secs)
+        piece = self._live_bytes if self._speaking or time.monotonic() < self._live_until else self._batch_bytes
+        if not self._pending and len(audio) >= piece:
+            await self._send(audio)  # a whole piece already (a quiet line's 1 s frame): no copy
+        else:
             self._pending += audio
-            if len(self._pending) < self._batch_bytes:
-                yield None
-                return
-            audio = bytes(self._pending)
-            self._pending.clear()
-        await self._send(audio)
+            if len(self._pending) >= piece:
+                await self._send_pending()
         yield None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -91,6 +98,7 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._live_until = time.monotonic() + self._live_after_stop_secs
+            await self._send_pending()  # the words' end, before pipecat's Finalize asks for the final transcript
         await super().process_frame(frame, direction)
 
     async def _send_pending(self) -> None:

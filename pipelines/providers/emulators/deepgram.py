@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -79,6 +79,7 @@ class Received:
 
     messages: int = 0
     bytes: int = 0
+    finalized_at: list[int] = field(default_factory=list)  # bytes received when each Finalize came
 
 
 class _Session:
@@ -127,6 +128,7 @@ class _Session:
         if kind == "KeepAlive":
             return False
         if kind == "Finalize":
+            self.received.finalized_at.append(self.received.bytes)
             self._flush(from_finalize=True)
             return False
         if kind == "CloseStream":
