@@ -50,7 +50,47 @@ if os.environ.get("FRAME_CENSUS_OUT"):
             return await pipecats(self, frame, direction, callback)
 
         frame_processor.FrameProcessor.queue_frame = queue_frame
+        _count_after_express(frame_processor.FrameProcessor, pipecats, downstream)
         return True
+
+    def _count_after_express(processor_class, pipecats, downstream) -> None:
+        """voxline's pipelines/frame_express.py replaces `queue_frame` with its own copy of pipecat's at start-up,
+        which would take every frame past the counter: once that module is loaded, its `install` is wrapped to put
+        the counter back in front, and pipecat's own method (its copy's slow path) behind it uncounted."""
+        import importlib.abc
+        import sys
+
+        class Finder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name != "pipelines.frame_express":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                loader = spec.loader
+                exec_module = loader.exec_module
+
+                def exec_and_wrap(module):
+                    exec_module(module)
+                    install = module.install
+
+                    def counted_install():
+                        install()
+                        module.PIPECATS["queue_frame"] = pipecats
+                        express = processor_class.queue_frame
+
+                        async def queue_frame(self, frame, direction=downstream, callback=None):
+                            _counts[(type(frame).__name__, "DO" if direction is downstream else "UP")] += 1
+                            return await express(self, frame, direction, callback)
+
+                        processor_class.queue_frame = queue_frame
+
+                    module.install = counted_install
+
+                loader.exec_module = exec_and_wrap
+                return spec
+
+        import importlib.util
+        sys.meta_path.insert(0, Finder())
 
     if _install():
         atexit.register(_dump)
