@@ -12,7 +12,8 @@ unfragmented text. `data_received` reads the frame headers itself and hands the 
 `handle_text` would, unmasked by websockets' `apply_mask`. Every other frame (ping, pong, close, a fragment, a
 continuation) goes to the parser whole, so the parser always starts on a frame boundary and rules on it as before;
 a frame it must refuse (unmasked, over `ws_max_size`) goes to it at once with everything after. Before the
-handshake and once closing, everything goes to the parser. tests/test_ws_protocol.py sends the same bytes, split
+handshake and once closing, everything goes to the parser, and a connection whose client sent frame bytes before
+the handshake's answer (which it may not) keeps to the parser if they left it inside a frame. tests/test_ws_protocol.py sends the same bytes, split
 every way, through both classes and compares what the app receives and what the socket is sent. The server's CPU
 per media message received, protocol to parsed JSON (`bench/ws_receive.py`, 40 streams, 6 rounds): 63.5 µs against
 68.2 with the flow control alone and 75.8 with uvicorn's class; side by side, idle calls cost 0.910 of the CPU.
@@ -21,7 +22,7 @@ One difference, on purpose: uvicorn handles the parser's error before the frames
 a TCP read with a frame it refuses never reach the app; here they do, as they would had they come a read earlier.
 
 Tied to uvicorn's `read_paused`, `send_receive_event_to_app`, `frames`, `curr_msg_data_type` and
-`handshake_complete`, and websockets' `state`, `extensions`, `max_message_size` and `apply_mask`. A missing import
+`handshake_complete`, and websockets' `state`, `extensions`, `max_message_size`, `parser`, `reader` and `apply_mask`. A missing import
 or method hands back uvicorn's own class (`protocol()`); the attributes are held by tests/test_ws_protocol.py.
 """
 
@@ -54,6 +55,16 @@ def _frame(data: bytes | bytearray, at: int) -> tuple[int, int, bool] | None:
     return header + length, length, (first == _TEXT or first == _BINARY) and bool(second & 0x80)
 
 
+def _between_frames(conn) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame. Only whole frames reach it once the road is
+    taken, so it stays so; before, a client that sent frames before the handshake's answer may have left it inside
+    one, and then the connection keeps to the parser."""
+    step = conn.parser
+    while getattr(step, "gi_yieldfrom", None) is not None:
+        step = step.gi_yieldfrom
+    return getattr(step, "gi_code", None) is not None and step.gi_code.co_name == "at_eof" and not conn.reader.buffer
+
+
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     from websockets.frames import apply_mask
@@ -71,6 +82,7 @@ if _SEAMS:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._partial = bytearray()  # the start of a frame whose end has not arrived
+            self._road: bool | None = None  # whether this connection's plain frames skip the parser; known once open
 
         def data_received(self, data: bytes) -> None:
             conn = self.conn
@@ -78,6 +90,11 @@ if _SEAMS:
                 self._partial += data
                 data = self._partial
             if conn.state is not OPEN or not self.handshake_complete or conn.extensions:
+                self._to_parser(data, 0)
+                return
+            if self._road is None:
+                self._road = _between_frames(conn)
+            if not self._road:
                 self._to_parser(data, 0)
                 return
             at = 0

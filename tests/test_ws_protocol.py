@@ -93,9 +93,11 @@ class Transport(asyncio.Transport):
         pass
 
 
-async def converse(protocol_class: type, chunks: list[bytes]) -> tuple[list, list]:
+async def converse(protocol_class: type, chunks: list[bytes], *, early: bytes = b"",
+                   opened: list | None = None) -> tuple[list, list]:
     """Open a WebSocket on `protocol_class` as uvicorn would, feed it `chunks` one read at a time, and return what
-    the app received and the frames the client got back."""
+    the app received and the frames the client got back. `early`: bytes sent in the handshake's own read, before
+    the server's answer (a client may not, but one can); `opened` gets the protocol."""
     received: list = []
 
     async def app(scope, receive, send):
@@ -119,7 +121,9 @@ async def converse(protocol_class: type, chunks: list[bytes]) -> tuple[list, lis
 
     client = ClientProtocol(parse_uri("ws://test/stream"))
     client.send_request(client.connect())
-    protocol.data_received(b"".join(client.data_to_send()))
+    protocol.data_received(b"".join(client.data_to_send()) + early)
+    if opened is not None:
+        opened.append(protocol)
     for _ in range(100):
         if protocol.handshake_complete:
             break
@@ -198,6 +202,19 @@ async def test_the_frame_road_is_taken_for_media_and_not_for_anything_else(monke
     assert [kind for kind, _ in received[:10]] == ["text"] * 10 and back == [(Opcode.PONG, b"p")]
     # The handshake and the ping went to the parser, each whole; no media message did.
     assert parsed[0].startswith(b"GET /stream HTTP/1.1") and parsed[1:] == [frame(PING, b"p")]
+
+
+@pytest.mark.parametrize("early", [2, 5, 6, 40, len(media(0))])  # 2 and 6: nothing left in its buffer
+async def test_frames_sent_before_the_handshakes_answer_leave_the_parser_where_it_can_go_on(early):
+    """A frame begun in the handshake's read may leave websockets' parser inside it: the connection then keeps to
+    the parser, and gives the app what uvicorn's does; a whole one leaves it between frames, and the road opens."""
+    stream = b"".join(media(n) for n in range(6))
+    chunks = [stream[early:early + 150], stream[early + 150:]]
+    opened: list = []
+    ours = await converse(MediaStreamProtocol, chunks, early=stream[:early], opened=opened)
+    assert ours == await converse(WebSocketsSansIOProtocol, chunks, early=stream[:early])
+    assert [kind for kind, _ in ours[0]] == ["text"] * 6 + ["disconnect"], ours[0]
+    assert opened[0]._road is (early == len(media(0))), early
 
 
 async def test_the_socket_pauses_only_when_the_app_falls_a_second_behind():
