@@ -55,42 +55,27 @@ if os.environ.get("FRAME_CENSUS_OUT"):
 
     def _count_after_express(processor_class, pipecats, downstream) -> None:
         """voxline's pipelines/frame_express.py replaces `queue_frame` with its own copy of pipecat's at start-up,
-        which would take every frame past the counter: once that module is loaded, its `install` is wrapped to put
-        the counter back in front, and pipecat's own method (its copy's slow path) behind it uncounted."""
-        import importlib.abc
-        import sys
+        which would take every frame past the counter: its `install` is wrapped to put the counter back in front,
+        and pipecat's own method (its copy's slow road) behind it uncounted. Importable here: the benchmark puts
+        the checkout on PYTHONPATH after this directory."""
+        try:
+            from pipelines import frame_express
+        except ImportError:
+            return
+        install = frame_express.install
 
-        class Finder(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name != "pipelines.frame_express":
-                    return None
-                sys.meta_path.remove(self)
-                spec = importlib.util.find_spec(name)
-                loader = spec.loader
-                exec_module = loader.exec_module
+        def counted_install():
+            install()
+            frame_express.PIPECATS["queue_frame"] = pipecats
+            express = processor_class.queue_frame
 
-                def exec_and_wrap(module):
-                    exec_module(module)
-                    install = module.install
+            async def queue_frame(self, frame, direction=downstream, callback=None):
+                _counts[(type(frame).__name__, "DO" if direction is downstream else "UP")] += 1
+                return await express(self, frame, direction, callback)
 
-                    def counted_install():
-                        install()
-                        module.PIPECATS["queue_frame"] = pipecats
-                        express = processor_class.queue_frame
+            processor_class.queue_frame = queue_frame
 
-                        async def queue_frame(self, frame, direction=downstream, callback=None):
-                            _counts[(type(frame).__name__, "DO" if direction is downstream else "UP")] += 1
-                            return await express(self, frame, direction, callback)
-
-                        processor_class.queue_frame = queue_frame
-
-                    module.install = counted_install
-
-                loader.exec_module = exec_and_wrap
-                return spec
-
-        import importlib.util
-        sys.meta_path.insert(0, Finder())
+        frame_express.install = counted_install
 
     if _install():
         atexit.register(_dump)
