@@ -140,9 +140,11 @@ def test_side_by_side_runs_two_servers_through_the_talking_cycle():
         assert 0 <= float(timed[3]) <= float(timed[4]), line
 
 
-def _run_under(tool: str, out_variable: str, program: Path, out: Path) -> Path:
-    """Run `program` with bench/<tool>'s sitecustomize loaded and writing to `out`, as its docstring says to."""
-    env = {**os.environ, out_variable: str(out), "PYTHONPATH": str(ROOT / "bench" / tool)}
+def _run_under(tool: str, out_variable: str, program: Path, out: Path, *, checkout: bool = False) -> Path:
+    """Run `program` with bench/<tool>'s sitecustomize loaded and writing to `out`, as its docstring says to;
+    `checkout`: with this checkout on PYTHONPATH after it, as the load benchmark runs its servers."""
+    path = [str(ROOT / "bench" / tool), *([str(ROOT)] if checkout else [])]
+    env = {**os.environ, out_variable: str(out), "PYTHONPATH": os.pathsep.join(path)}
     subprocess.run([sys.executable, str(program)], env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)
     return out
 
@@ -170,10 +172,13 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work
 
 
-def test_frame_census_counts_the_frames_processors_take_in(tmp_path):
-    """bench/frame_census: the sitecustomize counts each frame a processor takes in, by type and direction."""
+@pytest.mark.parametrize("express", [False, True])
+def test_frame_census_counts_the_frames_processors_take_in(tmp_path, express):
+    """bench/frame_census: the sitecustomize counts each frame a processor takes in, by type and direction; with
+    voxline's pipelines/frame_express.py installed too, as a call's pipeline has it (it replaces `queue_frame`)."""
     program = tmp_path / "three_hops.py"
     program.write_text(
+        ("from pipelines import frame_express\nframe_express.install()\n" if express else "") +
         "import asyncio\n"
         "from pipecat.frames.frames import EndFrame, TextFrame\n"
         "from pipecat.pipeline.pipeline import Pipeline\n"
@@ -192,7 +197,7 @@ def test_frame_census_counts_the_frames_processors_take_in(tmp_path):
         "    await worker.queue_frames([TextFrame(str(i)) for i in range(7)] + [EndFrame()])\n"
         "    await runner.run()\n"
         "asyncio.run(main())\n")
-    out = _run_under("frame_census", "FRAME_CENSUS_OUT", program, tmp_path / "census")
+    out = _run_under("frame_census", "FRAME_CENSUS_OUT", program, tmp_path / "census", checkout=express)
     (report,) = out.glob("*.txt")
     counts = {" ".join(line.split()[1:]): int(line.split()[0]) for line in report.read_text().splitlines()}
     # each TextFrame into the three processors, and the pipeline's own source and sink, and the worker's
