@@ -20,7 +20,7 @@ from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
 
 from config import variables as call_variables
-from runtime import call_feed, call_observer, call_teardown
+from runtime import call_feed, call_observer, call_teardown, ws_protocol
 from config.agent import AgentConfig
 from pipelines.factory import UnsupportedArchitecture, build_call_pipeline, local_models_needed
 from pipelines.call_pipeline import LINE_SAMPLE_RATE
@@ -222,7 +222,8 @@ class CallSession(StreamEvents):
         media = ""
         if self._serializer is not None:
             s = self._serializer
-            media = f", media in/out {s.media_in}/{s.media_out}, caller frames {s.frames_in}"
+            media = (f", media in/out {s.media_in}/{s.media_out} ({s.media_direct} read directly), "
+                     f"caller frames {s.frames_in}")
         logger.info(f"call {self.call_id}: ended after {self.elapsed():.1f}s: {self._reason}"
                     f"{' (' + self._detail + ')' if self._detail else ''}{media}")
         self._release()
@@ -293,6 +294,9 @@ class CallSession(StreamEvents):
         LeadPacer(transport.output())
         audio_out.trim(transport.output())
         audio_in.trim(transport.input())
+        take_directly = self.ws.scope.get("extensions", {}).get(ws_protocol.DIRECT)
+        if take_directly is not None and hasattr(self._serializer, "deserialize_media"):
+            audio_in.direct(transport.input(), take_directly, self._serializer)
         self._tell_carrier_before_closing(transport)
         quiet_when_peer_gone(transport._client, f"call {self.call_id}")  # pipecat 1.14: both transports' one client
         if agent.call.record:

@@ -35,12 +35,16 @@ async def test_conversation_turn_is_heard_answered_and_stored(server, speech):
     # The caller's line was digitally silent while the welcome played and after the reply: those stretches reached
     # the pipeline in 1 s frames (tests/test_quiet_frames.py), and the turn above was heard all the same.
     # (The line is logged just after the record is stored, so it may be a moment behind the row.)
-    pattern, deadline = rf"call {call_id}: ended .* media in/out (\d+)/\d+, caller frames (\d+)", time.monotonic() + 5
+    pattern = rf"call {call_id}: ended .* media in/out (\d+)/\d+ \((\d+) read directly\), caller frames (\d+)"
+    deadline = time.monotonic() + 5
     while not (ended := re.search(pattern, server.log())) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert ended, "no end-of-call line"
-    media_in, frames = map(int, ended.groups())
+    media_in, direct, frames = map(int, ended.groups())
     assert frames < 0.8 * media_in / 2, (media_in, frames)
+    # Every media message went from the socket's protocol straight to the serializer (telephony/audio_in.py),
+    # those that came while the pipeline was being built too; none through the ASGI receive loop.
+    assert direct == media_in > 0, (direct, media_in)
     assert row["stream_sid"] == caller.stream_sid
     assert row["twilio_call_sid"] == caller.call_sid
     assert row["direction"] == "inbound" and row["to_number"] == "+15550100000"

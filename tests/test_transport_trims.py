@@ -83,9 +83,9 @@ class _Seen(FrameProcessor):
 
 
 class _Call:
-    def __init__(self, socket: _Socket, *, trimmed: bool = True, write_timeout: float = 10.0):
+    def __init__(self, socket: _Socket, *, trimmed: bool = True, write_timeout: float = 10.0, direct: bool = False):
         self.socket = socket
-        serializer = TwilioMediaSerializer("MZ" + "0" * 32, StreamEvents())
+        serializer = self.serializer = TwilioMediaSerializer("MZ" + "0" * 32, StreamEvents())
         transport = FastAPIWebsocketTransport(socket, FastAPIWebsocketParams(
             audio_in_enabled=True, audio_out_enabled=True, audio_out_10ms_chunks=2, audio_out_end_silence_secs=0,
             audio_out_write_timeout_secs=write_timeout, serializer=serializer))
@@ -95,6 +95,9 @@ class _Call:
         if trimmed:
             audio_out.trim(self.output)
             audio_in.trim(self.input)
+        self.takers: list = []  # what audio_in.direct handed the socket's protocol, in turn (None: taken back)
+        if direct:
+            audio_in.direct(self.input, self.takers.append, serializer)
         self.upstream, self.downstream = _Seen(FrameDirection.UPSTREAM), _Seen(FrameDirection.DOWNSTREAM)
         self.worker = PipelineWorker(Pipeline([self.input, self.upstream, self.output, self.downstream]),
                                      params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
@@ -236,3 +239,48 @@ async def test_the_callers_audio_arrives_in_order_without_a_task_per_frame(trimm
         assert per_frame == []
     else:  # pipecat's `asyncio.wait_for` around the queue: a task per frame
         assert len(per_frame) >= 15, call.tasks
+
+
+async def test_media_taken_directly_reaches_the_pipeline_in_order_and_the_rest_goes_through_pipecats_loop():
+    """audio_in.direct: the protocol's taker makes each media message into the frames pipecat's loop would have (in
+    order, 40 ms each, its counters kept), takes an unreadable message (warned, nothing pushed), leaves every other
+    message to the loop, and is taken back when the loop ends."""
+    pcm = _speech(30)
+    ulaw = audioop.lin2ulaw(pcm, 2)
+    media = [json.dumps({"event": "media", "streamSid": "MZ" + "0" * 32, "media": {
+        "track": "inbound", "payload": base64.b64encode(ulaw[i:i + 160]).decode()}}) for i in range(0, len(ulaw), 160)]
+    dtmf = json.dumps({"event": "dtmf", "streamSid": "MZ" + "0" * 32, "dtmf": {"digit": "5"}})
+    async with _Call(_Socket(), direct=True) as call:
+        await call.until(lambda: len(call.takers) == 1)
+        take = call.takers[0]
+        assert all(take(text) for text in media[:10])
+        assert take("{not json") is True
+        assert take(dtmf) is False
+        call.socket.incoming.put_nowait(dtmf)  # what the protocol does with a message not taken
+        assert all(take(text) for text in media[10:])
+
+        def frames():
+            return [f for f in call.downstream.frames if isinstance(f, InputAudioRawFrame)]
+
+        await call.until(lambda: len(frames()) == 15 and "InputDTMFFrame" in call.downstream.named())
+        assert b"".join(f.audio for f in frames()) == audioop.ulaw2lin(ulaw, 2)
+        assert call.serializer.media_direct == call.serializer.media_in == 30
+    assert call.takers[1:] == [None]
+
+
+def test_the_direct_taker_queues_audio_as_pipecats_receive_loop_would():
+    """audio_in.direct's `take` does what pipecat 1.14's loop does with a media message: deserialize it, and push an
+    audio frame with `push_audio_frame`, whose two statements it copies. If either changed, the seam is stale."""
+    from pipecat.transports.base_input import BaseInputTransport
+    from pipecat.transports.websocket.fastapi import FastAPIWebsocketInputTransport
+
+    from tests.pinned_source import statements
+
+    assert statements(BaseInputTransport.push_audio_frame, indented=False) == [
+        "if self._params.audio_in_enabled and not self._paused:",
+        "await self._audio_in_queue.put(frame)",
+    ]
+    loop = statements(FastAPIWebsocketInputTransport._receive_messages, indented=False)
+    assert loop.index("frame = await self._params.serializer.deserialize(message)") \
+        < loop.index("if isinstance(frame, InputAudioRawFrame):") \
+        < loop.index("await self.push_audio_frame(frame)"), loop

@@ -16,7 +16,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from runtime.ws_protocol import HIGH_WATER, MediaStreamProtocol
+from runtime.ws_protocol import DIRECT, HIGH_WATER, MediaStreamProtocol
 
 MAX_SIZE = 100_000  # the server's ws_max_size in these tests, so that a frame over it is cheap to make
 
@@ -244,3 +244,111 @@ async def test_the_socket_pauses_only_when_the_app_falls_a_second_behind():
     assert pauses == [HIGH_WATER]
     transport.close()
     await asyncio.sleep(0)
+
+
+async def _opened(app, transport: Transport) -> MediaStreamProtocol:
+    config = uvicorn.Config(app, ws_per_message_deflate=False, ws_ping_interval=None, lifespan="off",
+                            log_level="critical")
+    config.load()
+    protocol = MediaStreamProtocol(config=config, server_state=ServerState(), app_state={})
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    client = ClientProtocol(parse_uri("ws://test/stream"))
+    client.send_request(client.connect())
+    protocol.data_received(b"".join(client.data_to_send()))
+    while not protocol.handshake_complete:
+        await asyncio.sleep(0)
+    return protocol
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_direct_taker_gets_the_text_it_takes_in_order_and_the_app_the_rest():
+    """DIRECT: text messages go to the app's taker as they are read, those queued before it first; what it does not
+    take (and every binary message) reaches the app's receive, and a taker that fails is logged and dropped."""
+    taken: list[str] = []
+    received: list = []
+    go, installed = asyncio.Event(), asyncio.Event()
+
+    def take(text: str) -> bool:
+        if text == "boom":
+            raise ValueError("a bug in the taker")
+        if text.startswith("m"):
+            taken.append(text)
+            return True
+        return False
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        scope["extensions"][DIRECT](take)
+        installed.set()
+        while (message := await receive())["type"] != "websocket.disconnect":
+            received.append(message.get("text") if message.get("text") is not None else message["bytes"])
+
+    transport = Transport()
+    protocol = await _opened(app, transport)
+    for text in (b"m0", b"x-mark", b"m1"):  # before the taker: queued for the app
+        protocol.data_received(frame(TEXT, text))
+    await _settle()
+    assert taken == [] and received == []
+    go.set()
+    await installed.wait()
+    await _settle()
+    assert taken == ["m0", "m1"] and received == ["x-mark"]
+
+    protocol.data_received(frame(TEXT, b"m2") + frame(BINARY, b"m-bytes") + frame(TEXT, b"stop") + frame(TEXT, b"m3"))
+    await _settle()
+    assert taken == ["m0", "m1", "m2", "m3"] and received == ["x-mark", b"m-bytes", "stop"]
+
+    protocol.data_received(frame(TEXT, b"boom") + frame(TEXT, b"m4"))
+    await _settle()
+    assert taken == ["m0", "m1", "m2", "m3"] and received == ["x-mark", b"m-bytes", "stop", "boom", "m4"]
+    assert protocol._take is None
+    transport.close()
+    await _settle()
+
+
+async def test_a_direct_taker_ends_with_none_and_resumes_a_socket_paused_for_the_app():
+    """Installed on a socket paused for HIGH_WATER unread messages, the taker empties the queue, so reading resumes
+    (uvicorn's receive would resume it only after a message it will now never get); `(None)` hands messages back."""
+    taken: list[str] = []
+    received: list[str] = []
+    go, installed, handed_back = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    resumed: list[int] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        direct = scope["extensions"][DIRECT]
+        direct(lambda text: taken.append(text) is None)
+        installed.set()
+        await handed_back.wait()
+        direct(None)
+        while (message := await receive())["type"] != "websocket.disconnect":
+            received.append(message["text"])
+
+    transport = Transport()
+    transport.resume_reading = lambda: resumed.append(len(taken))
+    protocol = await _opened(app, transport)
+    for n in range(HIGH_WATER):
+        protocol.data_received(frame(TEXT, b"m%d" % n))
+    assert protocol.read_paused
+    go.set()
+    await installed.wait()
+    assert taken == [f"m{n}" for n in range(HIGH_WATER)] and resumed == [HIGH_WATER]
+    assert not protocol.read_paused
+    protocol.data_received(frame(TEXT, b"late"))
+    assert taken[-1] == "late"
+    handed_back.set()
+    await _settle()
+    protocol.data_received(frame(TEXT, b"after"))
+    await _settle()
+    assert received == ["after"] and taken[-1] == "late"
+    transport.close()
+    await _settle()

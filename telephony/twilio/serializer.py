@@ -102,6 +102,9 @@ class ProtocolWarnings:
             logger.warning(f"{self.label}: {kind}{': ' + detail if detail else ''} (#{n}, dropped)")
 
 
+NOT_MEDIA = object()  # deserialize_media: a message that is not the caller's media
+
+
 def parse_message(data: str | bytes, warn: Callable[[str, str], None]) -> dict | None:
     """One Twilio message as a dict with a string `event`, or None (logged) when it is not one."""
     if isinstance(data, bytes):
@@ -129,6 +132,7 @@ class TwilioMediaSerializer(FrameSerializer):
         # time, so this is exact to within one chunk); a `clear` is only worth sending before it.
         self._playout_until = 0.0
         self.media_in = 0
+        self.media_direct = 0  # media messages read by deserialize_media
         self.frames_in = 0  # pipeline frames the caller's media made
         self.media_out = 0
         self.bytes_in = 0  # μ-law bytes: the call's audio seconds at 8,000 a second, for its usage record
@@ -176,6 +180,18 @@ class TwilioMediaSerializer(FrameSerializer):
             raise ValueError(f"the Twilio serializer runs the pipeline at {TWILIO_RATE} Hz")
 
     # --- Twilio → pipeline -------------------------------------------------------------------------------------
+
+    def deserialize_media(self, data: str) -> Frame | None | object:
+        """What `deserialize` makes of a media message, or of an unreadable one (None, warned), with no coroutine:
+        the socket hands the caller's 50 messages a second straight to it (telephony/audio_in.py). NOT_MEDIA for
+        every other message, which is `deserialize`'s."""
+        message = parse_message(data, self._warn)
+        if message is None:
+            return None
+        if message["event"] != "media":
+            return NOT_MEDIA
+        self.media_direct += 1
+        return self._media(message)
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         message = parse_message(data, self._warn)
