@@ -88,7 +88,8 @@ except ImportError:  # pragma: no cover - uvicorn without the sans-I/O implement
     WebSocketsSansIOProtocol = None
 
 _SEAMS = WebSocketsSansIOProtocol is not None and all(
-    hasattr(WebSocketsSansIOProtocol, name) for name in ("send_receive_event_to_app", "data_received", "handle_connect")) \
+    hasattr(WebSocketsSansIOProtocol, name)
+    for name in ("send_receive_event_to_app", "data_received", "handle_connect")) \
     and all(hasattr(Protocol, name) for name in ("receive_data", "events_received"))
 
 if _SEAMS:
@@ -113,8 +114,8 @@ if _SEAMS:
             waiting = []
             while not self.queue.empty():
                 event = self.queue.get_nowait()
-                if not (event["type"] == "websocket.receive" and event.get("text") is not None
-                        and self._give(event["text"])):
+                if not (self._take is not None and event["type"] == "websocket.receive"
+                        and event.get("text") is not None and self._give(event["text"])):
                     waiting.append(event)
             for event in waiting:
                 self.queue.put_nowait(event)

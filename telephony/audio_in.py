@@ -18,7 +18,7 @@ def trim(input_transport) -> None:
 
     async def audio_task_handler():
         while True:
-            queue = getattr(t, "_audio_in_queue", None)  # made as the transport starts
+            queue = t._audio_in_queue
             frame = await queue.get()
             if t._params.audio_in_filter:
                 frame.audio = await t._params.audio_in_filter.filter(frame.audio)

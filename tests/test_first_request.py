@@ -58,3 +58,34 @@ asyncio.run(main())
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "before [] after []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_a_first_llm_request_after_start_up_imports_nothing():
+    """In a fresh interpreter: a call's first streamed chat request through the server's shared pool, to a real
+    socket, imports no module (anyio's asyncio backend was imported by the first request on each worker's loop,
+    ~10 ms, in the middle of the load benchmark's talk burst)."""
+    script = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from config.settings import Settings
+from runtime.app import create_app
+from pipelines.providers.openai_llm import ChunkValidatingAsyncOpenAI
+from tests.openai_listener import REPLY, Listener
+d = Path(tempfile.mkdtemp()); (d / "agents").mkdir()
+app = create_app(Settings(_env_file=None, data_dir=d / "data", agents_dir=d / "agents"))
+listener = Listener()
+async def main():
+    async with app.router.lifespan_context(app):
+        client = ChunkValidatingAsyncOpenAI(api_key="k", base_url=listener.url + "/v1",
+                                            http_client=app.state.runtime.http_pool)
+        before = set(sys.modules)
+        stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        print("reply", text == REPLY, "imported", sorted(set(sys.modules) - before))
+asyncio.run(main())
+listener.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reply True imported []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

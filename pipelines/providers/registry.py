@@ -124,6 +124,9 @@ def import_all() -> None:
     tls_context()
     # httpx imports its transport (~20 ms) at its first client: the Deepgram SDK's for a call, a webhook's, a tool's.
     importlib.import_module("httpcore")
+    # The first request through a real pool (warm_up's is answered in-process) imported anyio's asyncio backend, for
+    # the pool's events: ~10 ms on the loop, under a worker's first turn (tests/test_first_request.py).
+    importlib.import_module("anyio._backends._asyncio")
     warm_up()
 
 
