@@ -217,35 +217,6 @@ async def test_frames_sent_before_the_handshakes_answer_leave_the_parser_where_i
     assert opened[0]._road is (early == len(media(0))), early
 
 
-async def test_the_socket_pauses_only_when_the_app_falls_a_second_behind():
-    """HIGH_WATER: messages the app has not read yet pause reading at 50, not after each one as uvicorn does."""
-    pauses: list[int] = []
-
-    async def app(scope, receive, send):
-        await receive()
-        await send({"type": "websocket.accept"})
-        await asyncio.sleep(3600)  # never reads
-
-    config = uvicorn.Config(app, ws_per_message_deflate=False, ws_ping_interval=None, lifespan="off",
-                            log_level="critical")
-    config.load()
-    protocol = MediaStreamProtocol(config=config, server_state=ServerState(), app_state={})
-    transport = Transport()
-    transport.protocol = protocol
-    transport.pause_reading = lambda: pauses.append(protocol.queue.qsize())
-    protocol.connection_made(transport)
-    client = ClientProtocol(parse_uri("ws://test/stream"))
-    client.send_request(client.connect())
-    protocol.data_received(b"".join(client.data_to_send()))
-    while not protocol.handshake_complete:
-        await asyncio.sleep(0)
-    for n in range(HIGH_WATER + 5):
-        protocol.data_received(media(n))
-    assert pauses == [HIGH_WATER]
-    transport.close()
-    await asyncio.sleep(0)
-
-
 async def _opened(app, transport: Transport) -> MediaStreamProtocol:
     config = uvicorn.Config(app, ws_per_message_deflate=False, ws_ping_interval=None, lifespan="off",
                             log_level="critical")
@@ -259,6 +230,25 @@ async def _opened(app, transport: Transport) -> MediaStreamProtocol:
     while not protocol.handshake_complete:
         await asyncio.sleep(0)
     return protocol
+
+
+async def test_the_socket_pauses_only_when_the_app_falls_a_second_behind():
+    """HIGH_WATER: messages the app has not read yet pause reading at 50, not after each one as uvicorn does."""
+    pauses: list[int] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(3600)  # never reads
+
+    transport = Transport()
+    transport.pause_reading = lambda: pauses.append(transport.protocol.queue.qsize())
+    protocol = await _opened(app, transport)
+    for n in range(HIGH_WATER + 5):
+        protocol.data_received(media(n))
+    assert pauses == [HIGH_WATER]
+    transport.close()
+    await asyncio.sleep(0)
 
 
 async def _settle() -> None:
