@@ -17,23 +17,23 @@ logger = logging.getLogger("uvicorn.error")
 
 def run(app, **options) -> None:
     """`uvicorn.run(app, **options)`, listening from the start. `app` is an ASGI app, or an import string with
-    `workers` > 1 (the supervisor then spawns the workers, each on a listening socket of its own: supervisor.py)."""
+    `workers` > 1 (the supervisor then spawns the workers, and hands them the connections: supervisor.py)."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
     config = uvicorn.Config(app, **options)
     if config.workers > 1:
-        from runtime.supervisor import PerWorkerSockets, reuse_port_sockets
+        from runtime.supervisor import Dispatching
 
         try:
-            sockets = reuse_port_sockets(config.host, config.port, config.workers, config.backlog)
+            sock = listening_socket(config)
         except OSError as exc:
             logger.error(f"cannot listen on {config.host}:{config.port}: {exc}")
             sys.exit(STARTUP_FAILURE)
-        host, port = sockets[0].getsockname()[:2]
-        logger.info(f"Uvicorn running on http://{host}:{port}, a socket for each of {config.workers} workers "
-                    "(Press CTRL+C to quit)")
-        PerWorkerSockets(config, sockets=sockets).run()
+        host, port = sock.getsockname()[:2]
+        logger.info(f"Uvicorn running on http://{host}:{port}, each connection handed to the least-loaded of "
+                    f"{config.workers} workers (Press CTRL+C to quit)")
+        Dispatching(config, sock).run()
         return
     sock = listening_socket(config)
     server = uvicorn.Server(config)

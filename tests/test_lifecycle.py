@@ -59,34 +59,35 @@ def _one_server_socket() -> socket.socket:
     return listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0))
 
 
-def _a_worker_socket() -> socket.socket:
-    from runtime.supervisor import reuse_port_sockets
-
-    first, *others = reuse_port_sockets("127.0.0.1", 0, 2, 16)
-    for other in others:
-        other.close()
-    return first
-
-
-@pytest.mark.parametrize("make_socket", [_one_server_socket, _a_worker_socket], ids=["server", "worker"])
 @pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
-def test_connections_to_the_listening_socket_get_tcp_nodelay(loop_factory, make_socket):
+def test_connections_to_the_listening_socket_get_tcp_nodelay(loop_factory):
     """Without TCP_NODELAY, Nagle's algorithm and delayed ACKs held small writes (a media message, a keep-alive
-    response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on. Both the one
-    server's socket and each worker's (`serve --workers`) say IPPROTO_TCP."""
+    response) ~40 ms: uvicorn's own bound socket says protocol 0, and asyncio then leaves Nagle on. The server's
+    socket says IPPROTO_TCP."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_accepted_nodelay(make_socket()))
+        runner.run(_accepted_nodelay(_one_server_socket()))
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_connection_handed_to_a_worker_gets_tcp_nodelay(loop_factory):
+    """`serve --workers`: the parent accepts, passes the descriptor over a socket pair, and the worker serves it
+    with `connect_accepted_socket` (runtime/supervisor.py); that road must set TCP_NODELAY too."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_handed_nodelay(_one_server_socket()))
+
+
+class _Probe(asyncio.Protocol):
+    def __init__(self, accepted: asyncio.Future):
+        self.accepted = accepted
+
+    def connection_made(self, transport):
+        self.accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        transport.close()
 
 
 async def _accepted_nodelay(sock: socket.socket):
     accepted: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    class Probe(asyncio.Protocol):
-        def connection_made(self, transport):
-            accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            transport.close()
-
-    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    server = await asyncio.get_running_loop().create_server(lambda: _Probe(accepted), sock=sock)
     try:
         _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
         assert await asyncio.wait_for(accepted, 5) != 0
@@ -94,6 +95,23 @@ async def _accepted_nodelay(sock: socket.socket):
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _handed_nodelay(listener: socket.socket):
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future = loop.create_future()
+    client = socket.create_connection(listener.getsockname()[:2])
+    parent_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            socket.send_fds(parent_end, [b"c"], [conn.fileno()])
+        _, fds, _, _ = socket.recv_fds(worker_end, 1, 1)
+        await loop.connect_accepted_socket(lambda: _Probe(accepted), socket.socket(fileno=fds[0]))
+        assert await asyncio.wait_for(accepted, 5) != 0
+    finally:
+        for sock in (client, parent_end, worker_end, listener):
+            sock.close()
 
 
 async def test_graceful_shutdown_closes_live_calls_as_server_shutdown(tmp_path):
