@@ -41,7 +41,7 @@ MAX_FDS = 64  # descriptors a worker takes per read
 class Lane:
     """The parent's end of one worker's socket pair, and what it knows of that worker's load."""
 
-    __slots__ = ("sock", "sent", "taken", "open", "ready", "closed")
+    __slots__ = ("closed", "open", "ready", "sent", "sock", "taken")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -236,7 +236,7 @@ class HandedServer(Server):
         config = self.config
         try:
             await asyncio.get_running_loop().connect_accepted_socket(self._protocol, sock, ssl=config.ssl)
-        except (OSError, asyncio.TimeoutError) as exc:  # reset before it was served, a failed TLS handshake
+        except (OSError, TimeoutError) as exc:  # reset before it was served, a failed TLS handshake
             logger.debug(f"a handed connection ended before it was served: {exc}")
             sock.close()
 
