@@ -27,6 +27,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.server import Server
@@ -36,6 +37,8 @@ logger = logging.getLogger("uvicorn.error")
 
 REPORT = struct.Struct("!II")  # worker → parent: connections taken up so far, connections open now
 MAX_FDS = 64  # descriptors a worker takes per read
+ACCEPT_PAUSE_S = 0.1
+REPORT_RETRY_S = 0.05
 
 
 class Lane:
@@ -61,13 +64,14 @@ class Dispatcher:
         listener.setblocking(False)
         self._lanes: list[Lane] = []
         self._lock = threading.Lock()
-        self._stopped = False
+        self._stopped = self._closing = False
         self._next = 0  # where the search for the least-loaded starts: ties go round
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._listening = False
+        self._resume_at = 0.0  # after a failed accept (out of descriptors), when to accept again
         threading.Thread(target=self._run, name="dispatcher", daemon=True).start()
 
     def open_lane(self) -> tuple[Lane, socket.socket]:
@@ -91,6 +95,12 @@ class Dispatcher:
             self._stopped = True
             self._wake_w.send(b"x")
 
+    def close(self) -> None:
+        """Stop, and end the thread (the parent's exit does as much)."""
+        with self._lock:
+            self._stopped = self._closing = True
+            self._wake_w.send(b"x")
+
     def loads(self) -> list[int]:
         with self._lock:
             return [lane.load for lane in self._lanes if lane.ready]
@@ -105,16 +115,29 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            events = self._selector.select()
-            with self._lock:
-                for key, _ in events:
-                    if key.fileobj is self._wake_r:
-                        self._wake_r.recv(64)
-                    elif key.fileobj is self.listener:
-                        self._accept()
-                    elif not key.data.closed:
-                        self._read_reports(key.data)
-                self._listen(not self._stopped and any(lane.ready for lane in self._lanes))
+            pause = self._resume_at - time.monotonic()
+            events = self._selector.select(pause if pause > 0 else None)
+            try:
+                with self._lock:
+                    for key, _ in events:
+                        if key.fileobj is self._wake_r:
+                            self._wake_r.recv(64)
+                        elif key.fileobj is self.listener:
+                            self._accept()
+                        elif not key.data.closed:
+                            self._read_reports(key.data)
+                    self._listen(not self._stopped and time.monotonic() >= self._resume_at
+                                 and any(lane.ready for lane in self._lanes))
+            except Exception:  # the thread is the only way in: it must outlive any one connection's failure
+                logger.exception("the connection dispatcher failed; it goes on")
+            if self._closing:
+                with self._lock:
+                    for lane in list(self._lanes):
+                        self._drop(lane)
+                self._selector.close()
+                self._wake_r.close()
+                self._wake_w.close()
+                return
 
     def _listen(self, on: bool) -> None:
         if on != self._listening:
@@ -145,8 +168,11 @@ class Dispatcher:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, a connection reset in the backlog: the next one may do
-                logger.warning(f"accepting a connection failed: {exc}")
+            except (ConnectionAbortedError, PermissionError):  # reset in the backlog, refused by a firewall rule
+                continue
+            except OSError as exc:  # out of descriptors or memory: the listener stays readable, so wait a little
+                logger.warning(f"accepting a connection failed ({exc}); trying again in {ACCEPT_PAUSE_S} s")
+                self._resume_at = time.monotonic() + ACCEPT_PAUSE_S
                 return
             with conn:
                 self._pass(conn, ready)
@@ -253,7 +279,10 @@ class HandedServer(Server):
         self._report_due = False
         try:
             self._lane.send(REPORT.pack(self._taken, len(self.server_state.connections)))
-        except OSError:  # a full pair (the parent busy) or a closed one: the next change reports the state again
+        except BlockingIOError:  # the parent behind on reading: a stale count would outlast it, so report again
+            self._report_due = True
+            asyncio.get_running_loop().call_later(REPORT_RETRY_S, self._report)
+        except OSError:  # closed: the worker is stopping
             pass
 
 

@@ -4,8 +4,8 @@ A call's audio is a frame every 20 ms through pipecat's processors, all on one e
 the loop itself is the queue (bench/). More processes on more cores carry more calls. What makes that safe:
 
 - **uvicorn's supervisor** spawns the workers, restarts one that dies, and passes SIGTERM on (each worker ends its
-  calls `server_shutdown`, as a single server does). Each worker listens on a socket of its own
-  (runtime/supervisor.py), so that a burst of calls is spread over them.
+  calls `server_shutdown`, as a single server does). The parent listens and hands each connection to the worker
+  holding the fewest (runtime/supervisor.py), so that calls are spread evenly over them.
 - **The parent prepares once** (migrations, agent files) before any worker starts, so no two run Alembic at once.
 - **Stable names**: each worker takes the lowest free slot (a `flock` on `<data_dir>/workers/<port>.<slot>.lock`,
   released by the kernel when the process dies) and serves as `<instance_id>/<slot>`. A worker restarted after a
