@@ -50,6 +50,12 @@ def connect(listener: socket.socket) -> socket.socket:
     return socket.create_connection(listener.getsockname(), timeout=5)
 
 
+def shut(dispatcher: Dispatcher, workers: list[Worker], clients: list[socket.socket]) -> None:
+    dispatcher.close()
+    for end in workers + clients:
+        end.close()
+
+
 def settle(condition, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -70,10 +76,7 @@ def test_nothing_is_passed_before_a_worker_reports_then_it_is(listener):
             client.sendall(b"ping")
             assert conn.recv(4) == b"ping"
     finally:
-        dispatcher.close()
-        worker.close()
-        for client in clients:
-            client.close()
+        shut(dispatcher, [worker], clients)
 
 
 def test_each_connection_goes_to_the_least_loaded_counting_those_not_yet_taken(listener):
@@ -98,11 +101,7 @@ def test_each_connection_goes_to_the_least_loaded_counting_those_not_yet_taken(l
         assert not a.take(timeout=0.3)
         assert b.take() and b.take() and b.take()
     finally:
-        dispatcher.close()
-        a.close()
-        b.close()
-        for client in clients:
-            client.close()
+        shut(dispatcher, [a, b], clients)
 
 
 def test_a_closed_lane_and_a_dead_worker_get_nothing_more(listener):
@@ -120,11 +119,7 @@ def test_a_closed_lane_and_a_dead_worker_get_nothing_more(listener):
         assert all(c.take() for _ in range(3))
         assert socket.recv_fds(a.end, 1, 4)[:2] == (b"", [])  # a's end reads end of file, no connection
     finally:
-        dispatcher.close()
-        a.close()
-        c.close()
-        for client in clients:
-            client.close()
+        shut(dispatcher, [a, c], clients)
 
 
 def test_a_failed_accept_pauses_the_dispatcher_instead_of_spinning_or_dying(listener, caplog):
@@ -150,7 +145,4 @@ def test_a_failed_accept_pauses_the_dispatcher_instead_of_spinning_or_dying(list
         assert OutOfDescriptors.failures == 2
         assert "accepting a connection failed ([Errno 24] Too many open files); trying again in 0.1 s" in caplog.text
     finally:
-        dispatcher.close()
-        worker.close()
-        client.close()
-        failing.close()
+        shut(dispatcher, [worker], [client, failing])
