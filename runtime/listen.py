@@ -22,20 +22,19 @@ def run(app, **options) -> None:
     from uvicorn.config import STARTUP_FAILURE
 
     config = uvicorn.Config(app, **options)
+    try:
+        sock = listening_socket(config)
+    except OSError as exc:
+        logger.error(f"cannot listen on {config.host}:{config.port}: {exc}")
+        sys.exit(STARTUP_FAILURE)
     if config.workers > 1:
         from runtime.supervisor import Dispatching
 
-        try:
-            sock = listening_socket(config)
-        except OSError as exc:
-            logger.error(f"cannot listen on {config.host}:{config.port}: {exc}")
-            sys.exit(STARTUP_FAILURE)
         host, port = sock.getsockname()[:2]
         logger.info(f"Uvicorn running on http://{host}:{port}, each connection handed to the least-loaded of "
                     f"{config.workers} workers (Press CTRL+C to quit)")
         Dispatching(config, sock).run()
         return
-    sock = listening_socket(config)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

@@ -97,9 +97,8 @@ class Dispatcher:
 
     def close(self) -> None:
         """Stop, and end the thread (the parent's exit does as much)."""
-        with self._lock:
-            self._stopped = self._closing = True
-            self._wake_w.send(b"x")
+        self._closing = True
+        self.stop()
 
     def loads(self) -> list[int]:
         with self._lock:
