@@ -223,4 +223,5 @@ def test_voxline_call_plays_a_float_wav(server, speech_wav, tmp_path):
     result = _voxline_call(server, "--wav", str(wav))
     assert result.returncode == 0, result.stdout + result.stderr
     assert any("located" in line.lower() for line in result.stdout.splitlines() if "caller:" in line), result.stdout
-    assert "Main Street" in result.stdout, result.stdout
+    # Whisper hears the reply; its casing varies ("12 main street"), so compare lowered.
+    assert any("main street" in line.lower() for line in result.stdout.splitlines() if "agent :" in line), result.stdout

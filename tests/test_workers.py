@@ -298,7 +298,15 @@ async def test_sigterm_to_the_supervisor_ends_every_workers_calls_as_server_shut
 
 
 def _workers(server: Server) -> set[int]:
-    return {p.pid for p in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())}
+    """The live workers: one that has exited and is not reaped yet (a zombie), or is reaped meanwhile, is not one."""
+    live = set()
+    for child in psutil.Process(server.proc.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                live.add(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            pass
+    return live
 
 
 def test_workers_added_taken_off_and_restarted_while_requests_go_on(pool):
