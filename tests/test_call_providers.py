@@ -27,7 +27,7 @@ LONG_WELCOME = STEADY_WELCOME + " We serve pizza, pasta and salads, and on Sunda
 
 OPENAI_RULES = {"rules": [
     {"keywords": ["located", "where"], "tool_call": {"name": "find_us", "arguments": {"say": "twelve Main Street"}},
-     "after_tool": "We are at {result}."},
+     "after_tool": "We are at twelve Main Street, next to the old cinema."},  # said once the tool has answered
     {"keywords": ["table", "book"], "fault": "server_error"},
 ]}
 REALTIME_RULES = {"rules": [
@@ -155,6 +155,8 @@ async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(
     server, emu, tools = cloud
     asked = emu.running["openai"].emulator.requests
     before = len(asked)
+    synthesized = emu.running["cartesia"].emulator
+    synthesized_before = len(synthesized)
     caller = await dial(server, CLOUD_NUMBER)
     call_id = caller.answer.parameters["call_id"]
     async with caller:
@@ -182,6 +184,12 @@ async def test_a_pipeline_call_through_deepgram_openai_and_cartesia_with_a_tool(
             {"role": "system", "content": "A restaurant host."}], request["messages"]
         assert [t["function"]["name"] for t in request["tools"]] == ["find_us", "end_call"]
     assert turns[-1]["role"] == "assistant" and "twelve Main Street" in turns[-1]["text"]
+    # The reply's first clause went to Cartesia alone, the rest of its sentence after it in the same context.
+    sent = [r for r in synthesized[synthesized_before:] if r["transcript"].strip()]
+    first = next(i for i, r in enumerate(sent) if r["transcript"].strip().startswith("We are at"))
+    assert sent[first]["transcript"].strip() == "We are at twelve Main Street,", sent
+    assert sent[first + 1]["transcript"].strip() == "next to the old cinema.", sent
+    assert sent[first + 1]["context_id"] == sent[first]["context_id"] and sent[first]["continue"], sent
     # What it used and cost, priced from config/prices.yaml: Deepgram minutes of the whole stream, OpenAI tokens
     # (two requests: the tool call and the answer), Cartesia characters, Twilio minutes.
     record = httpx.get(f"{server.url}/api/v1/calls/{call_id}", headers={"x-api-key": server.api_key}).json()

@@ -37,7 +37,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
-from pipelines.turns.first_clause import FirstClauseTextAggregator
+from pipelines.turns.first_clause import FirstClauseSkipTagsAggregator, FirstClauseTextAggregator, speak_first_clause_early
 from pipelines.turns.keypad import KeypadAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
 from runtime import call_observer
@@ -272,8 +272,14 @@ def test_the_vad_pool_is_shared_not_per_call():
     assert shared_vad._VAD_POOL._max_workers == 2
 
 
-async def _aggregate(pieces: list[str]) -> list[str]:
-    aggregator = FirstClauseTextAggregator(aggregation_type=TextType.SENTENCE)
+def _first_clause_aggregator(kind: str):
+    if kind == "plain":
+        return FirstClauseTextAggregator(aggregation_type=TextType.SENTENCE)
+    return FirstClauseSkipTagsAggregator([("<spell>", "</spell>")], aggregation_type=TextType.SENTENCE)
+
+
+async def _aggregate(pieces: list[str], kind: str = "plain") -> list[str]:
+    aggregator = _first_clause_aggregator(kind)
     out = []
     for reply in pieces:
         for token in reply.split(" "):
@@ -284,11 +290,12 @@ async def _aggregate(pieces: list[str]) -> list[str]:
     return out
 
 
-async def test_the_first_clause_of_each_reply_goes_alone():
+@pytest.mark.parametrize("kind", ["plain", "skip_tags"])
+async def test_the_first_clause_of_each_reply_goes_alone(kind):
     said = await _aggregate([
         "We are at twelve Main Street, next to the old cinema, and open daily. It costs 1,000 dollars, really.",
         "Well, sure. Yes, we are open.",
-    ])
+    ], kind)
     assert said == [
         "We are at twelve Main Street,",  # the first clause of the first reply
         "next to the old cinema, and open daily.",
@@ -296,6 +303,40 @@ async def test_the_first_clause_of_each_reply_goes_alone():
         "Well, sure.",  # "Well," is too short to go alone; the next reply starts afresh
         "Yes, we are open.",
     ]
+
+
+async def test_a_first_clause_never_ends_inside_a_spell_tag():
+    """Cartesia's (and Rime's) aggregator keeps `<spell>…</spell>` whole; so does its first clause."""
+    said = await _aggregate(["Your code is <spell>A, B, C</spell>, and it works. See <spell>St. Louis</spell> now."],
+                            "skip_tags")
+    assert said == ["Your code is <spell>A, B, C</spell>,", "and it works.", "See <spell>St. Louis</spell> now."]
+    said = await _aggregate(["Say <spell>Go. Now</spell> twice. Then stop."], "skip_tags")
+    assert said == ["Say <spell>Go. Now</spell> twice.", "Then stop."]
+    # A tag split across tokens is still a tag.
+    aggregator = _first_clause_aggregator("skip_tags")
+    out = [a.text for piece in ["Spell <sp", "ell>X, Y", ", Z</spell>, please", " wait."]
+           async for a in aggregator.aggregate(piece)]
+    assert out + [(await aggregator.flush()).text] == ["Spell <spell>X, Y, Z</spell>,", "please wait."]
+
+
+def test_each_sentence_aggregating_tts_gets_its_first_clause_version():
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+    from pipecat.services.tts_service import TextAggregationMode
+
+    from pipelines.providers.piper import LocalPiperTTSService
+
+    cartesia = CartesiaTTSService(api_key="k", settings=CartesiaTTSService.Settings(voice="v"))
+    speak_first_clause_early(cartesia)
+    assert type(cartesia._text_aggregator) is FirstClauseSkipTagsAggregator
+    assert cartesia._text_aggregator._tags == [("<spell>", "</spell>")]
+    streaming = CartesiaTTSService(api_key="k", settings=CartesiaTTSService.Settings(voice="v"),
+                                   text_aggregation_mode=TextAggregationMode.TOKEN)
+    kept = streaming._text_aggregator
+    speak_first_clause_early(streaming)  # tokens go straight on: nothing to wait for
+    assert streaming._text_aggregator is kept
+    piper = LocalPiperTTSService()
+    speak_first_clause_early(piper)
+    assert type(piper._text_aggregator) is FirstClauseTextAggregator
 
 
 async def test_an_interruption_starts_the_next_reply_afresh():

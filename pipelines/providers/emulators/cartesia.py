@@ -58,8 +58,8 @@ class _Context:
 
 
 class _Session:
-    def __init__(self, ws: ServerConnection, latency: float):
-        self.ws, self.latency = ws, latency
+    def __init__(self, ws: ServerConnection, latency: float, received: list[dict]):
+        self.ws, self.latency, self.received = ws, latency, received
         self.contexts: dict[str, _Context] = {}
 
     async def run(self) -> None:
@@ -97,6 +97,8 @@ class _Session:
             self._drop(context_id)
             await self._error(context_id, problem)
             return
+        self.received.append({"context_id": context_id, "transcript": req.get("transcript") or "",
+                              "continue": bool(req.get("continue", False))})
         ctx = self.contexts.get(context_id)
         if ctx is None or ctx.closed:
             ctx = self.contexts[context_id] = _Context(context_id, req)
@@ -207,8 +209,12 @@ def _invalid(req: dict) -> str | None:
 
 
 async def start(host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0) -> Running:
+    """`Running.emulator`: every accepted generation request, in order ({context_id, transcript, continue}), for
+    tests to see what a client sent."""
+    received: list[dict] = []
+
     async def handler(connection: ServerConnection) -> None:
-        await _Session(connection, latency_ms / 1000).run()
+        await _Session(connection, latency_ms / 1000, received).run()
 
     bound, stop = await start_ws(handler, _process_request, host, port)
-    return Running(f"ws://{url_host(host)}:{bound}/tts/websocket", bound, "VOXLINE_CARTESIA_URL", None, stop)
+    return Running(f"ws://{url_host(host)}:{bound}/tts/websocket", bound, "VOXLINE_CARTESIA_URL", received, stop)
