@@ -118,12 +118,14 @@ def patch(transcript: str, audio_cache: Path | None = None) -> None:
         lambda text, rate: cached_audio(audio_cache, f"piper|{rate}|{text}", lambda: piper(text, rate)))
 
 
-async def serve(provider: str, port: int, latency_ms: int, rules: Path | None, audio_cache: Path | None) -> None:
+async def serve(provider: str, port: int, latency_ms: int, rules: Path | None, audio_cache: Path | None,
+                token_ms: int = 0) -> None:
     # With an audio cache, Piper loads only if a sentence is not in it (a host without Piper replays a cache).
     if provider in ("cartesia", "openai-realtime") and audio_cache is None:
         await local_models.load("piper")
     parsed = emulators.Rules.load(rules) if rules else None
-    running = await emulators.start(provider, host="127.0.0.1", port=port, rules=parsed, latency_ms=latency_ms)
+    running = await emulators.start(provider, host="127.0.0.1", port=port, rules=parsed, latency_ms=latency_ms,
+                                    token_ms=token_ms)
     print(f"{provider} emulator (fast models) listening on {running.url}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -136,13 +138,14 @@ def main() -> None:
     ap.add_argument("provider", choices=("deepgram", "openai", "cartesia"))
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--latency-ms", type=int, default=0)
+    ap.add_argument("--token-ms", type=int, default=0, help="openai: between a streamed reply's chunks")
     ap.add_argument("--rules", type=Path)
     ap.add_argument("--transcript", default="Where are you located?")
     ap.add_argument("--audio-cache", type=Path, help="Piper's sentences kept here as bytes (bench/audio_cache.py)")
     args = ap.parse_args()
     patch(args.transcript, args.audio_cache)
     try:
-        harness_loop.run(serve(args.provider, args.port, args.latency_ms, args.rules, args.audio_cache))
+        harness_loop.run(serve(args.provider, args.port, args.latency_ms, args.rules, args.audio_cache, args.token_ms))
     except KeyboardInterrupt:
         pass
 

@@ -139,8 +139,9 @@ async def amain(args) -> dict:
         "machine": machine(), "goals": GOALS, "config": {
             "targets": targets, "agent": args.agent,
             "baseline_rate": 16000 if args.agent == "local" else args.baseline_rate,
-            "baseline_turn": args.baseline_turn, "providers": args.providers, "latency_ms":
-            args.latency_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread, "hold_s": args.hold,
+            "baseline_turn": args.baseline_turn, "providers": args.providers, "latency_ms": args.latency_ms,
+            "llm_token_ms": args.llm_token_ms, "levels": levels, "turns": args.turns, "spread_s": args.spread,
+            "hold_s": args.hold,
             "barge_in_after_s": args.barge_in_after, "voxline_vad_batch_ms": os.environ.get("VOXLINE_VAD_BATCH_MS"),
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
@@ -152,7 +153,7 @@ async def amain(args) -> dict:
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
     emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus,
-                          audio_cache=args.audio_cache)
+                          audio_cache=args.audio_cache, token_ms=args.llm_token_ms)
     try:
         for name in targets:
             log(f"{name}: starting")
@@ -204,6 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baseline-turn", choices=("silence", "smart"), default="silence",
                     help="the baseline's end of turn: VAD silence + 0.5 s like voxline, or pipecat's smart-turn")
     ap.add_argument("--latency-ms", type=int, default=0, help="emulated provider latency")
+    ap.add_argument("--llm-token-ms", type=int, default=0,
+                    help="the OpenAI emulator's pace between a reply's chunks (default 0: all at once; a real model "
+                         "writes a token every ~10-20 ms, which the first clause of a reply waits for)")
     ap.add_argument("--providers", choices=("fast", "full"), default="fast",
                     help="emulators with cheap models (loudness VAD, fixed transcript, cached Piper), or as shipped "
                          "(Silero + Whisper + Piper on every request: they compete with the server for the CPUs)")

@@ -173,8 +173,9 @@ class Emulators:
     the same emulators with their models swapped for cheap ones (bench/fast_providers.py)."""
 
     def __init__(self, work: Path, latency_ms: int, fast: bool = True, cpus: set[int] | None = None,
-                 audio_cache: Path | None = None):
-        """`audio_cache`: the fast emulators keep Piper's sentences there (bench/audio_cache.py)."""
+                 audio_cache: Path | None = None, token_ms: int = 0):
+        """`audio_cache`: the fast emulators keep Piper's sentences there (bench/audio_cache.py); `token_ms`: the
+        OpenAI emulator's pace between a reply's chunks."""
         self.procs: dict[str, Proc] = {}
         self.urls: dict[str, str] = {}
         rules = work / "openai_rules.json"
@@ -184,6 +185,8 @@ class Emulators:
             launcher = ([str(ROOT / "bench" / "fast_providers.py")] if fast else ["-m", "runtime.cli", "emulate"])
             argv = [sys.executable, *launcher, name, "--port", str(port),
                     "--latency-ms", str(latency_ms)] + (["--rules", str(rules)] if name == "openai" else [])
+            if name == "openai" and token_ms:
+                argv += ["--token-ms", str(token_ms)]
             if fast and audio_cache:
                 argv += ["--audio-cache", str(audio_cache)]
             self.procs[name] = Proc(f"{name} emulator", argv, base_env({"VOXLINE_LOG_LEVEL": "WARNING"}),

@@ -246,6 +246,8 @@ def emulate(
                                       help="YAML/JSON rules: replies (openai, openai-realtime; default: echo) or "
                                            "numbers' outcomes and callee scripts (twilio)"),
     latency_ms: int = typer.Option(0, "--latency-ms", min=0, help="Delay before each first response, in ms"),
+    token_ms: int = typer.Option(0, "--token-ms", min=0,
+                                 help="openai: delay between a streamed reply's chunks, in ms (a real model: ~10-20)"),
 ) -> None:
     """Run a local emulator of a cloud provider's API (its real wire protocol; any non-empty key is accepted)."""
     from pipelines.providers import emulators
@@ -259,6 +261,9 @@ def emulate(
         raise typer.Exit(2)
     if rules is not None and not spec.uses_rules:
         typer.echo(f"error: --rules applies to openai and openai-realtime, not {provider}", err=True)
+        raise typer.Exit(2)
+    if token_ms and provider != "openai":
+        typer.echo(f"error: --token-ms applies to openai, not {provider}", err=True)
         raise typer.Exit(2)
     try:
         parsed = emulators.Rules.load(rules)
@@ -275,7 +280,8 @@ def emulate(
             typer.echo(f"  {line}")
 
     try:
-        asyncio.run(emulators.serve(provider, host=host, port=port, rules=parsed, latency_ms=latency_ms, ready=ready))
+        asyncio.run(emulators.serve(provider, host=host, port=port, rules=parsed, latency_ms=latency_ms, ready=ready,
+                                    token_ms=token_ms))
     except KeyboardInterrupt:
         pass
 

@@ -37,7 +37,11 @@ from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers import vad as shared_vad
 from pipelines.providers.vad import SharedSileroVADAnalyzer
-from pipelines.turns.first_clause import FirstClauseSkipTagsAggregator, FirstClauseTextAggregator, speak_first_clause_early
+from pipelines.turns.first_clause import (
+    FirstClauseSkipTagsAggregator,
+    FirstClauseTextAggregator,
+    speak_first_clause_early,
+)
 from pipelines.turns.keypad import KeypadAggregator
 from pipelines.turns.user_aggregator import aggregator_pair
 from runtime import call_observer

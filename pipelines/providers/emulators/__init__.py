@@ -34,10 +34,15 @@ PROVIDERS = {
 
 
 async def start(provider: str, *, host: str = "127.0.0.1", port: int = 0, rules: Rules | None = None,
-                latency_ms: int = 0) -> Running:
+                latency_ms: int = 0, token_ms: int = 0) -> Running:
+    """`token_ms`: openai's pace between a streamed reply's chunks (ChatEmulator)."""
     spec = PROVIDERS[provider]
     module = importlib.import_module(f"{__name__}.{spec.module}")
     extra = {"rules": rules} if spec.uses_rules else {}
+    if token_ms:
+        if provider != "openai":
+            raise ValueError(f"a token pace applies to openai, not {provider}")
+        extra["token_ms"] = token_ms
     return await module.start(host, port, latency_ms=latency_ms, **extra)
 
 
@@ -53,13 +58,13 @@ def settings_hint(provider: str, running: Running) -> list[str]:
 
 
 async def serve(provider: str, *, host: str, port: int, rules: Rules | None, latency_ms: int,
-                ready: Callable[[Running], None]) -> None:
+                ready: Callable[[Running], None], token_ms: int = 0) -> None:
     """Run until cancelled (Ctrl-C). Models load first, so that the first request is not the slow one."""
     from pipelines.providers import local_models
 
     for name in PROVIDERS[provider].models:
         await local_models.load(name)
-    running = await start(provider, host=host, port=port, rules=rules, latency_ms=latency_ms)
+    running = await start(provider, host=host, port=port, rules=rules, latency_ms=latency_ms, token_ms=token_ms)
     try:
         ready(running)
         await asyncio.Event().wait()

@@ -48,9 +48,12 @@ def _pieces(text: str, size: int | None = None) -> list[str]:
 
 
 class ChatEmulator:
-    def __init__(self, rules: Rules | None = None, *, latency_ms: int = 0):
+    def __init__(self, rules: Rules | None = None, *, latency_ms: int = 0, token_ms: int = 0):
+        """`latency_ms`: before each response; `token_ms`: between a streamed reply's chunks after its first, as a
+        model writes them (a real one: ~10-20 ms a token)."""
         self.rules = rules or Rules()
         self.latency = latency_ms / 1000
+        self.token_pace = token_ms / 1000
         self.faults: deque[str] = deque()
         self.requests: list[dict] = []  # every accepted request body, for tests to inspect
         self.peers: list[tuple[str, int]] = []  # the client address of each, one per connection it came on
@@ -141,7 +144,7 @@ class ChatEmulator:
             await asyncio.sleep(self.latency)
         if fault and (fault != "drop_stream" or not body.get("stream")):
             return fault_response(fault)
-        completion = _Completion(body, decision, messages)
+        completion = _Completion(body, decision, messages, self.token_pace)
         if body.get("stream"):
             return StreamingResponse(completion.chunks(drop=fault == "drop_stream"), media_type="text/event-stream")
         return JSONResponse(completion.whole())
@@ -195,7 +198,8 @@ def _model(name: str) -> dict:
 
 
 class _Completion:
-    def __init__(self, body: dict, decision: Decision, messages: list[dict]):
+    def __init__(self, body: dict, decision: Decision, messages: list[dict], token_pace: float = 0.0):
+        self.token_pace = token_pace
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
         self.model = body["model"]
@@ -246,7 +250,8 @@ class _Completion:
         for i, delta in enumerate(deltas):
             if drop and i >= min(2, len(deltas) // 2):
                 raise StreamDropped("emulated fault: stream dropped mid-way")
-            await asyncio.sleep(0)  # let each chunk go out on its own, as a token stream does
+            # Each chunk goes out on its own, as a token stream does; the first with the response's start.
+            await asyncio.sleep(self.token_pace if i else 0)
             yield self._chunk(delta)
         if drop:
             raise StreamDropped("emulated fault: stream dropped mid-way")
@@ -257,7 +262,8 @@ class _Completion:
         yield b"data: [DONE]\n\n"
 
 
-async def start(host: str = "127.0.0.1", port: int = 0, *, rules: Rules | None = None, latency_ms: int = 0) -> Running:
-    emulator = ChatEmulator(rules, latency_ms=latency_ms)
+async def start(host: str = "127.0.0.1", port: int = 0, *, rules: Rules | None = None, latency_ms: int = 0,
+                token_ms: int = 0) -> Running:
+    emulator = ChatEmulator(rules, latency_ms=latency_ms, token_ms=token_ms)
     bound, stop = await start_asgi(emulator.app(), host, port)
     return Running(f"http://{url_host(host)}:{bound}/v1", bound, "VOXLINE_OPENAI_BASE_URL", emulator, stop)
