@@ -38,6 +38,7 @@ from pipecat.tests.utils import run_test
 from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers.deepgram import QuietBatchingDeepgramSTT
+from pipelines.providers import emulators
 from pipelines.providers.emulators import cartesia, deepgram, openai_chat, openai_realtime
 from pipelines.providers.emulators import audio as emulator_audio
 from pipelines.providers.emulators.rules import Rules
@@ -311,6 +312,22 @@ async def test_openai_latency_delays_the_first_chunk():
         async for _ in stream:
             break
         assert time.monotonic() - began >= 0.3
+
+
+async def test_openai_token_pace_spaces_the_chunks_after_the_first():
+    said = "one two three four five six"
+    async with await openai_chat.start(token_ms=60) as emulator:
+        client = openai.AsyncOpenAI(api_key="test-key", base_url=emulator.url, max_retries=0)
+        began = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": said}])
+        arrived = [(time.monotonic() - began, c.choices[0].delta.content) async for c in stream
+                   if c.choices and c.choices[0].delta.content]
+    assert "".join(text for _, text in arrived) == f"You said: {said}"  # the echo rule, a word a chunk
+    # The last word cannot come before the emulator has waited between every two chunks since the first.
+    assert arrived[-1][0] >= 0.06 * (len(arrived) - 1), arrived
+    with pytest.raises(ValueError, match="openai, not cartesia"):
+        await emulators.start("cartesia", token_ms=10)
 
 
 async def test_openai_pipecat_llm_service_speaks_the_reply():
