@@ -1,10 +1,10 @@
 """Cartesia TTS emulator: WebSocket `/tts/websocket`, spoken by the bundled Piper voice.
 
 Point voxline at it with `VOXLINE_CARTESIA_URL=ws://HOST:PORT/tts/websocket`.
-Transcripts of one `context_id` are buffered until a sentence ends (or `continue: false`, or `max_buffer_delay_ms`),
-synthesized in order, resampled to `output_format.sample_rate` and sent as `chunk`s in its encoding, with
-`timestamps` (spread over the audio by word length) when `add_timestamps` is set, then `done` once the context
-is closed with `continue: false`. `{"context_id", "cancel": true}` stops a context without another word.
+Transcripts of one `context_id` are buffered until a sentence ends (or `continue: false`, or `max_buffer_delay_ms`;
+with 0, not at all), synthesized in order, resampled to `output_format.sample_rate` and sent as `chunk`s in its
+encoding, with `timestamps` (spread over the audio by word length) when `add_timestamps` is set, then `done` once
+the context is closed with `continue: false`. `{"context_id", "cancel": true}` stops a context without another word.
 """
 
 from __future__ import annotations
@@ -116,7 +116,12 @@ class _Session:
         elif ctx.text.strip() and ctx.timer is None:
             delay = req.get("max_buffer_delay_ms")
             delay = 3000 if delay is None else delay
-            ctx.timer = asyncio.get_running_loop().call_later(delay / 1000, self._release, ctx)
+            if delay == 0:
+                # 0 turns the server's buffering off: each submission is generated as it comes, never joined to the
+                # next one (which a timer of 0 would do when both arrive in one read).
+                self._release(ctx)
+            else:
+                ctx.timer = asyncio.get_running_loop().call_later(delay / 1000, self._release, ctx)
 
     def _drop(self, context_id: str) -> None:
         ctx = self.contexts.pop(context_id, None)
