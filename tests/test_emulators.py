@@ -403,6 +403,29 @@ async def test_cartesia_pipecat_service_produces_audio_at_the_requested_rate(rat
     assert any(isinstance(f, TTSStoppedFrame) for f in down) and not any(isinstance(f, ErrorFrame) for f in down)
 
 
+async def test_cartesia_without_buffering_speaks_each_submission_alone():
+    """max_buffer_delay_ms 0 (pipecat's setting when it sends whole sentences or clauses): each transcript is
+    generated as it comes, even when the next one is already there; the default buffer joins them into a sentence."""
+    async with await cartesia.start() as emulator:
+        async with websockets.connect(emulator.url + "?api_key=test-key&cartesia_version=2026-03-01") as ws:
+            base = {"model_id": "sonic-2", "voice": {"mode": "id", "id": CARTESIA_VOICE}, "add_timestamps": True,
+                    "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 8000}}
+            for context, buffer in (("unbuffered", {"max_buffer_delay_ms": 0}), ("buffered", {})):
+                await ws.send(json.dumps({**base, **buffer, "context_id": context, "transcript": "We are at twelve "
+                                          "Main Street,", "continue": True}))
+                await ws.send(json.dumps({**base, **buffer, "context_id": context,
+                                          "transcript": " next to the cinema.", "continue": True}))
+                await ws.send(json.dumps({**base, **buffer, "context_id": context, "transcript": "",
+                                          "continue": False}))
+            messages = []
+            while sum(m["type"] == "done" for m in messages) < 2:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+    spoken = {c: [m["word_timestamps"]["words"] for m in messages if m["type"] == "timestamps" and m["context_id"] == c]
+              for c in ("unbuffered", "buffered")}
+    assert spoken["unbuffered"] == [["We", "are", "at", "twelve", "Main", "Street,"], ["next", "to", "the", "cinema."]]
+    assert spoken["buffered"] == [["We", "are", "at", "twelve", "Main", "Street,", "next", "to", "the", "cinema."]]
+
+
 async def test_cartesia_mulaw_contexts_cancel_and_errors():
     async with await cartesia.start() as emulator:
         async with websockets.connect(emulator.url + "?api_key=test-key&cartesia_version=2026-03-01") as ws:
