@@ -14,8 +14,8 @@ code runs (same protocol, same messages, same `--latency-ms`), with three swaps:
   Deepgram punctuates it when asked (pipecat's Deepgram service asks); the emulator strips the punctuation when a
   client does not ask. Until this round the line had no punctuation, which no punctuating Deepgram returns, so
   voxline's sentence-end turn rule never fired in the cloud rows;
-- Piper's output is cached per (sentence, rate): the first synthesis of a sentence is real, repeats are the same
-  bytes at once, like a provider with zero latency. With `--audio-cache DIR` the bytes are also kept in DIR, and a
+- Piper's output is cached per (sentence, rate): the first synthesis of a sentence is real (once, however many
+  calls ask for it meanwhile), repeats are the same bytes at once, like a provider with zero latency. With `--audio-cache DIR` the bytes are also kept in DIR, and a
   host without Piper replays them.
 """
 
@@ -114,8 +114,23 @@ def patch(transcript: str, audio_cache: Path | None = None) -> None:
     audio.Segmenter = LoudnessSegmenter
     audio.transcribe = lambda pcm, rate: transcript if len(pcm) >= rate // 5 else ""
     piper = audio.synthesize
-    audio.synthesize = functools.lru_cache(maxsize=512)(
+    audio.synthesize = synthesize = functools.lru_cache(maxsize=512)(
         lambda text, rate: cached_audio(audio_cache, f"piper|{rate}|{text}", lambda: piper(text, rate)))
+    run_inference = local_models.run_inference
+    made: dict[tuple, asyncio.Future] = {}
+
+    async def run_once(fn, *args):
+        """A sentence is synthesized once however many calls ask for it at the same time, and once made it comes
+        back at once: otherwise 80 calls meeting a new sentence together queued 80 Piper runs on the emulator's two
+        threads, and every call's cached sentences waited behind them (a zero-latency provider has no such queue)."""
+        if fn is not synthesize:
+            return await run_inference(fn, *args)
+        future = made.get(args)
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+            future = made[args] = asyncio.ensure_future(run_inference(fn, *args))
+        return await asyncio.shield(future)  # a caller cancelled (a barge-in) leaves it to the others
+
+    local_models.run_inference = run_once
 
 
 async def serve(provider: str, port: int, latency_ms: int, rules: Path | None, audio_cache: Path | None,
