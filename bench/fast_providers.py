@@ -15,8 +15,8 @@ code runs (same protocol, same messages, same `--latency-ms`), with three swaps:
   client does not ask. Until this round the line had no punctuation, which no punctuating Deepgram returns, so
   voxline's sentence-end turn rule never fired in the cloud rows;
 - Piper's output is cached per (sentence, rate): the first synthesis of a sentence is real (once, however many
-  calls ask for it meanwhile), repeats are the same bytes at once, like a provider with zero latency. With `--audio-cache DIR` the bytes are also kept in DIR, and a
-  host without Piper replays them.
+  calls ask for it meanwhile), repeats are the same bytes at once, like a provider with zero latency. With
+  `--audio-cache DIR` the bytes are also kept in DIR, and a host without Piper replays them.
 """
 
 from __future__ import annotations
