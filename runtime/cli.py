@@ -262,8 +262,8 @@ def emulate(
     if rules is not None and not spec.uses_rules:
         typer.echo(f"error: --rules applies to openai and openai-realtime, not {provider}", err=True)
         raise typer.Exit(2)
-    if token_ms and provider != "openai":
-        typer.echo(f"error: --token-ms applies to openai, not {provider}", err=True)
+    if token_ms and provider != emulators.TOKEN_PACED:
+        typer.echo(f"error: --token-ms applies to {emulators.TOKEN_PACED}, not {provider}", err=True)
         raise typer.Exit(2)
     try:
         parsed = emulators.Rules.load(rules)

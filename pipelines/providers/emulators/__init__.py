@@ -33,6 +33,9 @@ PROVIDERS = {
 }
 
 
+TOKEN_PACED = "openai"  # the one emulator that streams a reply's chunks, so the one `token_ms` applies to
+
+
 async def start(provider: str, *, host: str = "127.0.0.1", port: int = 0, rules: Rules | None = None,
                 latency_ms: int = 0, token_ms: int = 0) -> Running:
     """`token_ms`: openai's pace between a streamed reply's chunks (ChatEmulator)."""
@@ -40,8 +43,8 @@ async def start(provider: str, *, host: str = "127.0.0.1", port: int = 0, rules:
     module = importlib.import_module(f"{__name__}.{spec.module}")
     extra = {"rules": rules} if spec.uses_rules else {}
     if token_ms:
-        if provider != "openai":
-            raise ValueError(f"a token pace applies to openai, not {provider}")
+        if provider != TOKEN_PACED:
+            raise ValueError(f"a token pace applies to {TOKEN_PACED}, not {provider}")
         extra["token_ms"] = token_ms
     return await module.start(host, port, latency_ms=latency_ms, **extra)
 
