@@ -5,8 +5,11 @@
     .venv/bin/python bench/loop_busy.py /tmp/lb [--match "cli.py serve"] [--busy-over 45]
 
 For each process whose command line contains `--match`: the loop's busy share for every second of the run, the
-garbage collector's pauses (each of 10 ms or more at its second of the run), and the shares of the busy time by task over the last stretch of seconds busier than
-`--busy-over` percent (in a load run: the talk burst; the connect burst comes before it), or over `--seconds A-B`.
+garbage collector's pauses (each of 10 ms or more at its second of the run), and the shares of the busy time by
+task over the last stretch of seconds busier than `--busy-over` percent (in a load run: the talk burst; the connect
+burst comes before it), or over `--seconds A-B`, with each task's steps (callbacks run) and time per step. With
+`LOOP_BUSY_CPU=1` on the run, the times are the loop thread's CPU time rather than wall time (see the
+sitecustomize), and `--per N` divides them by N (the calls of a load run) to give each task's cost per call.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def burst(per_second: dict[int, float], over_ms: float) -> list[int]:
     return runs[-1] if runs else []
 
 
-def report(path: Path, match: str, busy_over: float, seconds: tuple[int, int] | None = None) -> str:
+def report(path: Path, match: str, busy_over: float, seconds: tuple[int, int] | None = None, per: int = 0) -> str:
     lines = []
     for file in sorted(path.glob("*.json")):
         data = json.loads(file.read_text())
@@ -55,12 +58,24 @@ def report(path: Path, match: str, busy_over: float, seconds: tuple[int, int] | 
             lines.append(f"no second busier than {busy_over:g} %")
             continue
         shares: dict[str, float] = collections.Counter()
+        steps: dict[str, int] = collections.Counter()
         for second, name, ms in data["busy"]:
             if window[0] <= second <= window[-1]:
                 shares[name] += ms
+        for second, name, count in data.get("steps", []):  # files from before steps were counted have none
+            if window[0] <= second <= window[-1]:
+                steps[name] += count
         total = sum(shares.values())
-        lines.append(f"seconds {window[0] - first}–{window[-1] - first}: {total:.0f} ms busy; by task:")
-        lines += [f"  {ms / total * 100:5.1f} %  {ms:7.0f} ms  {name}" for name, ms in shares.most_common(15)]
+        what = "ms of the loop thread's CPU" if data.get("clock") == "cpu" else "ms busy"
+        lines.append(f"seconds {window[0] - first}–{window[-1] - first}: {total:.0f} {what}"
+                     + (f" ({total / per:.1f} ms per call of {per})" if per else "") + "; by task:")
+        for name, ms in shares.most_common(20 if per else 15):
+            line = f"  {ms / total * 100:5.1f} %  {ms:7.0f} ms"
+            if per:
+                line += f"  {ms / per:6.2f} ms/call"
+            if steps[name]:
+                line += f"  {steps[name]:7d} steps  {ms / steps[name] * 1000:6.1f} µs/step"
+            lines.append(f"{line}  {name}")
     return "\n".join(lines) or f"no process matching {match!r} in {path}"
 
 
@@ -72,6 +87,8 @@ if __name__ == "__main__":
     ap.add_argument("--busy-over", type=float, default=45.0, metavar="PCT")
     ap.add_argument("--seconds", default=None, metavar="A-B",
                     help="report these seconds of the run instead (e.g. the silent hold: see the busy %% line)")
+    ap.add_argument("--per", type=int, default=0, metavar="N",
+                    help="also divide each task's time by N (the run's calls): its cost per call")
     args = ap.parse_args()
     seconds = tuple(int(x) for x in args.seconds.split("-")) if args.seconds else None
-    print(report(args.dir, args.match, args.busy_over, seconds))
+    print(report(args.dir, args.match, args.busy_over, seconds, args.per))

@@ -172,6 +172,57 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work
 
 
+def _task_line(report: str, task: str) -> str:
+    return next(line for line in report.splitlines() if line.endswith(f" {task}"))
+
+
+def _ms(line: str) -> float:
+    return float(line.split("%")[1].split("ms")[0])
+
+
+@pytest.mark.parametrize("cpu_clock", [False, True])
+def test_loop_busy_on_the_cpu_clock_leaves_out_what_the_thread_did_not_run(tmp_path, cpu_clock):
+    """With LOOP_BUSY_CPU=1 a step is timed on the thread's CPU clock: a step that holds the loop without running
+    (here a blocking sleep; on a full box, the thread preempted) counts on the wall clock only. Steps are counted
+    either way, and `--per` gives each task's cost per call."""
+    program = tmp_path / "two_tasks.py"
+    program.write_text(
+        "import asyncio, time\n"
+        "async def crunch():\n"
+        "    for _ in range(10):\n"
+        "        t = time.thread_time()\n"
+        "        while time.thread_time() - t < 0.03:\n"
+        "            pass\n"
+        "        await asyncio.sleep(0.01)\n"
+        "async def doze():\n"
+        "    for _ in range(10):\n"
+        "        time.sleep(0.03)\n"
+        "        await asyncio.sleep(0.01)\n"
+        "async def main():\n"
+        "    await asyncio.gather(asyncio.create_task(crunch(), name='Crunching#1'),\n"
+        "                         asyncio.create_task(doze(), name='Dozing#2'))\n"
+        "    await asyncio.sleep(2.5)\n"
+        "asyncio.run(main())\n")
+    if cpu_clock:
+        os.environ["LOOP_BUSY_CPU"] = "1"
+    try:
+        out = _run_under("loop_busy", "LOOP_BUSY_OUT", program, tmp_path / "lb")
+    finally:
+        os.environ.pop("LOOP_BUSY_CPU", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loop_busy.py"), str(out), "--match", "two_tasks.py",
+                           "--busy-over", "5", "--per", "2"], capture_output=True, text=True, timeout=60, check=True)
+    crunching, dozing = _task_line(proc.stdout, "Crunching"), _task_line(proc.stdout, "Dozing")
+    assert 250 <= _ms(crunching) <= 900, proc.stdout  # 10 × 30 ms of CPU on either clock
+    if cpu_clock:
+        assert "ms of the loop thread's CPU (" in proc.stdout and _ms(dozing) < 60, proc.stdout
+    else:
+        assert " ms busy (" in proc.stdout and _ms(dozing) >= 250, proc.stdout  # 10 × 30 ms asleep on the loop
+    steps = re.search(r"ms/call\s+(\d+) steps\s+([\d.]+) µs/step", crunching)
+    assert steps and 10 <= int(steps[1]) <= 12, crunching  # a step per sleep, and the first and last
+    # the total is printed to the millisecond, the cost per call to the hundredth
+    assert float(crunching.split("ms/call")[0].split("ms")[-1]) == pytest.approx(_ms(crunching) / 2, abs=0.26)
+
+
 @pytest.mark.parametrize("express", [False, True])
 def test_frame_census_counts_the_frames_processors_take_in(tmp_path, express):
     """bench/frame_census: the sitecustomize counts each frame a processor takes in, by type and direction; with

@@ -8,6 +8,13 @@ every 2 s; `bench/loop_busy.py DIR` reads them. For finding what a burst of call
 py-spy on this VM sampled threads blocked on a queue as busy, and cannot say which processor a task serves.
 The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's; and the
 server runs on asyncio's own loop then, not on uvloop (whose callbacks are out of reach), which costs ~5 % more.
+
+Each callback is timed on the wall clock by default: how long it held the loop, which is what every other call
+waited. On a box whose cores are full that includes the time the loop's thread sat preempted (by the other worker,
+the load generator, a model's thread), which falls on whatever task was running. With `LOOP_BUSY_CPU=1` each is
+timed on the thread's CPU clock instead (`time.thread_time`): what each task costs, for finding what to make
+cheaper, and comparable from one run to the next. The number of steps per task is kept either way, so the report
+can give each one's cost per step.
 """
 
 import os
@@ -26,9 +33,12 @@ if os.environ.get("LOOP_BUSY_OUT"):
 
     _out = os.environ["LOOP_BUSY_OUT"]
     _busy: collections.Counter = collections.Counter()  # (unix second, task name) -> ms
+    _steps: collections.Counter = collections.Counter()  # (unix second, task name) -> callbacks run
     _gc: dict = collections.defaultdict(lambda: [0, 0.0, 0.0])  # generation -> [count, total ms, max ms]
     _run = asyncio.events.Handle._run
     _clock = time.perf_counter
+    _cpu_clock = bool(os.environ.get("LOOP_BUSY_CPU"))
+    _step_clock = time.thread_time if _cpu_clock else time.perf_counter
 
     def _name(handle) -> str:
         task = getattr(handle._callback, "__self__", None)
@@ -38,9 +48,12 @@ if os.environ.get("LOOP_BUSY_OUT"):
         return getattr(handle._callback, "__qualname__", "callback")
 
     def _timed_run(self):
-        t = _clock()
+        t = _step_clock()
         _run(self)
-        _busy[(int(time.time()), _name(self))] += (_clock() - t) * 1000
+        ms = (_step_clock() - t) * 1000
+        key = (int(time.time()), _name(self))
+        _busy[key] += ms
+        _steps[key] += 1
 
     asyncio.events.Handle._run = _timed_run
     _gc_start = [0.0]
@@ -66,8 +79,9 @@ if os.environ.get("LOOP_BUSY_OUT"):
             time.sleep(2)
             try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
                 busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
-                data = {"argv": sys.argv, "busy": busy, "gc": {str(k): v for k, v in list(_gc.items())},
-                        "gc_long": list(_gc_long)}
+                steps = [[s, n, count] for (s, n), count in list(_steps.items())]
+                data = {"argv": sys.argv, "clock": "cpu" if _cpu_clock else "wall", "busy": busy, "steps": steps,
+                        "gc": {str(k): v for k, v in list(_gc.items())}, "gc_long": list(_gc_long)}
             except RuntimeError:
                 continue
             tmp = f"{_out}/{os.getpid()}.json.tmp"
