@@ -223,6 +223,36 @@ def test_loop_busy_on_the_cpu_clock_leaves_out_what_the_thread_did_not_run(tmp_p
     assert float(crunching.split("ms/call")[0].split("ms")[-1]) == pytest.approx(_ms(crunching) / 2, abs=0.26)
 
 
+def test_cpu_split_gives_each_benchmark_threads_cpu_second_by_second(tmp_path):
+    """bench/cpu_split.py: a stand-in load generator (a script at bench/load.py) spins one thread for ~1.5 s while
+    its main thread sleeps; the rows give that thread's CPU under the generator's role, and the exit status passes."""
+    fake = tmp_path / "bench" / "load.py"
+    fake.parent.mkdir()
+    fake.write_text(
+        "import sys, threading, time\n"
+        "def spin():\n"
+        "    t = time.thread_time()\n"
+        "    while time.thread_time() - t < 1.5:\n"
+        "        pass\n"
+        "worker = threading.Thread(target=spin)\n"
+        "worker.start()\n"
+        "worker.join()\n"
+        "time.sleep(0.5)\n"
+        "sys.exit(3)\n")
+    out = tmp_path / "split.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_split.py"), "--every", "0.5", "--out", str(out),
+                           "--", sys.executable, str(fake)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    spun = sum(ticks for row in rows for label, ticks in row["threads"].items()
+               if label.startswith("generator:") and label != "generator:main")
+    slept = sum(row["threads"].get("generator:main", 0) for row in rows)
+    tick = os.sysconf("SC_CLK_TCK")
+    assert 1.2 * tick <= spun <= 2.5 * tick and slept < 0.5 * tick, rows  # all 1.5 s, its first half-second too
+    assert all(set(row["box"]) >= {"idle", "system", "user"} for row in rows), rows
+    assert "idle" in proc.stdout and "generator:" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("express", [False, True])
 def test_frame_census_counts_the_frames_processors_take_in(tmp_path, express):
     """bench/frame_census: the sitecustomize counts each frame a processor takes in, by type and direction; with
