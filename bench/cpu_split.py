@@ -1,29 +1,29 @@
 """Who had the cores, second by second, while a command ran: the box's idle and system time, and the CPU of every
-thread of the benchmark's processes under it (the server's workers, the load generator, the emulators), from /proc.
+thread of the benchmark's processes under it (the server's workers, the load generator, the emulators).
 
     .venv/bin/python bench/cpu_split.py [--out FILE.json] -- .venv/bin/python bench/load.py --target voxline \\
         --calls 80 --turns 1 --hold 8 --workers 2 --harness-nice 19 --no-plots --quiet --out /tmp/r
 
 `bench/load.py` gives each process's CPU averaged over a phase; a talk burst's peak is a few seconds of it, and
 what decides the latency there is who had the two cores in those seconds. Threads are named by process role and
-thread: "worker:main" is every server worker's event loop thread together, and "worker:python" their other threads
-(the VAD's, SQLite's: Python does not name its threads for the OS). Linux only. Figures, never assertions.
+thread: "worker:main" is every server worker's event loop thread together, and "worker:threads" their other threads
+(the VAD's, SQLite's). Needs psutil (the bench extras). Figures, never assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
+
 # A process's role, from its command line (the first match wins).
 ROLES = (("multiprocessing-fork", "worker"), ("runtime.cli serve", "server"), ("runtime/cli.py serve", "server"),
          ("fast_providers.py", "emulator"), ("emulate", "emulator"), ("bench/load.py", "generator"))
-STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 def role(cmdline: str) -> str | None:
@@ -38,71 +38,46 @@ def role(cmdline: str) -> str | None:
     return None
 
 
-def box_ticks() -> list[int]:
-    with open("/proc/stat") as f:
-        return [int(x) for x in f.readline().split()[1:1 + len(STAT_FIELDS)]]
-
-
-def descendants(root: int) -> set[str]:
-    """`root` and every process under it (the command's server, workers and emulators), as /proc names."""
-    children: dict[str, list[str]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def thread_seconds(root: psutil.Process) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, thread id) -> (role:main or role:threads, CPU seconds so far) for every thread of the processes under
+    `root` (itself included) that have a role."""
+    out: dict[tuple[int, int], tuple[str, float]] = {}
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                children.setdefault(f.read().rsplit(")", 1)[1].split()[1], []).append(pid)
-        except OSError:
+            name = role(" ".join(proc.cmdline()))
+            threads = proc.threads() if name else []
+        except psutil.Error:
             continue
-    found, todo = set(), [str(root)]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def thread_ticks(root: int) -> dict[tuple[str, str], tuple[str, int]]:
-    """(pid, tid) -> (role:thread name, user + system ticks so far) for every thread of a process with a role under
-    `root`."""
-    out: dict[tuple[str, str], tuple[str, int]] = {}
-    for pid in descendants(root):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                name = role(f.read().replace(b"\0", b" ").decode(errors="replace"))
-            if name is None:
-                continue
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            label = f"{name}:{'main' if tid == pid else comm}"
-            out[(pid, tid)] = (label, int(fields[11]) + int(fields[12]))  # utime, stime
+        for thread in threads:
+            label = f"{name}:{'main' if thread.id == proc.pid else 'threads'}"
+            out[(proc.pid, thread.id)] = (label, thread.user_time + thread.system_time)
     return out
 
 
 def sample(command: list[str], every: float = 1.0) -> tuple[int, list[dict]]:
-    """Run `command`, sampling every `every` s until it exits; its exit status and the per-interval rows (ticks)."""
-    proc = subprocess.Popen(command)
+    """Run `command`, sampling every `every` s until it exits; its exit status and the per-interval rows: the box's
+    time by kind and each label's CPU, in seconds."""
+    popen = subprocess.Popen(command)
+    root = psutil.Process(popen.pid)
     rows: list[dict] = []
-    box, threads, start = box_ticks(), thread_ticks(proc.pid), time.monotonic()
-    while proc.poll() is None:
+    box, threads, start = psutil.cpu_times(), thread_seconds(root), time.monotonic()
+    while popen.poll() is None:
         time.sleep(every)
-        box_now, threads_now = box_ticks(), thread_ticks(proc.pid)
-        by_label: dict[str, int] = {}
-        for key, (label, ticks) in threads_now.items():
-            grew = ticks - threads.get(key, (label, 0))[1]  # a thread new since the last sample: all of its CPU
-            if grew:
-                by_label[label] = by_label.get(label, 0) + grew
-        rows.append({"second": round(time.monotonic() - start), "box": dict(zip(STAT_FIELDS, (
-            a - b for a, b in zip(box_now, box)))), "threads": by_label})
+        box_now, threads_now = psutil.cpu_times(), thread_seconds(root)
+        by_label: dict[str, float] = {}
+        for key, (label, secs) in threads_now.items():
+            grew = secs - threads.get(key, (label, 0.0))[1]  # a thread new since the last sample: all of its CPU
+            if grew > 0:
+                by_label[label] = round(by_label.get(label, 0.0) + grew, 3)
+        rows.append({"second": round(time.monotonic() - start),
+                     "box": {kind: round(getattr(box_now, kind) - getattr(box, kind), 3) for kind in box._fields},
+                     "threads": by_label})
         box, threads = box_now, threads_now
-    return proc.returncode, rows
+    return popen.returncode, rows
 
 
 def table(rows: list[dict], top: int = 6) -> str:
@@ -112,10 +87,9 @@ def table(rows: list[dict], top: int = 6) -> str:
         busiest = sorted(row["threads"].items(), key=lambda kv: -kv[1])[:top]
         lines.append(f"{row['second']:4d}s  idle {100 * box['idle'] / total:3.0f} %"
                      f"  system {100 * box['system'] / total:3.0f} %"
-                     "  | " + ", ".join(f"{label} {ticks}" for label, ticks in busiest))
-    tick = os.sysconf("SC_CLK_TCK")
-    return (f"per second: the box's idle and system share, then each thread's CPU in ticks ({tick} a second is one "
-            "core)\n" + "\n".join(lines))
+                     "  | " + ", ".join(f"{label} {secs:.2f}" for label, secs in busiest))
+    return ("per interval: the box's idle and system share of its time, then each role's threads' CPU in seconds "
+            "(1.00 a second is one core)\n" + "\n".join(lines))
 
 
 def main() -> int:

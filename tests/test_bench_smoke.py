@@ -244,13 +244,11 @@ def test_cpu_split_gives_each_benchmark_threads_cpu_second_by_second(tmp_path):
                            "--", sys.executable, str(fake)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())
-    spun = sum(ticks for row in rows for label, ticks in row["threads"].items()
-               if label.startswith("generator:") and label != "generator:main")
+    spun = sum(row["threads"].get("generator:threads", 0) for row in rows)
     slept = sum(row["threads"].get("generator:main", 0) for row in rows)
-    tick = os.sysconf("SC_CLK_TCK")
-    assert 1.2 * tick <= spun <= 2.5 * tick and slept < 0.5 * tick, rows  # all 1.5 s, its first half-second too
+    assert 1.2 <= spun <= 2.5 and slept < 0.5, rows  # all 1.5 s of it, its first half-second too
     assert all(set(row["box"]) >= {"idle", "system", "user"} for row in rows), rows
-    assert "idle" in proc.stdout and "generator:" in proc.stdout, proc.stdout
+    assert "idle" in proc.stdout and "generator:threads" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("express", [False, True])
