@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     stall_warn_ms: float | None = Field(default=None, gt=0, description="Log the stack of whatever blocks the "
                                         "event loop longer than this (every call's audio waits meanwhile)")
     workers: int = Field(default=1, ge=1, le=64, description="Server processes sharing the port (`serve --workers`)")
+    worker_start_timeout_secs: float = Field(
+        default=60.0, gt=0, le=600, description="How long a new worker may take to start (migrations, local models) "
+        "before a rolling restart (SIGHUP to `serve --workers`) gives up on it and keeps the old one")
     vad_batch_ms: float = Field(default=10.0, ge=1.0, le=50.0, description="Silero VAD runs score every call's "
                                 "waiting window together, at most one run this often: longer scores more windows a "
                                 "run (less CPU under load) and lets each wait longer (pipelines/providers/vad.py)")

@@ -15,9 +15,10 @@ import sys
 logger = logging.getLogger("uvicorn.error")
 
 
-def run(app, **options) -> None:
+def run(app, *, worker_start_timeout: float | None = None, **options) -> None:
     """`uvicorn.run(app, **options)`, listening from the start. `app` is an ASGI app, or an import string with
-    `workers` > 1 (the supervisor then spawns the workers, and hands them the connections: supervisor.py)."""
+    `workers` > 1 (the supervisor then spawns the workers, and hands them the connections: supervisor.py), where a
+    new worker of a rolling restart may take `worker_start_timeout` seconds to start."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
@@ -33,7 +34,7 @@ def run(app, **options) -> None:
         host, port = sock.getsockname()[:2]
         logger.info(f"Uvicorn running on http://{host}:{port}, each connection handed to the least-loaded of "
                     f"{config.workers} workers (Press CTRL+C to quit)")
-        Dispatching(config, sock).run()
+        Dispatching(config, sock, start_timeout=worker_start_timeout).run()
         return
     server = uvicorn.Server(config)
     try:

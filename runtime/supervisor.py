@@ -311,11 +311,18 @@ class HandedProcess(Process):
 
 
 class Dispatching(Multiprocess):
-    """uvicorn's supervisor over `HandedProcess` workers, all fed by one `Dispatcher` on `listener`."""
+    """uvicorn's supervisor over `HandedProcess` workers, all fed by one `Dispatcher` on `listener`.
 
-    def __init__(self, config: Config, listener: socket.socket):
+    uvicorn gives a rolling restart's new worker its health check's timeout (5 s) to start, and past it keeps the old
+    worker and abandons the restart. A voxline worker loads its local models and freezes its heap before it is
+    ready: ~2.5 s on an idle 2-core machine, over 5 s on a busy one (a CI run saw 5.2 s), which left half the
+    workers on the old code. Here a new worker gets `start_timeout` (VOXLINE_WORKER_START_TIMEOUT_SECS); the
+    health check proper, a ping a live worker answers from a thread of its own, keeps uvicorn's timeout."""
+
+    def __init__(self, config: Config, listener: socket.socket, *, start_timeout: float | None = None):
         super().__init__(config, sockets=[])
         self.dispatcher = Dispatcher(listener)
+        self.start_timeout = start_timeout if start_timeout is not None else config.timeout_worker_healthcheck
 
     def _worker(self) -> HandedProcess:
         process = HandedProcess(self.config, self.dispatcher)
@@ -340,7 +347,7 @@ class Dispatching(Multiprocess):
             if self.should_exit.is_set():
                 return
             new_process = self._worker()
-            if not new_process.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+            if not new_process.wait_until_ready(self.start_timeout, self.should_exit):
                 self.dispatcher.close_lane(new_process.lane)
                 new_process.kill()
                 new_process.join()

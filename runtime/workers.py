@@ -79,7 +79,8 @@ def serve_workers(settings: Settings, workers: int, options: dict) -> None:
     os.environ.update({"VOXLINE_INSTANCE_ID": settings.instance_id, ENV_WORKERS: str(workers), ENV_PORT: str(port),
                        ENV_FEED_HUB: hub.name, MULTIPROC_ENV: str(_fresh_metrics_dir(settings.data_dir, port))})
     logger.info(f"starting {workers} workers on {options['host']}:{port} as {settings.instance_id}/<slot>")
-    listen.run("runtime.workers:worker_app", factory=True, workers=workers, **options)
+    listen.run("runtime.workers:worker_app", factory=True, workers=workers,
+               worker_start_timeout=settings.worker_start_timeout_secs, **options)
 
 
 def _fresh_metrics_dir(data_dir: Path, port: int) -> Path:
