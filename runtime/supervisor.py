@@ -315,8 +315,8 @@ class Dispatching(Multiprocess):
 
     uvicorn gives a rolling restart's new worker its health check's timeout (5 s) to start, and past it keeps the old
     worker and abandons the restart. A voxline worker loads its local models and freezes its heap before it is
-    ready: ~2.5 s on an idle 2-core machine, over 5 s on a busy one (a CI run saw 5.2 s), which left half the
-    workers on the old code. Here a new worker gets `start_timeout` (VOXLINE_WORKER_START_TIMEOUT_SECS); the
+    ready: 4.5 and 5.2 s for the two new workers of a restart in a CI run on a busy 2-core machine, which left
+    half the workers on the old code. Here a new worker gets `start_timeout` (VOXLINE_WORKER_START_TIMEOUT_SECS); the
     health check proper, a ping a live worker answers from a thread of its own, keeps uvicorn's timeout."""
 
     def __init__(self, config: Config, listener: socket.socket, *, start_timeout: float | None = None):
