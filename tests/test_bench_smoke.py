@@ -149,6 +149,14 @@ def _run_under(tool: str, out_variable: str, program: Path, out: Path, *, checko
     return out
 
 
+def _task_line(report: str, task: str) -> str:
+    return next(line for line in report.splitlines() if line.endswith(f" {task}"))
+
+
+def _ms(line: str) -> float:
+    return float(line.split("%")[1].split("ms")[0])
+
+
 def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     """bench/loop_busy: the sitecustomize times a child process's callbacks by task name; the report reads them."""
     program = tmp_path / "busy_loop.py"
@@ -168,20 +176,11 @@ def test_loop_busy_times_a_processs_event_loop_by_task(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loop_busy.py"), str(out), "--match", "busy_loop.py",
                            "--busy-over", "20"], capture_output=True, text=True, timeout=60, check=True)
     assert "busy % per second" in proc.stdout, proc.stdout
-    crunching = next(line for line in proc.stdout.splitlines() if line.endswith(" Crunching"))
-    assert 500 <= float(crunching.split("%")[1].split("ms")[0]) <= 2000, proc.stdout  # 20 × 40 ms of work
-
-
-def _task_line(report: str, task: str) -> str:
-    return next(line for line in report.splitlines() if line.endswith(f" {task}"))
-
-
-def _ms(line: str) -> float:
-    return float(line.split("%")[1].split("ms")[0])
+    assert 500 <= _ms(_task_line(proc.stdout, "Crunching")) <= 2000, proc.stdout  # 20 × 40 ms of work
 
 
 @pytest.mark.parametrize("cpu_clock", [False, True])
-def test_loop_busy_on_the_cpu_clock_leaves_out_what_the_thread_did_not_run(tmp_path, cpu_clock):
+def test_loop_busy_on_the_cpu_clock_leaves_out_what_the_thread_did_not_run(tmp_path, monkeypatch, cpu_clock):
     """With LOOP_BUSY_CPU=1 a step is timed on the thread's CPU clock: a step that holds the loop without running
     (here a blocking sleep; on a full box, the thread preempted) counts on the wall clock only. Steps are counted
     either way, and `--per` gives each task's cost per call."""
@@ -204,11 +203,10 @@ def test_loop_busy_on_the_cpu_clock_leaves_out_what_the_thread_did_not_run(tmp_p
         "    await asyncio.sleep(2.5)\n"
         "asyncio.run(main())\n")
     if cpu_clock:
-        os.environ["LOOP_BUSY_CPU"] = "1"
-    try:
-        out = _run_under("loop_busy", "LOOP_BUSY_OUT", program, tmp_path / "lb")
-    finally:
-        os.environ.pop("LOOP_BUSY_CPU", None)
+        monkeypatch.setenv("LOOP_BUSY_CPU", "1")
+    else:
+        monkeypatch.delenv("LOOP_BUSY_CPU", raising=False)
+    out = _run_under("loop_busy", "LOOP_BUSY_OUT", program, tmp_path / "lb")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loop_busy.py"), str(out), "--match", "two_tasks.py",
                            "--busy-over", "5", "--per", "2"], capture_output=True, text=True, timeout=60, check=True)
     crunching, dozing = _task_line(proc.stdout, "Crunching"), _task_line(proc.stdout, "Dozing")
