@@ -23,6 +23,13 @@ of the first audio frame waiting, where it would have been had that frame's pred
 of any other kind that came before that audio frame stay ahead of it, as in pipecat. Tied to pipecat 1.14's
 `_queued_broadcast_frame` and the `FrameProcessorQueue` heap of (tier, arrival count, item), pinned like the other
 seams (tests/test_vad_verdict_order.py).
+
+The caller's final transcripts are not dropped by an interruption. A turn that starts on an interim transcript (a
+barge-in decided on the words so far, or pipecat's transcript rule) interrupts the agent, and pipecat's interruption
+empties this aggregator's queue of every interruptible frame: under load the final for the same words was often
+already waiting there, so the turn had no words and ended only on pipecat's 5 s watchdog, as an empty turn. At
+100 calls that was 27-46 of 300 turns, at 5.5-6.5 s (bench/HISTORY.md, session 33; tests/test_interrupted_words.py).
+An interruption is about the agent's output; what the caller said is never stale because of one.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import asyncio
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
+    TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -61,6 +69,8 @@ class CallerUserAggregator(LLMUserAggregator):
                           callback=None):
         if isinstance(frame, InputAudioRawFrame) and not self._cancelling:
             self.audio_arrived += 1
+        elif isinstance(frame, TranscriptionFrame):
+            frame.interruptible = False  # the caller's words outlive the interruption that may come before them
         await super().queue_frame(frame, direction, callback)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):

@@ -1,0 +1,113 @@
+"""The caller's words survive the interruption they start (pipelines/turns/user_aggregator.py).
+
+A barge-in can be decided on an interim transcript while the final one for the same words already waits in the user
+aggregator's queue behind it (a busy server: the aggregator is behind the STT). Starting the turn interrupts the
+agent, and pipecat's interruption empties the aggregator's queue of interruptible frames: the final went with it,
+the turn had no words, and it ended only on pipecat's 5 s watchdog, as an empty turn. In the load benchmark at 100
+calls that was 27-46 of 300 turns at 5.5-6.5 s (bench/HISTORY.md, session 33).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    EndFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
+from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
+from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from config.agent import InterruptionConfig
+from pipelines.turns.barge_in import BargeInStrategy
+from pipelines.turns.user_aggregator import aggregator_pair
+from tests.pipelines import running
+
+WORDS = "Where are you located?"
+WATCHDOG_SECS = 1.0  # pipecat's user_turn_stop_timeout, 5 s by default
+
+
+class _Busy(BaseUserTurnStartStrategy):
+    """Takes 50 ms over each transcript before the next rule sees it, as a loaded server's aggregator does: the STT's
+    next transcript is queued meanwhile."""
+
+    async def process_frame(self, frame) -> ProcessFrameResult:
+        if isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)):
+            await asyncio.sleep(0.05)
+        return ProcessFrameResult.CONTINUE
+
+
+class _Line:
+    holding = False
+
+    async def hold(self) -> bool:
+        self.holding = True
+        return True
+
+    async def resume(self) -> None:
+        self.holding = False
+
+
+async def _turn(start, *before, voxlines: bool = True) -> list[str]:
+    """The user turns' words when an interim transcript starts a turn while its final waits behind it."""
+    params = LLMUserAggregatorParams(
+        user_turn_strategies=UserTurnStrategies(
+            start=[_Busy(), start], stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.05)]),
+        user_turn_stop_timeout=WATCHDOG_SECS)
+    if voxlines:
+        user, assistant = aggregator_pair(LLMContext(), params)
+    else:
+        pair = LLMContextAggregatorPair(LLMContext(), user_params=params)
+        user, assistant = pair.user(), pair.assistant()
+    turns: list[str] = []
+
+    @user.event_handler("on_user_turn_stopped")
+    async def _stopped(_user, _strategy, message):
+        turns.append(message.content)
+
+    worker, _, task = await running(user, assistant)
+    await worker.queue_frames([*before, InterimTranscriptionFrame(WORDS, "caller", "t0"),
+                               TranscriptionFrame(WORDS, "caller", "t1", finalized=True)])
+
+    async def ended():
+        while not turns:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(ended(), WATCHDOG_SECS + 2)
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 10)
+    return turns
+
+
+def _barge_in() -> BargeInStrategy:
+    return BargeInStrategy(InterruptionConfig(resume_secs=5.0), _Line())
+
+
+# The agent speaking, the caller's voice over it (held), the caller quiet again: the words then decide.
+OVER_THE_AGENT = (BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame())
+
+
+async def test_a_barge_in_decided_on_an_interim_keeps_the_final_words():
+    turns = await _turn(_barge_in(), *OVER_THE_AGENT)
+    assert turns == [WORDS]
+
+
+async def test_a_turn_an_interim_starts_keeps_the_final_words():
+    """pipecat's own transcript rule (the start rule when barge-in is off) starts the turn on the interim the same
+    way."""
+    turns = await _turn(TranscriptionUserTurnStartStrategy(enable_interruptions=True))
+    assert turns == [WORDS]
+
+
+async def test_pipecats_aggregator_drops_the_final_words_with_the_interruption():
+    """Why the aggregator above keeps them: pipecat's loses the final, and the turn ends empty on its watchdog."""
+    turns = await _turn(TranscriptionUserTurnStartStrategy(enable_interruptions=True), voxlines=False)
+    assert turns == [""]
