@@ -1,7 +1,8 @@
 """A turn ends on silence the VAD has heard (pipelines/turns/heard_silence.py): the silence rules' timers wait for
 the VAD to have analyzed the caller's audio up to then, and to hear nothing in it. In a running pipeline with
 the real Silero VAD and espeak's "Hello, ..." (a CI run stored "Hello?" as a turn of its own), and on the rule
-with the VAD's real states."""
+with the VAD's real states. And on a streaming STT, the turn's end waits for the final of words whose interim is
+in."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.frames.frames import (
     EndFrame,
     InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    STTMetadataFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -162,6 +165,70 @@ async def test_the_hold_gives_way_to_the_clock():
     assert not ended
     await asyncio.sleep(0.6)
     assert len(ended) == 1 and ended[0] - stopped >= 0.1 + heard_silence.MAX_HOLD_SECS
+    await rule.cleanup()
+
+
+async def _streaming_rule() -> tuple[SentenceEndTurnStop, list[float]]:
+    """The default sentence rule on a streaming STT with Deepgram's p99 latency (0.35 s: pipecat waits 0.15 s past
+    the VAD's stop for a final), in a turn an interruption started: its words came in while the caller went on
+    to a question, whose interim is in. The VAD has heard everything."""
+    counts = _Counts(arrived=40, settled=40)
+    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    vad.set_sample_rate(8000)
+    rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
+    rule.follow_hearing(vad, counts)
+    ended = await started(rule)
+    await rule.process_frame(STTMetadataFrame(service_name="stt", ttfs_p99_latency=0.35))
+    await rule.process_frame(VADUserStartedSpeakingFrame())
+    await rule.process_frame(TranscriptionFrame("Wait.", "caller", "t0"))
+    await rule.process_frame(InterimTranscriptionFrame("Where are you", "caller", "t1"))
+    return rule, ended
+
+
+async def test_a_turn_waits_for_the_final_of_words_in_flight():
+    rule, ended = await _streaming_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.4)  # past pipecat's STT wait and the sentence rule, on the interruption's "Wait."
+    assert not ended, "the turn ended on the caller's earlier words with the question's final on its way"
+    await rule.process_frame(TranscriptionFrame("Where are you located?", "caller", "t2"))
+    assert len(ended) == 1 and ended[0] - stopped >= 0.4  # the final ends it at once
+    await rule.cleanup()
+
+
+async def test_a_final_that_does_not_end_a_sentence_gets_the_long_silence():
+    """The short silence that was up was for the interruption's "Wait."; the question's words, once in, are cut
+    off mid-sentence, so the turn runs on to the long silence (0.7 s: 0.5 s past the VAD's stop)."""
+    rule, ended = await _streaming_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.3)
+    await rule.process_frame(TranscriptionFrame("Where are you", "caller", "t2"))
+    await asyncio.sleep(0.1)
+    assert not ended, "the turn ended on words that stop mid-sentence"
+    await asyncio.sleep(0.3)
+    assert len(ended) == 1 and 0.5 <= ended[0] - stopped < 0.65
+    await rule.cleanup()
+
+
+async def test_a_final_before_the_pause_leaves_nothing_in_flight():
+    rule, ended = await _streaming_rule()
+    await rule.process_frame(TranscriptionFrame("Where are you located?", "caller", "t2"))
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert len(ended) == 1 and 0.09 <= ended[0] - stopped < 0.25  # on the clock: pipecat's 0.15 s STT wait
+    await rule.cleanup()
+
+
+async def test_a_final_that_never_comes_holds_the_end_no_longer_than_the_vad_would():
+    rule, ended = await _streaming_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.15 + heard_silence.MAX_HOLD_SECS - 0.2)
+    assert not ended
+    await asyncio.sleep(0.5)
+    assert len(ended) == 1 and ended[0] - stopped >= 0.15 + heard_silence.MAX_HOLD_SECS
     await rule.cleanup()
 
 

@@ -15,6 +15,16 @@ new start makes), and otherwise the first caller frame analyzed after that audio
 The hold gives way to the clock after MAX_HOLD_SECS: a caller's stream can stall, and a muted caller's audio is
 not analyzed. On an idle server it costs at most the frame being analyzed when the timer fires (~10 ms).
 
+The same hold waits for words a streaming STT has in flight: an interim transcript has come and its final has
+not. pipecat waits for the final only up to the STT's p99 latency past the VAD's stop (Deepgram's: 0.35 s, so
+0.15 s), then ends the turn on the words it has. Under load the final came later than that: the turn ended on the
+caller's earlier words (a turn that an interruption had started ended on the interruption's words), and the final,
+arriving with the agent about to answer, started a turn of its own that cut the answer off; the caller's next words
+over the agent then found nothing to hold (3 of 300 turns in a run at 100 calls: bench/HISTORY.md, session 33).
+Deepgram always sends the final (pipecat asks for it with `Finalize` at the VAD's stop), so it is worth waiting
+for; the final releases the hold, and MAX_HOLD_SECS bounds it as above. A segmented STT sends no interims, so this
+never holds a Whisper turn.
+
 Tied to pipecat 1.14's `trigger_user_turn_stopped` (what every stop rule calls to end the turn) and
 `_discard_pending_end_of_turn` (what it calls when the caller speaks again or a turn begins or ends).
 """
@@ -25,7 +35,7 @@ import asyncio
 from typing import Protocol
 
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, TranscriptionFrame
 
 from pipelines.turns.late_transcript import SilenceTurnStop
 
@@ -49,6 +59,7 @@ class HeardSilenceTurnStop(SilenceTurnStop):
         self._hearing: tuple[object, Ears] | None = None
         self._held: tuple[int, dict] | None = None  # (caller frames to be analyzed first, the trigger's arguments)
         self._hold_timer: asyncio.Task | None = None
+        self._words_in_flight = False  # an interim transcript has come and no final since
 
     def follow_hearing(self, vad, ears: Ears) -> None:
         """`vad`: the call's SharedSileroVADAnalyzer; `ears`: the aggregator running it on the caller's audio."""
@@ -60,22 +71,50 @@ class HeardSilenceTurnStop(SilenceTurnStop):
         vad, ears = self._hearing
         return ears.audio_settled + analyzing >= frames and vad.hears_nothing()
 
+    def _ready(self, frames: int, analyzing: int = 0) -> bool:
+        """No words in flight, and the VAD has heard the silence (`_heard`), where it is followed."""
+        return not self._words_in_flight and (self._hearing is None or self._heard(frames, analyzing))
+
     async def trigger_user_turn_stopped(self, **kwargs):
-        if self._hearing is None or self._heard(self._hearing[1].audio_arrived):
+        arrived = self._hearing[1].audio_arrived if self._hearing is not None else 0
+        if self._ready(arrived):
+            await self._drop_hold()
             return await super().trigger_user_turn_stopped(**kwargs)
-        vad, ears = self._hearing
-        self._held = (ears.audio_arrived, kwargs)
-        state = (f"{ears.audio_arrived - ears.audio_settled} caller frame(s) behind" if vad.hears_nothing()
-                 else "hearing sound")
-        logger.debug(f"{self}: the silence is up on the clock, but the VAD is {state}: the turn's end waits for it")
+        self._held = (arrived, kwargs)
+        if self._words_in_flight:
+            state = "the STT has words in flight (an interim, no final yet)"
+        else:
+            vad, ears = self._hearing
+            state = (f"the VAD is {ears.audio_arrived - ears.audio_settled} caller frame(s) behind"
+                     if vad.hears_nothing() else "the VAD is hearing sound")
+        logger.debug(f"{self}: the silence is up on the clock, but {state}: the turn's end waits for it")
         if self._hold_timer is None:
             self._hold_timer = self.task_manager.create_task(self._give_way(), f"{self}::_give_way")
 
     async def process_frame(self, frame):
+        landing = isinstance(frame, TranscriptionFrame) and self._words_in_flight
+        if isinstance(frame, InterimTranscriptionFrame) and not self._segmented:
+            self._words_in_flight = True
+        # A final that lands while the end is held keeps it held through pipecat's handling (which would end the
+        # turn at once), so that `_final_landed` decides on the words.
         result = await super().process_frame(frame)
-        if self._held is not None and isinstance(frame, InputAudioRawFrame) and self._heard(self._held[0], 1):
-            await self._release()
+        if isinstance(frame, TranscriptionFrame):
+            self._words_in_flight = False
+        if self._held is not None:
+            if landing and self._ready(self._held[0]):
+                await self._final_landed()
+            elif isinstance(frame, InputAudioRawFrame) and self._ready(self._held[0], 1):
+                await self._release()
         return result
+
+    async def _final_landed(self) -> None:
+        """The final for the words in flight has come, and the turn's end was held for it: end the turn now. A
+        rule that wants more silence after some words (the sentence rule) may re-time it instead."""
+        await self._release()
+
+    async def handle_user_turn_stopped(self):
+        self._words_in_flight = False  # a final after the turn is the next turn's (a start rule's) business
+        await super().handle_user_turn_stopped()
 
     async def _release(self) -> None:
         _, kwargs = self._held
@@ -89,7 +128,8 @@ class HeardSilenceTurnStop(SilenceTurnStop):
             return
         self._hold_timer = None  # this task, which the release must not cancel
         if self._held is not None:
-            logger.debug(f"{self}: the VAD did not catch up within {MAX_HOLD_SECS} s; the turn ends on the clock")
+            logger.debug(f"{self}: the VAD or the STT did not catch up within {MAX_HOLD_SECS} s; the turn ends on "
+                         "the clock")
             await self._release()
 
     async def _drop_hold(self) -> None:

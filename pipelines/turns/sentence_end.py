@@ -77,6 +77,20 @@ class SentenceEndTurnStop(PauseTimedTurnStop):
             await self._retime()
         return result
 
+    async def _final_landed(self) -> None:
+        """The words whose final the turn's end waited for (pipelines/turns/heard_silence.py) may not end a
+        sentence, and the short silence that was up was for the words before them: the long one then runs on."""
+        left = self._user_speech_timeout - (time.monotonic() - self._stopped_at)
+        if not self._vad_stopped or ends_sentence(self._words) or left <= 0:
+            return await super()._final_landed()
+        await self._drop_hold()
+        if self._user_speech_timeout_task is not None:
+            await self.task_manager.cancel_task(self._user_speech_timeout_task)
+        self._short = False
+        self._user_speech_wait_done = False
+        self._user_speech_timeout_task = self.task_manager.create_task(
+            self._user_speech_timeout_handler(left), f"{self}::_user_speech_timeout_handler")
+
     async def _retime(self) -> None:
         """The short silence while the latest words end a sentence, the long one again when words that do not
         follow within it. A streaming STT's final for what the caller said before the pause can come after they
