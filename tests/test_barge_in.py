@@ -146,3 +146,42 @@ async def test_noise_the_stt_makes_nothing_of_resumes_after_the_bounded_wait():
     await asyncio.sleep(0.4)  # resume_secs + transcript_wait_secs have passed with no transcript
     assert line.resumed == 1 and not line.holding and not started
     await strategy.cleanup()
+
+
+async def _resumed_after_an_acknowledgement(**cfg):
+    """The agent held, the caller's "Uh-huh." final in: the agent carries on. Returns what `_held_strategy` does,
+    and the list the strategy's aggregation resets are appended to."""
+    strategy, line, started = await _held_strategy(**cfg)
+    resets = []
+
+    async def on_reset(_strategy):
+        resets.append(True)
+
+    strategy.add_event_handler("on_reset_aggregation", on_reset)
+    await strategy.process_frame(TranscriptionFrame("Uh-huh.", "caller", "now"))
+    assert line.resumed == 1 and not line.holding and not started and len(resets) == 1
+    return strategy, line, started, resets
+
+
+async def test_the_second_final_of_an_acknowledgement_does_not_interrupt_the_agent():
+    """A streaming STT can send "Uh-huh, okay." as two finals: the first lets the agent carry on, and the second,
+    with no voice before it, used to take the floor as keypad digits do."""
+    strategy, line, started, resets = await _resumed_after_an_acknowledgement()
+    await strategy.process_frame(TranscriptionFrame("Okay.", "caller", "now"))
+    assert not started and line.resumed == 1
+    assert len(resets) == 2  # dropped from the caller's side of the context, as the first was
+    await strategy.cleanup()
+
+
+async def test_late_words_that_would_interrupt_take_the_floor():
+    strategy, line, started, resets = await _resumed_after_an_acknowledgement()
+    await strategy.process_frame(TranscriptionFrame("What about parking?", "caller", "now"))
+    assert len(started) == 1 and len(resets) == 1
+    await strategy.cleanup()
+
+
+async def test_keypad_digits_over_the_agent_take_the_floor_whatever_min_words():
+    strategy, line, started, resets = await _resumed_after_an_acknowledgement(min_words=5)
+    await strategy.process_frame(TranscriptionFrame("DTMF: 2#", "caller", "now"))
+    assert len(started) == 1
+    await strategy.cleanup()

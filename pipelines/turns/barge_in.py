@@ -10,7 +10,10 @@ so the agent is silent within a chunk, but nothing is thrown away yet. The calle
     STT is still working on what the caller said by then (a busy machine), the verdict waits for its transcript,
     up to `transcript_wait_secs` more: resuming first would let a late "wait" cut the agent off a second time.
 When the agent is not speaking, the caller's voice starts a turn at once, as pipecat's VAD strategy does, and a
-transcript with no voice before it (keypad digits) starts one too.
+transcript with no voice before it (keypad digits) starts one too. While the agent speaks, such a transcript takes
+the floor if it is keypad digits or words that would interrupt; otherwise it is the late end of something said
+over the agent (a streaming STT can send "Uh-huh." and "Okay." as two finals, and the first has already let the
+agent carry on), and it is dropped like any acknowledgement. pipecat's transcript rule would interrupt on it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
 
 from config.agent import InterruptionConfig
+from pipelines.turns.keypad import DTMF_PREFIX
 from pipelines.turns.playout import Playout
 
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
@@ -154,8 +158,13 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
     async def _words(self, frame: TranscriptionFrame | InterimTranscriptionFrame) -> ProcessFrameResult:
         if not self._holding:
             if self._bot_speaking and not self._caller_speaking and isinstance(frame, TranscriptionFrame):
-                # Words with no voice before them while the agent speaks: keypad digits. They take the floor.
-                await self.trigger_user_turn_started()
+                # Words with no voice before them while the agent speaks (see the module's docstring).
+                if frame.text.startswith(DTMF_PREFIX) or self._policy.verdict(frame.text) is Verdict.INTERRUPT:
+                    await self.trigger_user_turn_started()
+                else:
+                    logger.info(f"{self._label}: {frame.text.strip()!r}, with no voice before it, does not "
+                                "interrupt; the agent carries on")
+                    await self.trigger_reset_aggregation()  # what was said over the agent is not a turn
                 return ProcessFrameResult.STOP
             if not self._bot_speaking:
                 await self.trigger_user_turn_started()
