@@ -4,7 +4,7 @@ A barge-in can be decided on an interim transcript while the final one for the s
 aggregator's queue behind it (a busy server: the aggregator is behind the STT). Starting the turn interrupts the
 agent, and pipecat's interruption empties the aggregator's queue of interruptible frames: the final went with it,
 the turn had no words, and it ended only on pipecat's 5 s watchdog, as an empty turn. In the load benchmark at 100
-calls that was 27-46 of 300 turns at 5.5-6.5 s (bench/HISTORY.md, session 33).
+calls that was 20-46 of 300 turns at 5.5-6.5 s (bench/HISTORY.md, session 33).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ The caller's final transcripts are not dropped by an interruption. A turn that s
 barge-in decided on the words so far, or pipecat's transcript rule) interrupts the agent, and pipecat's interruption
 empties this aggregator's queue of every interruptible frame: under load the final for the same words was often
 already waiting there, so the turn had no words and ended only on pipecat's 5 s watchdog, as an empty turn. At
-100 calls that was 27-46 of 300 turns, at 5.5-6.5 s (bench/HISTORY.md, session 33; tests/test_interrupted_words.py).
+100 calls that was 20-46 of 300 turns, at 5.5-6.5 s (bench/HISTORY.md, session 33; tests/test_interrupted_words.py).
 An interruption is about the agent's output; what the caller said is never stale because of one.
 """
 
