@@ -16,6 +16,7 @@ from config.agent import InterruptionConfig
 from pipelines.turns.barge_in import BargeInStrategy, Policy, Verdict
 from tests.calls import dial
 from tests.conftest import LONG_WELCOME_NUMBER, SMART_TURN_NUMBER
+from tests.turn_rules import HeldLine
 
 WELCOME_END = "a set menu for groups of six or more people."
 
@@ -96,24 +97,8 @@ async def test_smart_turn_ends_the_callers_turn(server, speech):
     assert log.count("loading local model 'smart_turn'") == 1
 
 
-class _HeldLine:
-    """A carrier's audio output reduced to what the strategy asks of it: whether it is holding."""
-
-    def __init__(self):
-        self.holding = False
-        self.resumed = 0
-
-    async def hold(self) -> bool:
-        self.holding = True
-        return True
-
-    async def resume(self) -> None:
-        self.holding = False
-        self.resumed += 1
-
-
 async def _held_strategy(**cfg):
-    line = _HeldLine()
+    line = HeldLine()
     strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, **cfg), line)
     started = []
 

@@ -31,6 +31,7 @@ from config.agent import InterruptionConfig
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.user_aggregator import aggregator_pair
 from tests.pipelines import running
+from tests.turn_rules import HeldLine
 
 WORDS = "Where are you located?"
 WATCHDOG_SECS = 1.0  # pipecat's user_turn_stop_timeout, 5 s by default
@@ -44,17 +45,6 @@ class _Busy(BaseUserTurnStartStrategy):
         if isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)):
             await asyncio.sleep(0.05)
         return ProcessFrameResult.CONTINUE
-
-
-class _Line:
-    holding = False
-
-    async def hold(self) -> bool:
-        self.holding = True
-        return True
-
-    async def resume(self) -> None:
-        self.holding = False
 
 
 async def _turn(start, *before, voxlines: bool = True) -> list[str]:
@@ -88,7 +78,7 @@ async def _turn(start, *before, voxlines: bool = True) -> list[str]:
 
 
 def _barge_in() -> BargeInStrategy:
-    return BargeInStrategy(InterruptionConfig(resume_secs=5.0), _Line())
+    return BargeInStrategy(InterruptionConfig(resume_secs=5.0), HeldLine())
 
 
 # The agent speaking, the caller's voice over it (held), the caller quiet again: the words then decide.

@@ -1,4 +1,5 @@
-"""A turn stop rule on its own for a test: pipecat's real timers and task manager, no pipeline around it."""
+"""A turn rule on its own for a test: pipecat's real timers and task manager, no pipeline around it; and the
+carrier's audio output reduced to what the barge-in rule asks of it."""
 
 from __future__ import annotations
 
@@ -23,3 +24,19 @@ async def started(rule) -> list[float]:
     rule.add_event_handler("on_user_turn_stopped", on_stopped)
     await rule.handle_user_turn_started()
     return ended
+
+
+class HeldLine:
+    """A carrier's audio output reduced to what the barge-in rule asks of it: whether it is holding."""
+
+    def __init__(self):
+        self.holding = False
+        self.resumed = 0
+
+    async def hold(self) -> bool:
+        self.holding = True
+        return True
+
+    async def resume(self) -> None:
+        self.holding = False
+        self.resumed += 1

@@ -84,9 +84,13 @@ class SentenceEndTurnStop(PauseTimedTurnStop):
         if not self._vad_stopped or ends_sentence(self._words) or left <= 0:
             return await super()._final_landed()
         await self._drop_hold()
+        self._short = False
+        await self._run_silence(left)
+
+    async def _run_silence(self, left: float) -> None:
+        """pipecat's silence timer, restarted to run out `left` s from now."""
         if self._user_speech_timeout_task is not None:
             await self.task_manager.cancel_task(self._user_speech_timeout_task)
-        self._short = False
         self._user_speech_wait_done = False
         self._user_speech_timeout_task = self.task_manager.create_task(
             self._user_speech_timeout_handler(left), f"{self}::_user_speech_timeout_handler")
@@ -106,11 +110,10 @@ class SentenceEndTurnStop(PauseTimedTurnStop):
         self._short = short
         timeout = self._sentence_timeout if short else self._user_speech_timeout
         left = timeout - (time.monotonic() - self._stopped_at)
+        if left > 0:
+            await self._run_silence(left)
+            return
         await self.task_manager.cancel_task(self._user_speech_timeout_task)
         self._user_speech_timeout_task = None
-        if left > 0:
-            self._user_speech_timeout_task = self.task_manager.create_task(
-                self._user_speech_timeout_handler(left), f"{self}::_user_speech_timeout_handler")
-        else:
-            self._user_speech_wait_done = True
-            await self._maybe_trigger_user_turn_stopped()
+        self._user_speech_wait_done = True
+        await self._maybe_trigger_user_turn_stopped()
