@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    EndFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from config.agent import InterruptionConfig
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.barge_in import BargeInStrategy, Policy, Verdict
+from pipelines.turns.user_aggregator import aggregator_pair
 from tests.calls import dial
 from tests.conftest import LONG_WELCOME_NUMBER, SMART_TURN_NUMBER
+from tests.pipelines import running
 from tests.turn_rules import HeldLine
 
 WELCOME_END = "a set menu for groups of six or more people."
@@ -131,6 +140,50 @@ async def test_noise_the_stt_makes_nothing_of_resumes_after_the_bounded_wait():
     await asyncio.sleep(0.4)  # resume_secs + transcript_wait_secs have passed with no transcript
     assert line.resumed == 1 and not line.holding and not started
     await strategy.cleanup()
+
+
+async def test_noise_the_stt_says_it_made_nothing_of_resumes_without_the_wait():
+    """Deepgram's empty answer to the finalize at the VAD's stop (NothingMoreHeardFrame): no transcript is coming,
+    so the agent carries on after `resume_secs` (0.2 s), not `transcript_wait_secs` (2 s) later, whether the
+    answer comes before resume_secs is up or while the rule waits past it."""
+    for answer_after in (0.05, 0.4):
+        strategy, line, started = await _held_strategy(transcript_wait_secs=2.0)
+        quiet_at = time.monotonic()
+        await asyncio.sleep(answer_after)
+        await strategy.process_frame(NothingMoreHeardFrame())
+        await asyncio.sleep(max(0.05, 0.3 - answer_after))
+        assert line.resumed == 1 and not line.holding and not started, answer_after
+        assert time.monotonic() - quiet_at < 1.0
+        await strategy.cleanup()
+
+
+async def test_the_stts_nothing_more_reaches_the_rules_through_the_aggregator_and_goes_no_further():
+    """Through voxline's user aggregator, as in a call: the frame gets to the barge-in rule (the agent carries on
+    after `resume_secs`, 2 s before the transcript wait would end), and nothing downstream sees it."""
+    line = HeldLine()
+    params = LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(
+        start=[BargeInStrategy(InterruptionConfig(resume_secs=0.2, transcript_wait_secs=2.0), line)]))
+    user, assistant = aggregator_pair(LLMContext(), params)
+    seen: list[type] = []
+
+    class Types(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            seen.append(type(frame))
+            await self.push_frame(frame, direction)
+
+    worker, _, task = await running(user, Types(), assistant)
+    await worker.queue_frames([BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame()])
+    await asyncio.sleep(0.05)
+    assert line.holding
+    quiet_at = time.monotonic()
+    await worker.queue_frames([VADUserStoppedSpeakingFrame(), NothingMoreHeardFrame()])
+    while line.holding and time.monotonic() - quiet_at < 3.0:
+        await asyncio.sleep(0.01)
+    assert line.resumed == 1 and time.monotonic() - quiet_at < 1.0
+    assert VADUserStoppedSpeakingFrame in seen and NothingMoreHeardFrame not in seen
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 10)
 
 
 async def _resumed_after_an_acknowledgement(**cfg):

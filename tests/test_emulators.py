@@ -38,6 +38,7 @@ from pipecat.tests.utils import run_test
 from pipecat.workers.runner import WorkerRunner
 
 from pipelines.providers.deepgram import QuietBatchingDeepgramSTT
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.providers import emulators
 from pipelines.providers.emulators import cartesia, deepgram, openai_chat, openai_realtime
 from pipelines.providers.emulators import audio as emulator_audio
@@ -158,6 +159,43 @@ async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(spee
     # pipecat's Finalize at the stop came after every frame of the words.
     assert received.finalized_at[0] == 640 * (len(quiet) + len(words_)), received
     assert stt.messages_sent == received.messages
+
+
+async def test_voxlines_deepgram_says_when_the_finalize_found_nothing_more(speech):
+    """Deepgram answers the Finalize pipecat sends at each VAD stop; an empty answer (a cough the STT made nothing
+    of) goes on as a NothingMoreHeardFrame, once for two stops back to back (the first's answer says nothing of
+    the audio after it), and words go on as a transcript with none of it after them."""
+    async with await deepgram.start() as emulator:
+        stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url,
+                                       settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
+        quiet = [InputAudioRawFrame(audio=bytes(640), sample_rate=8000, num_channels=1) for _ in range(10)]
+        feed = [*quiet, VADUserStartedSpeakingFrame(), *quiet, VADUserStoppedSpeakingFrame(),
+                VADUserStoppedSpeakingFrame(), 0.5, *quiet]
+        # Done with the last quiet frame, 0.5 s after both stops: both answers are in by then.
+        seen = await run_until(stt, feed, lambda fs: sum(isinstance(f, InputAudioRawFrame) for f in fs) == 30,
+                               params=PipelineParams(audio_in_sample_rate=8000))
+    nothing = [f for f in seen if isinstance(f, NothingMoreHeardFrame)]
+    assert len(nothing) == 1 and not [f for f in seen if isinstance(f, TranscriptionFrame)], seen
+    assert stt._finalizes_sent == stt._finalizes_answered == 2
+
+    async with await deepgram.start() as emulator:
+        stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url,
+                                       settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
+        audio = pcm(SILENCE * 4000 + speech["table"])
+        frames = [InputAudioRawFrame(audio=audio[i:i + 640], sample_rate=8000, num_channels=1)
+                  for i in range(0, len(audio) - 639, 640)]
+        feed = [*frames[:25], VADUserStartedSpeakingFrame(), *frames[25:], VADUserStoppedSpeakingFrame()]
+
+        def answered(fs: list[Frame]) -> bool:
+            final_ = next((f for f in fs if isinstance(f, TranscriptionFrame)), None)
+            return final_ is not None and (final_.result.from_finalize or isinstance(fs[-1], NothingMoreHeardFrame))
+
+        seen = await run_until(stt, feed, answered, params=PipelineParams(audio_in_sample_rate=8000))
+    kinds = [type(f) for f in seen if isinstance(f, (TranscriptionFrame, NothingMoreHeardFrame))]
+    final = next(f for f in seen if isinstance(f, TranscriptionFrame))
+    assert "people" in words(final.text), final.text
+    # The words came in the finalize's answer, or before it (Deepgram's own endpointing), and then it was empty.
+    assert kinds == [TranscriptionFrame] + ([] if final.result.from_finalize else [NothingMoreHeardFrame])
 
 
 async def test_deepgram_sdk_stream_events_on_mulaw(speech):

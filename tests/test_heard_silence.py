@@ -34,6 +34,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from config.agent import AgentConfig
 from pipelines.architectures.pipeline import _stop_strategy, follow_the_caller
 from pipelines.providers.vad import SharedSileroVADAnalyzer
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns import heard_silence
 from pipelines.turns.sentence_end import SentenceEndTurnStop
 from pipelines.turns.user_aggregator import CallerUserAggregator, aggregator_pair
@@ -218,6 +219,19 @@ async def test_a_final_before_the_pause_leaves_nothing_in_flight():
     stopped = time.monotonic()
     await asyncio.sleep(0.3)
     assert len(ended) == 1 and 0.09 <= ended[0] - stopped < 0.25  # on the clock: pipecat's 0.15 s STT wait
+    await rule.cleanup()
+
+
+async def test_words_the_stt_drops_release_the_held_end_at_once():
+    """The question's interim is in, and Deepgram's answer to the finalize comes back empty (it dropped those
+    words: NothingMoreHeardFrame): the turn ends then, on the words it has, not at the hold's bound."""
+    rule, ended = await _streaming_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert not ended
+    await rule.process_frame(NothingMoreHeardFrame())
+    assert len(ended) == 1 and ended[0] - stopped < 0.15 + heard_silence.MAX_HOLD_SECS - 0.5
     await rule.cleanup()
 
 

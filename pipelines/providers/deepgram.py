@@ -6,6 +6,10 @@ a call the caller is quiet: listening to the agent or thinking. There the audio 
 order, not at once, so once the caller has been quiet for `LIVE_AFTER_STOP_SECS` after their last words, frames are
 batched into `QUIET_BATCH_SECS` pieces. Nothing is dropped or reordered, so Deepgram's timestamps are unchanged.
 
+Deepgram's empty answer to the Finalize pipecat sends at each VAD stop (nothing more was said: a cough, or an
+interim's words it then dropped) goes on as a `NothingMoreHeardFrame` (pipelines/stt_frames.py), for the turn rules
+that would otherwise wait out a timeout for words that are not coming.
+
 The caller starting to speak (the VAD's start, ~0.1 s into the words) sends what is waiting at once, so Deepgram
 hears the words' onset as soon as before, in one piece. While the caller speaks, audio goes out in `LIVE_BATCH_SECS`
 pieces (two of our 40 ms frames): half pipecat's sends, each a WebSocket frame and a socket write on the event loop,
@@ -30,11 +34,13 @@ import deepgram.listen.v1.client as deepgram_listen
 import httpx
 import pipecat.services.deepgram.stt as pipecat_deepgram
 from deepgram import AsyncDeepgramClient
+from deepgram.listen.v1.types import ListenV1Results
 from pipecat.frames.frames import Frame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.deepgram.stt import DeepgramSTTService
 
 from pipelines.providers.tls import tls_context, ws_tls
+from pipelines.stt_frames import NothingMoreHeardFrame
 
 # 1 s: a quiet line is 1 send a second instead of 5; ~6 % less CPU per idle call side by side (bench/side_by_side.py).
 QUIET_BATCH_SECS = 1.0
@@ -77,6 +83,9 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
         self._speaking = False
         self._live_until = 0.0
         self.messages_sent = 0  # audio messages, for tests and benchmarks
+        self._finalizing_on = None  # the connection the counts below are of
+        self._finalizes_sent = 0
+        self._finalizes_answered = 0
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if not self._batch_bytes:
@@ -99,7 +108,21 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
             self._speaking = False
             self._live_until = time.monotonic() + self._live_after_stop_secs
             await self._send_pending()  # the words' end, before pipecat's Finalize asks for the final transcript
+            if self._connection:  # pipecat's process_frame sends the Finalize on the same condition
+                if self._connection is not self._finalizing_on:  # a new connection answers only its own
+                    self._finalizing_on, self._finalizes_sent, self._finalizes_answered = self._connection, 0, 0
+                self._finalizes_sent += 1
         await super().process_frame(frame, direction)
+
+    async def _on_message(self, message):
+        await super()._on_message(message)
+        if (isinstance(message, ListenV1Results) and message.is_final and getattr(message, "from_finalize", False)
+                and message.channel and message.channel.alternatives):
+            # Deepgram answers each Finalize with one final. An empty answer to an earlier Finalize says nothing
+            # of the audio since, so only the latest one's counts.
+            self._finalizes_answered += 1
+            if not message.channel.alternatives[0].transcript and self._finalizes_answered >= self._finalizes_sent:
+                await self.push_frame(NothingMoreHeardFrame())
 
     async def _send_pending(self) -> None:
         if self._pending:

@@ -9,6 +9,8 @@ so the agent is silent within a chunk, but nothing is thrown away yet. The calle
   - no words within `resume_secs` after the caller goes quiet (a cough, a door) → the agent carries on. If the
     STT is still working on what the caller said by then (a busy machine), the verdict waits for its transcript,
     up to `transcript_wait_secs` more: resuming first would let a late "wait" cut the agent off a second time.
+    An STT that says it made nothing of the sound (Deepgram's empty answer to the finalize at the VAD's stop:
+    `NothingMoreHeardFrame`) ends that wait, so a cough costs `resume_secs`, not the wait as well.
 When the agent is not speaking, the caller's voice starts a turn at once, as pipecat's VAD strategy does, and a
 transcript with no voice before it (keypad digits) starts one too. While the agent speaks, such a transcript takes
 the floor if it is keypad digits or words that would interrupt; otherwise it is the late end of something said
@@ -38,6 +40,7 @@ from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
 
 from config.agent import InterruptionConfig
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.keypad import DTMF_PREFIX
 from pipelines.turns.playout import Playout
 
@@ -140,6 +143,9 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
                 self._arm_resume()
         elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)):
             return await self._words(frame)
+        elif isinstance(frame, NothingMoreHeardFrame) and self._transcript_due:
+            self._transcript_due = False  # the STT made nothing (more) of it: no transcript to wait for
+            self._transcript_seen.set()
         return ProcessFrameResult.CONTINUE
 
     async def _voice_started(self) -> ProcessFrameResult:

@@ -22,7 +22,8 @@ caller's earlier words (a turn that an interruption had started ended on the int
 arriving with the agent about to answer, started a turn of its own that cut the answer off; the caller's next words
 over the agent then found nothing to hold (3 of 300 turns in a run at 100 calls: bench/HISTORY.md, session 33).
 Deepgram always sends the final (pipecat asks for it with `Finalize` at the VAD's stop), so it is worth waiting
-for; the final releases the hold, and MAX_HOLD_SECS bounds it as above. A segmented STT sends no interims, so this
+for; the final releases the hold, and so does its empty answer to the finalize (`NothingMoreHeardFrame`: it
+dropped the interim's words), and MAX_HOLD_SECS bounds it as above. A segmented STT sends no interims, so this
 never holds a Whisper turn.
 
 Tied to pipecat 1.14's `trigger_user_turn_stopped` (what every stop rule calls to end the turn) and
@@ -37,6 +38,7 @@ from typing import Protocol
 from loguru import logger
 from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, TranscriptionFrame
 
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.late_transcript import SilenceTurnStop
 
 # Past the clock, the longest a turn's end waits for the VAD to catch up.
@@ -100,7 +102,11 @@ class HeardSilenceTurnStop(SilenceTurnStop):
         result = await super().process_frame(frame)
         if isinstance(frame, TranscriptionFrame):
             self._words_in_flight = False
-        if self._held is not None:
+        if isinstance(frame, NothingMoreHeardFrame) and self._words_in_flight:
+            self._words_in_flight = False  # the interim's words were dropped: the turn has the words it had
+            if self._held is not None and self._ready(self._held[0]):
+                await self._release()
+        elif self._held is not None:
             if landing and self._ready(self._held[0]):
                 await self._final_landed()
             elif isinstance(frame, InputAudioRawFrame) and self._ready(self._held[0], 1):

@@ -52,6 +52,8 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
+from pipelines.stt_frames import NothingMoreHeardFrame
+
 USER_SPEAKING_EVERY_SECS = 1.0  # pipecat's is 0.2; the bot's heartbeat is the same (telephony/audio_out.py)
 
 
@@ -81,8 +83,8 @@ class CallerUserAggregator(LLMUserAggregator):
                 self.audio_settled += 1
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
-        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):
-            return
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, (InputAudioRawFrame, NothingMoreHeardFrame)):
+            return  # for the turn rules here; nothing downstream reads either
         await super().push_frame(frame, direction)
 
     async def _queued_broadcast_frame(self, frame_cls: type[Frame], **kwargs):
