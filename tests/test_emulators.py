@@ -164,7 +164,8 @@ async def test_voxlines_deepgram_batches_a_quiet_line_and_sends_speech_live(spee
 async def test_voxlines_deepgram_says_when_the_finalize_found_nothing_more(speech):
     """Deepgram answers the Finalize pipecat sends at each VAD stop; an empty answer (a cough the STT made nothing
     of) goes on as a NothingMoreHeardFrame, once for two stops back to back (the first's answer says nothing of
-    the audio after it), and words go on as a transcript with none of it after them."""
+    the audio after it), not at all when the caller spoke again before it came, and words go on as a transcript
+    with none of it after them."""
     async with await deepgram.start() as emulator:
         stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url,
                                        settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
@@ -177,6 +178,16 @@ async def test_voxlines_deepgram_says_when_the_finalize_found_nothing_more(speec
     nothing = [f for f in seen if isinstance(f, NothingMoreHeardFrame)]
     assert len(nothing) == 1 and not [f for f in seen if isinstance(f, TranscriptionFrame)], seen
     assert stt._finalizes_sent == stt._finalizes_answered == 2
+
+    # The caller speaks again before the answer comes: it says nothing of the new speech.
+    async with await deepgram.start() as emulator:
+        stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url,
+                                       settings=DeepgramSTTService.Settings(model="nova-3", language="en"))
+        feed = [*quiet, VADUserStartedSpeakingFrame(), *quiet, VADUserStoppedSpeakingFrame(),
+                VADUserStartedSpeakingFrame(), 0.5, *quiet]
+        seen = await run_until(stt, feed, lambda fs: sum(isinstance(f, InputAudioRawFrame) for f in fs) == 30,
+                               params=PipelineParams(audio_in_sample_rate=8000))
+    assert stt._finalizes_answered == 1 and not [f for f in seen if isinstance(f, NothingMoreHeardFrame)], seen
 
     async with await deepgram.start() as emulator:
         stt = QuietBatchingDeepgramSTT(api_key="test-key", base_url=emulator.url,

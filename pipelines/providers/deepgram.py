@@ -86,6 +86,7 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
         self._finalizing_on = None  # the connection the counts below are of
         self._finalizes_sent = 0
         self._finalizes_answered = 0
+        self._spoke_since_finalize = False  # the caller spoke again after the latest Finalize was sent
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if not self._batch_bytes:
@@ -103,6 +104,7 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._speaking = True
+            self._spoke_since_finalize = True
             await self._send_pending()  # the words' onset, before anything the start sets off
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
@@ -112,16 +114,18 @@ class QuietBatchingDeepgramSTT(DeepgramSTTService):
                 if self._connection is not self._finalizing_on:  # a new connection answers only its own
                     self._finalizing_on, self._finalizes_sent, self._finalizes_answered = self._connection, 0, 0
                 self._finalizes_sent += 1
+                self._spoke_since_finalize = False
         await super().process_frame(frame, direction)
 
     async def _on_message(self, message):
         await super()._on_message(message)
         if (isinstance(message, ListenV1Results) and message.is_final and getattr(message, "from_finalize", False)
                 and message.channel and message.channel.alternatives):
-            # Deepgram answers each Finalize with one final. An empty answer to an earlier Finalize says nothing
-            # of the audio since, so only the latest one's counts.
+            # Deepgram answers each Finalize with one final. An empty answer says nothing of the audio after its
+            # Finalize, so only the latest one's counts, and only if the caller has not spoken again since.
             self._finalizes_answered += 1
-            if not message.channel.alternatives[0].transcript and self._finalizes_answered >= self._finalizes_sent:
+            if (not message.channel.alternatives[0].transcript and self._finalizes_answered >= self._finalizes_sent
+                    and not self._spoke_since_finalize):
                 await self.push_frame(NothingMoreHeardFrame())
 
     async def _send_pending(self) -> None:
