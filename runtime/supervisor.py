@@ -91,14 +91,21 @@ class Dispatcher:
 
     def stop(self) -> None:
         """Hand out no more connections (they wait in the backlog, reset when the parent exits)."""
-        with self._lock:
-            self._stopped = True
-            self._wake_w.send(b"x")
+        self._wake(closing=False)
 
     def close(self) -> None:
         """Stop, and end the thread (the parent's exit does as much)."""
-        self._closing = True
-        self.stop()
+        self._wake(closing=True)
+
+    def _wake(self, closing: bool) -> None:
+        # Under the lock with the send: the thread, seeing `_closing`, closes the wake pair, and a send after that
+        # would fail on a closed descriptor.
+        with self._lock:
+            if self._closing:
+                return
+            self._stopped = True
+            self._closing = closing
+            self._wake_w.send(b"x")
 
     def loads(self) -> list[int]:
         with self._lock:
@@ -133,9 +140,9 @@ class Dispatcher:
                 with self._lock:
                     for lane in list(self._lanes):
                         self._drop(lane)
-                self._selector.close()
-                self._wake_r.close()
-                self._wake_w.close()
+                    self._selector.close()
+                    self._wake_r.close()
+                    self._wake_w.close()
                 return
 
     def _listen(self, on: bool) -> None:

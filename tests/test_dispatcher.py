@@ -146,3 +146,26 @@ def test_a_failed_accept_pauses_the_dispatcher_instead_of_spinning_or_dying(list
         assert "accepting a connection failed ([Errno 24] Too many open files); trying again in 0.1 s" in caplog.text
     finally:
         shut(dispatcher, [worker], [client, failing])
+
+
+def test_closing_while_reports_wake_the_thread_never_fails_on_the_wake_pair():
+    """The supervisor closes the dispatcher at shutdown while workers may still be reporting. The thread, woken by a
+    report, must not close the wake pair between `close()` deciding to close and its wake-up send (a send on a
+    closed socket: `[Errno 9] Bad file descriptor`; about a quarter of these rounds failed so before the fix)."""
+    closed: list[tuple[Dispatcher, Worker, socket.socket]] = []
+    try:
+        for _ in range(300):  # not waiting for each thread to end: the race is likelier with threads competing
+            listener = socket.create_server(("127.0.0.1", 0))
+            dispatcher = Dispatcher(listener)
+            worker = Worker(dispatcher)
+            closed.append((dispatcher, worker, listener))
+            for _ in range(20):
+                worker.report()
+            dispatcher.close()
+        for dispatcher, _, _ in closed:
+            settle(lambda: dispatcher._wake_w.fileno() == -1)  # the thread ended and closed the pair
+            dispatcher.stop()  # a later stop (uvicorn's shutdown after ours) is a no-op, not a failure
+    finally:
+        for _, worker, listener in closed:
+            worker.close()
+            listener.close()

@@ -3,11 +3,11 @@ path: the benchmark's servers run in their own directories) and `LOOP_BUSY_OUT=D
 load benchmark keeps those from its servers): the event loop's busy milliseconds per wall-clock second and per
 task (a pipecat processor's tasks are named after it; with `LOOP_BUSY_METHODS=1`, after the processor and the
 method, as "STTService::__input_frame_task_handler"), and the garbage collector's pauses (each of 10 ms or more
-with its time). Written to DIR/<pid>.json
-every 2 s; `bench/loop_busy.py DIR` reads them. For finding what a burst of calls spends the one event loop on:
-py-spy on this VM sampled threads blocked on a queue as busy, and cannot say which processor a task serves.
-The timing itself costs ~1 µs per callback, so latency figures from such a run are not the product's; and the
-server runs on asyncio's own loop then, not on uvloop (whose callbacks are out of reach), which costs ~5 % more.
+with its time). Written to DIR/<pid>.json every 2 s and at exit; `bench/loop_busy.py DIR` reads them. For finding
+what a burst of calls spends the one event loop on: py-spy on this VM sampled threads blocked on a queue as busy,
+and cannot say which processor a task serves. The timing itself costs ~1 µs per callback, so latency figures from
+such a run are not the product's; and the server runs on asyncio's own loop then, not on uvloop (whose callbacks are
+out of reach), which costs ~5 % more.
 
 Each callback is timed on the wall clock by default: how long it held the loop, which is what every other call
 waited. On a box whose cores are full that includes the time the loop's thread sat preempted (by the other worker,
@@ -71,22 +71,41 @@ if os.environ.get("LOOP_BUSY_OUT"):
 
     gc.callbacks.append(_on_gc)
 
-    def _write():
+    _dump_lock = threading.Lock()  # the writer's snapshot must not replace the later one taken at exit
+
+    def _dump() -> bool:
+        with _dump_lock:
+            return _dump_now()
+
+    def _dump_now() -> bool:
         import sys
 
+        try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
+            busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
+            steps = [[s, n, count] for (s, n), count in list(_steps.items())]
+            data = {"argv": sys.argv, "clock": "cpu" if _cpu_clock else "wall", "busy": busy, "steps": steps,
+                    "gc": {str(k): v for k, v in list(_gc.items())}, "gc_long": list(_gc_long)}
+        except RuntimeError:
+            return False
         os.makedirs(_out, exist_ok=True)
+        tmp = f"{_out}/{os.getpid()}.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, f"{_out}/{os.getpid()}.json")
+        return True
+
+    def _write():
         while True:
             time.sleep(2)
-            try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
-                busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
-                steps = [[s, n, count] for (s, n), count in list(_steps.items())]
-                data = {"argv": sys.argv, "clock": "cpu" if _cpu_clock else "wall", "busy": busy, "steps": steps,
-                        "gc": {str(k): v for k, v in list(_gc.items())}, "gc_long": list(_gc_long)}
-            except RuntimeError:
-                continue
-            tmp = f"{_out}/{os.getpid()}.json.tmp"
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, f"{_out}/{os.getpid()}.json")
+            _dump()
 
+    def _last_dump():
+        # The periodic writer alone loses up to its last 2 s, and on a starved box its sleep overruns a short
+        # process's whole tail.
+        while not _dump():
+            pass
+
+    import atexit
+
+    atexit.register(_last_dump)
     threading.Thread(target=_write, daemon=True, name="loop-busy-writer").start()
