@@ -235,6 +235,86 @@ async def test_words_the_stt_drops_release_the_held_end_at_once():
     await rule.cleanup()
 
 
+async def _wordless_rule() -> tuple[SentenceEndTurnStop, list[float]]:
+    """As `_streaming_rule`, in a turn whose only words are the interim that started it (a barge-in decided on
+    "Where are you"): no final has come."""
+    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    vad.set_sample_rate(8000)
+    rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
+    rule.follow_hearing(vad, _Counts(arrived=40, settled=40))
+    ended = await started(rule)
+    await rule.process_frame(STTMetadataFrame(service_name="stt", ttfs_p99_latency=0.35))
+    await rule.process_frame(VADUserStartedSpeakingFrame())
+    await rule.process_frame(InterimTranscriptionFrame("Where are you", "caller", "t1"))
+    return rule, ended
+
+
+async def test_a_turn_the_stt_made_nothing_of_ends_on_the_silence_not_the_watchdog():
+    """Deepgram dropped the interim's words: its answer to the finalize is empty and the turn has no words. pipecat's
+    rule wants words, so the turn ended only on its 5 s watchdog; it ends on the long silence (0.5 s past the VAD's
+    stop) like a turn with words that do not end a sentence."""
+    rule, ended = await _wordless_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.2)
+    await rule.process_frame(NothingMoreHeardFrame())
+    await asyncio.sleep(0.15)
+    assert not ended, "a wordless turn ended before its silence was up"
+    await asyncio.sleep(0.4)
+    assert len(ended) == 1 and 0.5 <= ended[0] - stopped < 0.65
+    await rule.cleanup()
+
+
+async def test_a_late_nothing_more_ends_a_wordless_turn_at_once():
+    rule, ended = await _wordless_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    stopped = time.monotonic()
+    await asyncio.sleep(0.8)
+    assert not ended, "a turn with no words and no answer from the STT ended"
+    await rule.process_frame(NothingMoreHeardFrame())
+    assert len(ended) == 1 and ended[0] - stopped >= 0.8
+    await rule.cleanup()
+
+
+async def test_a_wordless_turn_waits_while_the_caller_speaks_again():
+    """The caller goes on after the STT's empty answer: its "nothing" was about the sound before, and the turn
+    waits for the new words' final as any turn does."""
+    rule, ended = await _wordless_rule()
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await rule.process_frame(NothingMoreHeardFrame())
+    await rule.process_frame(VADUserStartedSpeakingFrame())
+    await asyncio.sleep(0.3)
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await asyncio.sleep(0.7)
+    assert not ended, "the turn ended on the earlier empty answer, with the caller's new words not in"
+    await rule.process_frame(TranscriptionFrame("Where are you located?", "caller", "t2"))
+    assert len(ended) == 1
+    await rule.cleanup()
+
+
+async def test_a_wordless_turn_started_in_the_pause_ends_a_silence_after_the_answer():
+    """Under load the interim can come after the VAD's stop and start the turn there: no silence timer runs, and
+    the STT's empty answer starts one."""
+    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
+    vad.set_sample_rate(8000)
+    rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
+    rule.follow_hearing(vad, _Counts(arrived=40, settled=40))
+    ended = await started(rule)
+    await rule.handle_user_turn_stopped()  # no turn: the caller speaks and stops with the agent silent
+    await rule.process_frame(VADUserStartedSpeakingFrame())
+    await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await rule.process_frame(NothingMoreHeardFrame())  # outside a turn (a cough): nothing to end
+    await asyncio.sleep(0.6)
+    assert not ended, "the rule ended a turn that had not started"
+    await rule.handle_user_turn_started()  # an interim in the pause starts one
+    await rule.process_frame(InterimTranscriptionFrame("Where are you", "caller", "t1"))
+    await rule.process_frame(NothingMoreHeardFrame())
+    answered = time.monotonic()
+    await asyncio.sleep(0.7)
+    assert len(ended) == 1 and 0.5 <= ended[0] - answered < 0.65
+    await rule.cleanup()
+
+
 async def test_a_final_that_never_comes_holds_the_end_no_longer_than_the_vad_would():
     rule, ended = await _streaming_rule()
     await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))

@@ -10,6 +10,7 @@ calls that was 20-46 of 300 turns at 5.5-6.5 s (bench/HISTORY.md, session 33).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -27,7 +28,10 @@ from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnS
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from config.agent import InterruptionConfig
+from config.agent import AgentConfig, InterruptionConfig, ScriptConfig, ScriptRule
+from pipelines.architectures.pipeline import _stop_strategy
+from pipelines.providers.scripted import ScriptedLLMService
+from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.barge_in import BargeInStrategy
 from pipelines.turns.user_aggregator import aggregator_pair
 from tests.pipelines import running
@@ -101,3 +105,41 @@ async def test_pipecats_aggregator_drops_the_final_words_with_the_interruption()
     """Why the aggregator above keeps them: pipecat's loses the final, and the turn ends empty on its watchdog."""
     turns = await _turn(TranscriptionUserTurnStartStrategy(enable_interruptions=True), voxlines=False)
     assert turns == [""]
+
+
+async def test_an_interruption_whose_words_the_stt_drops_ends_on_the_silence_and_asks_again():
+    """The interim "Where are you" interrupts the agent, and Deepgram's answer to the finalize comes back empty (it
+    dropped those words: NothingMoreHeardFrame). The turn has no words; pipecat's stop rule wants words, so it ended
+    only on the 5 s watchdog, with the agent cut off and silent all that time. With voxline's rules it ends on the
+    silence, and pipecat's empty-turn handling runs the model once with its "ask them to repeat" message, which the
+    scripted LLM answers with its fallback, not with another answer to the caller's question before."""
+    agent = AgentConfig(name="a", system_prompt="p", transcriber={"provider": "deepgram"}, llm={}, tts={})
+    script = ScriptConfig(rules=[ScriptRule(keywords=["hours"], reply="We are open from noon.")])
+    stop = _stop_strategy(agent, segmented_stt=False)
+    params = LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(start=[_barge_in()], stop=[stop]))
+    assert params.user_turn_stop_timeout == 5.0 and params.empty_user_turn.interrupted_prompt
+    context = LLMContext(messages=[{"role": "system", "content": "p"},
+                                   {"role": "user", "content": "What are your hours?"}])
+    user, assistant = aggregator_pair(context, params)
+    turns: list[tuple[float, str]] = []
+
+    @user.event_handler("on_user_turn_stopped")
+    async def _stopped(_user, _strategy, message):
+        turns.append((time.monotonic(), message.content))
+
+    worker, _, task = await running(user, ScriptedLLMService(script), assistant)
+    await worker.queue_frames([BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(),
+                               InterimTranscriptionFrame("Where are you", "caller", "t0"),
+                               VADUserStoppedSpeakingFrame(stop_secs=0.2)])
+    stopped = time.monotonic()
+    await asyncio.sleep(0.1)
+    await worker.queue_frame(NothingMoreHeardFrame())
+    while not turns and time.monotonic() - stopped < 6:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 10)
+    assert [text for _, text in turns] == [""]
+    assert turns[0][0] - stopped < 1.0, "the wordless turn waited for pipecat's watchdog"
+    assert context.messages[2:] == [{"role": "developer", "content": params.empty_user_turn.interrupted_prompt},
+                                    {"role": "assistant", "content": script.fallback}]

@@ -1,7 +1,9 @@
 """`scripted`: a deterministic LLM driven by the agent config, so a real conversation runs with no model and no key.
 
 Rules are checked in order against the caller's last turn; the first whose keyword appears (whole words,
-case-insensitive) answers; otherwise the fallback does. The goodbye rule answers and then ends the call.
+case-insensitive) answers; otherwise the fallback does. The goodbye rule answers and then ends the call. A turn the
+STT made nothing of ends with pipecat's instruction to ask the caller to repeat (a `developer` message, the last
+in the context; pipecat's `EmptyUserTurnConfig`): the fallback answers it too, not the caller's words before it.
 
 A rule with a `tool` goes through pipecat's real function calling, as a cloud model's tool call would: the LLM asks
 for the call, the registered handler runs it, the assistant aggregator puts the result in the context and runs the
@@ -79,6 +81,12 @@ def _tool_message(messages: list) -> dict | None:
     return last if isinstance(last, dict) and last.get("role") == "tool" else None
 
 
+def _asks_again(messages: list) -> bool:
+    """The model is run on an instruction, not on the caller's words: pipecat's empty-turn recovery."""
+    last = messages[-1] if messages else None
+    return isinstance(last, dict) and last.get("role") == "developer"
+
+
 class ScriptedLLMService(LLMService):
     def __init__(self, script: ScriptConfig, *, on_goodbye: Callable[[], Awaitable[None]] | None = None, **kwargs):
         unused = {f.name: None for f in dataclasses.fields(LLMSettings) if f.name not in ("model", "extra")}
@@ -98,6 +106,9 @@ class ScriptedLLMService(LLMService):
         messages = frame.context.get_messages()
         if (answer := _tool_message(messages)) is not None:
             await self._after_tool(answer, messages)
+            return
+        if _asks_again(messages):
+            await self._say(self._script.fallback)
             return
         rule, ends_call = self._script.match(last_user_text(messages))
         if rule is not None and rule.tool and self.has_function(rule.tool):

@@ -26,6 +26,13 @@ for; the final releases the hold, and so does its empty answer to the finalize (
 dropped the interim's words), and MAX_HOLD_SECS bounds it as above. A segmented STT sends no interims, so this
 never holds a Whisper turn.
 
+A turn can also have no words at all: an interim started it (a barge-in decided on "Where are you") and the STT then
+dropped those words. pipecat's rule ends a turn only once it has words, so such a turn ended on its watchdog
+(`user_turn_stop_timeout`, 5 s after the caller's last sound), with the agent cut off and silent all that time. Once
+the STT says it made nothing of the sound (`NothingMoreHeardFrame`), a wordless turn ends on the silence like any
+other (the long one: no words end a sentence), and pipecat's empty-turn handling (`EmptyUserTurnConfig`: by default
+the model is asked once to have the caller repeat, when the turn cut the agent off) decides what is said.
+
 Tied to pipecat 1.14's `trigger_user_turn_stopped` (what every stop rule calls to end the turn) and
 `_discard_pending_end_of_turn` (what it calls when the caller speaks again or a turn begins or ends).
 """
@@ -62,6 +69,8 @@ class HeardSilenceTurnStop(SilenceTurnStop):
         self._held: tuple[int, dict] | None = None  # (caller frames to be analyzed first, the trigger's arguments)
         self._hold_timer: asyncio.Task | None = None
         self._words_in_flight = False  # an interim transcript has come and no final since
+        self._in_turn = False
+        self._heard_nothing = False  # the STT made nothing of the turn's sound (NothingMoreHeardFrame)
 
     def follow_hearing(self, vad, ears: Ears) -> None:
         """`vad`: the call's SharedSileroVADAnalyzer; `ears`: the aggregator running it on the caller's audio."""
@@ -102,9 +111,11 @@ class HeardSilenceTurnStop(SilenceTurnStop):
         result = await super().process_frame(frame)
         if isinstance(frame, TranscriptionFrame):
             self._words_in_flight = False
-        if isinstance(frame, NothingMoreHeardFrame) and self._words_in_flight:
-            self._words_in_flight = False  # the interim's words were dropped: the turn has the words it had
-            if self._held is not None and self._ready(self._held[0]):
+        if isinstance(frame, NothingMoreHeardFrame):
+            dropped, self._words_in_flight = self._words_in_flight, False  # the turn has the words it had
+            if self._in_turn and not self._text and not self._vad_user_speaking:
+                await self._end_wordless()
+            elif dropped and self._held is not None and self._ready(self._held[0]):
                 await self._release()
         elif self._held is not None:
             if landing and self._ready(self._held[0]):
@@ -113,13 +124,39 @@ class HeardSilenceTurnStop(SilenceTurnStop):
                 await self._release()
         return result
 
+    async def _end_wordless(self) -> None:
+        """The turn has no words and the STT has nothing more for its sound: end it after the silence, as a turn
+        with words would end, not on pipecat's watchdog (`user_turn_stop_timeout`, 5 s past the caller's last
+        sound). pipecat's empty-turn handling then decides what the agent says, if anything."""
+        self._heard_nothing = True
+        self._stt_wait_done = True
+        if self._stt_timeout_task is not None:
+            await self.task_manager.cancel_task(self._stt_timeout_task)
+            self._stt_timeout_task = None
+        if self._user_speech_wait_done or self._user_speech_timeout_task is not None:
+            await self._maybe_trigger_user_turn_stopped()
+        else:  # a turn started after the VAD's stop (on an interim in the pause): no silence timer runs yet
+            await self._restart_user_speech_timer()
+
+    async def _maybe_trigger_user_turn_stopped(self):
+        if not (self._heard_nothing and not self._text):
+            return await super()._maybe_trigger_user_turn_stopped()
+        # pipecat's own check wants words; a turn the STT made nothing of needs only the silence.
+        if not self._vad_user_speaking and self._user_speech_wait_done:
+            await self.trigger_user_turn_stopped()
+
     async def _final_landed(self) -> None:
         """The final for the words in flight has come, and the turn's end was held for it: end the turn now. A
         rule that wants more silence after some words (the sentence rule) may re-time it instead."""
         await self._release()
 
+    async def handle_user_turn_started(self):
+        await super().handle_user_turn_started()
+        self._in_turn = True
+
     async def handle_user_turn_stopped(self):
         self._words_in_flight = False  # a final after the turn is the next turn's (a start rule's) business
+        self._in_turn = False
         await super().handle_user_turn_stopped()
 
     async def _release(self) -> None:
@@ -145,6 +182,7 @@ class HeardSilenceTurnStop(SilenceTurnStop):
             self._hold_timer = None
 
     async def _discard_pending_end_of_turn(self):
+        self._heard_nothing = False  # the caller spoke again (or a turn began or ended): the next answer decides
         await self._drop_hold()
         await super()._discard_pending_end_of_turn()
 
