@@ -169,17 +169,22 @@ async def test_the_hold_gives_way_to_the_clock():
     await rule.cleanup()
 
 
-async def _streaming_rule() -> tuple[SentenceEndTurnStop, list[float]]:
+async def _deepgram_rule() -> tuple[SentenceEndTurnStop, list[float]]:
     """The default sentence rule on a streaming STT with Deepgram's p99 latency (0.35 s: pipecat waits 0.15 s past
-    the VAD's stop for a final), in a turn an interruption started: its words came in while the caller went on
-    to a question, whose interim is in. The VAD has heard everything."""
-    counts = _Counts(arrived=40, settled=40)
+    the VAD's stop for a final), in a turn. The VAD has heard everything."""
     vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
     vad.set_sample_rate(8000)
     rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
-    rule.follow_hearing(vad, counts)
+    rule.follow_hearing(vad, _Counts(arrived=40, settled=40))
     ended = await started(rule)
     await rule.process_frame(STTMetadataFrame(service_name="stt", ttfs_p99_latency=0.35))
+    return rule, ended
+
+
+async def _streaming_rule() -> tuple[SentenceEndTurnStop, list[float]]:
+    """`_deepgram_rule` in a turn an interruption started: its words came in while the caller went on to a
+    question, whose interim is in."""
+    rule, ended = await _deepgram_rule()
     await rule.process_frame(VADUserStartedSpeakingFrame())
     await rule.process_frame(TranscriptionFrame("Wait.", "caller", "t0"))
     await rule.process_frame(InterimTranscriptionFrame("Where are you", "caller", "t1"))
@@ -236,14 +241,9 @@ async def test_words_the_stt_drops_release_the_held_end_at_once():
 
 
 async def _wordless_rule() -> tuple[SentenceEndTurnStop, list[float]]:
-    """As `_streaming_rule`, in a turn whose only words are the interim that started it (a barge-in decided on
-    "Where are you"): no final has come."""
-    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
-    vad.set_sample_rate(8000)
-    rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
-    rule.follow_hearing(vad, _Counts(arrived=40, settled=40))
-    ended = await started(rule)
-    await rule.process_frame(STTMetadataFrame(service_name="stt", ttfs_p99_latency=0.35))
+    """`_deepgram_rule` in a turn whose only words are the interim that started it (a barge-in decided on "Where
+    are you"): no final has come."""
+    rule, ended = await _deepgram_rule()
     await rule.process_frame(VADUserStartedSpeakingFrame())
     await rule.process_frame(InterimTranscriptionFrame("Where are you", "caller", "t1"))
     return rule, ended
@@ -295,11 +295,7 @@ async def test_a_wordless_turn_waits_while_the_caller_speaks_again():
 async def test_a_wordless_turn_started_in_the_pause_ends_a_silence_after_the_answer():
     """Under load the interim can come after the VAD's stop and start the turn there: no silence timer runs, and
     the STT's empty answer starts one."""
-    vad = SharedSileroVADAnalyzer(sample_rate=8000, params=PARAMS)
-    vad.set_sample_rate(8000)
-    rule = SentenceEndTurnStop(silence_secs=0.7, sentence_end_secs=0.3, vad_stop_secs=0.2, segmented_stt=False)
-    rule.follow_hearing(vad, _Counts(arrived=40, settled=40))
-    ended = await started(rule)
+    rule, ended = await _deepgram_rule()
     await rule.handle_user_turn_stopped()  # no turn: the caller speaks and stops with the agent silent
     await rule.process_frame(VADUserStartedSpeakingFrame())
     await rule.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
