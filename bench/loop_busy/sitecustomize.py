@@ -74,25 +74,22 @@ if os.environ.get("LOOP_BUSY_OUT"):
     _dump_lock = threading.Lock()  # the writer's snapshot must not replace the later one taken at exit
 
     def _dump() -> bool:
-        with _dump_lock:
-            return _dump_now()
-
-    def _dump_now() -> bool:
         import sys
 
-        try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
-            busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
-            steps = [[s, n, count] for (s, n), count in list(_steps.items())]
-            data = {"argv": sys.argv, "clock": "cpu" if _cpu_clock else "wall", "busy": busy, "steps": steps,
-                    "gc": {str(k): v for k, v in list(_gc.items())}, "gc_long": list(_gc_long)}
-        except RuntimeError:
-            return False
-        os.makedirs(_out, exist_ok=True)
-        tmp = f"{_out}/{os.getpid()}.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, f"{_out}/{os.getpid()}.json")
-        return True
+        with _dump_lock:
+            try:  # the loop thread adds to the counters meanwhile: a copy can fail, and is taken again
+                busy = [[s, n, round(ms, 3)] for (s, n), ms in list(_busy.items())]
+                steps = [[s, n, count] for (s, n), count in list(_steps.items())]
+                data = {"argv": sys.argv, "clock": "cpu" if _cpu_clock else "wall", "busy": busy, "steps": steps,
+                        "gc": {str(k): v for k, v in list(_gc.items())}, "gc_long": list(_gc_long)}
+            except RuntimeError:
+                return False
+            os.makedirs(_out, exist_ok=True)
+            tmp = f"{_out}/{os.getpid()}.json.tmp"
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, f"{_out}/{os.getpid()}.json")
+            return True
 
     def _write():
         while True:
