@@ -83,7 +83,8 @@ async def bench_target(target: Target, args, plan: Plan, levels: list[int], log,
             f"overhead p95 {level['overhead_runtime_ms'].get('p95')} ms (total {level['overhead_ms'].get('p95')}), "
             f"late gaps {level['pacing']['late_gaps']}, underruns {level['pacing']['underruns']}, "
             f"CPU/call {level['server']['cpu_pct_per_call_connected']} %, "
-            f"RSS/call {level['server']['rss_mb_per_call']} MB, errors {len(level['errors'])}; "
+            f"RSS/call {level['server']['rss_mb_per_call']} MB, errors {len(level['errors'])}, "
+            f"refused {level['refused']} (the rest held the goals: {level['admitted_hold_goals']}); "
             f"others' CPU % {level['others_cpu_pct_talking']}, generator loop lag p99 "
             f"{level['generator_loop_lag_ms'].get('p99')} ms")
         if args.ramp:

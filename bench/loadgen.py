@@ -162,6 +162,7 @@ class CallResult:
     connected: bool = False
     greeted: bool = False
     error: str | None = None
+    refused: bool = False  # the server turned it away at the door, full (runtime/capacity.py)
     turn_ms: list[float] = field(default_factory=list)
     barge_in_ms: list[float] = field(default_factory=list)
     missed_replies: int = 0
@@ -250,10 +251,11 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
         res.greeted = await caller.wait_agent_audio(0.0, 30.0) is not None
         await caller.wait_agent_quiet(0.8, 30.0)
     except Exception as exc:  # noqa: BLE001 - a failed call is a result, not a crash of the benchmark
-        res.error = f"connect: {type(exc).__name__}: {exc}"
+        res.refused = type(exc).__name__ == "Refused"
+        res.error = None if res.refused else f"connect: {type(exc).__name__}: {exc}"
     finally:
         ready.put_nowait(index)
-    if caller is None or res.error:
+    if caller is None or res.error or res.refused:
         if caller is not None:
             await caller.hang_up()
         return res

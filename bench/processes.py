@@ -238,8 +238,10 @@ class Voxline(Target):
             "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
             "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],
             # Forwarded: the first names in the server log whatever blocks its event loop (runtime/stall_watch.py),
-            # the second sets how often Silero runs (pipelines/providers/vad.py).
-            **{name: os.environ[name] for name in ("VOXLINE_STALL_WARN_MS", "VOXLINE_VAD_BATCH_MS")
+            # the second sets how often Silero runs (pipelines/providers/vad.py), the last two when the server turns
+            # calls away (runtime/capacity.py).
+            **{name: os.environ[name] for name in ("VOXLINE_STALL_WARN_MS", "VOXLINE_VAD_BATCH_MS",
+                                                   "VOXLINE_MAX_CALLS", "VOXLINE_SHED_LOOP_LAG_MS")
                if os.environ.get(name)},
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
@@ -256,9 +258,15 @@ class Voxline(Target):
 
     async def answer(self, client: httpx.AsyncClient) -> Answer:
         answer = await post_incoming_call(self.url, self.number, client=client)
+        if answer.rejected:
+            raise Refused(f"the server rejected the call: {answer.rejected}")
         if answer.status_code != 200 or not answer.stream_url:
             raise RuntimeError(f"webhook answered {answer.status_code}: {answer.twiml[:300]}")
         return answer
+
+
+class Refused(RuntimeError):
+    """The server turned the call away (VOXLINE_MAX_CALLS, VOXLINE_SHED_LOOP_LAG_MS): a result, not a failure."""
 
 
 class Baseline(Target):

@@ -95,6 +95,7 @@ def level_figures(n: int, results: list[CallResult], delta: dict[str, list[tuple
     level = {
         "calls": n,
         "connected": connected,
+        "refused": sum(r.refused for r in results),
         "errors": [r.error for r in results if r.error],
         "turn_ms": summary(all_of("turn_ms")),
         "barge_in_ms": summary(all_of("barge_in_ms")),
@@ -128,6 +129,8 @@ def level_figures(n: int, results: list[CallResult], delta: dict[str, list[tuple
         "raw": {"turn_ms": all_of("turn_ms"), "barge_in_ms": all_of("barge_in_ms")},
     }
     level["holds_goals"] = holds_goals(level)
+    # With the server turning calls away, whether the calls it took held the goals (holds_goals wants them all).
+    level["admitted_hold_goals"] = holds_goals({**level, "calls": level["calls"] - level["refused"]})
     return level
 
 

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
                                 "run (less CPU under load) and lets each wait longer (pipelines/providers/vad.py)")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto", description="The server's event loop: uvloop (libuv) when installed, else asyncio's own")
+    max_calls: int | None = Field(
+        default=None, ge=1, description="The most calls this server carries at once (all its workers): an inbound "
+        "call past it is rejected busy, an outbound one refused 503 `at_capacity`, campaigns wait "
+        "(runtime/capacity.py)")
+    shed_loop_lag_ms: float | None = Field(
+        default=None, gt=0, description="Refuse new calls, as past max_calls, while the event loop runs its timers "
+        "this late on average over 3 s: the server is full, whatever the calls cost")
     instance_id: str | None = Field(
         default=None, description="This server's stable name among those sharing a database (default: host:port); "
         "at start-up it closes the calls a crashed process of the same name left open")

@@ -20,7 +20,7 @@ from config.agent import AgentConfig
 from config.settings import Settings, get_settings
 from pipelines.factory import import_architectures, local_models_needed
 from pipelines.providers import local_models, registry
-from runtime import __version__, call_feed, retention, stall_watch, workers
+from runtime import __version__, call_feed, capacity, retention, stall_watch, workers
 from runtime.api import errors, guards
 from runtime.context import Runtime
 from runtime.prepare import prepare_store
@@ -141,6 +141,9 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             tokens=StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs),
             instance_id=settings.instance_id or f"{socket.gethostname()}:{os.getpid()}",
         )
+        lag = capacity.LoopLag(asyncio.get_running_loop())
+        lag.start()
+        rt.admission = capacity.Admission(settings, rt.sessions, lag, rt.db)
         app.state.runtime = rt
         if settings.twilio_auth_token is None:
             logger.warning(
@@ -190,6 +193,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             retention_job.cancel()
             if feed_hub is not None:
                 feed_hub.cancel()
+            lag.stop()
             await engine.dispose()
 
     app = FastAPI(

@@ -14,6 +14,7 @@ from runtime.tokens import StreamTokens
 
 if TYPE_CHECKING:
     from runtime.call_session import CallSession
+    from runtime.capacity import Admission
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Runtime:
     # Connections to OpenAI-compatible HTTP endpoints, kept across calls, chat turns and post-call analyses
     # (openai_llm.shared_pool); made at start-up before the background workers.
     http_pool: Any = None
+    admission: Admission | None = None  # runtime/capacity.py; set at start-up
 
 
 def runtime_of(conn: HTTPConnection) -> Runtime:

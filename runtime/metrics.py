@@ -37,6 +37,10 @@ BARGE_IN = Histogram(
     ["verdict"], registry=REGISTRY, buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0))
 PROVIDER_ERRORS = Counter("voxline_provider_errors", "Provider failures during calls, by reason",
                           ["reason"], registry=REGISTRY)
+CALLS_REFUSED = Counter("voxline_calls_refused", "New calls this server turned away (runtime/capacity.py), by the "
+                        "limit that refused them: max_calls or loop_lag", ["limit"], registry=REGISTRY)
+LOOP_LAG = Gauge("voxline_event_loop_lag_seconds", "How late the event loop runs its timers, mean over the last 3 s "
+                 "(the busiest worker's)", registry=REGISTRY, multiprocess_mode="livemax")
 WEBHOOK_DELIVERIES = Counter("voxline_webhook_delivery_attempts", "Webhook delivery attempts, by result "
                              "(delivered, retrying, failed)", ["result"], registry=REGISTRY)
 

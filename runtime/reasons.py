@@ -20,6 +20,7 @@ class DisconnectionReason(StrEnum):
     ERROR_CARRIER = "error_carrier"
     ERROR_INTERNAL = "error_internal"
     SERVER_SHUTDOWN = "server_shutdown"
+    CONCURRENCY_LIMIT = "concurrency_limit_reached"  # refused at the door: the server was full (runtime/capacity.py)
 
     @property
     def is_error(self) -> bool:

@@ -56,11 +56,11 @@ def _unusable(agent: Agent | None, line: PhoneNumber | None) -> str | None:
     return None
 
 
-async def claim(db: async_sessionmaker, batch_id: str, worker: str) -> Claim | None:
-    """Mark up to `batch_size - calling` of the batch's not_started rows `calling`, owned by `worker`, in one
-    transaction. On PostgreSQL the batch row is locked first (FOR UPDATE), so concurrent claimers of one batch take
-    turns and their claims never add up past batch_size; SKIP LOCKED keeps a claimer off rows another transaction
-    is writing. SQLite has one writer at a time, which gives the same guarantee."""
+async def claim(db: async_sessionmaker, batch_id: str, worker: str, most: int | None = None) -> Claim | None:
+    """Mark up to `batch_size - calling` (and `most`: the server's room) of the batch's not_started rows `calling`,
+    owned by `worker`, in one transaction. On PostgreSQL the batch row is locked first (FOR UPDATE), so concurrent
+    claimers of one batch take turns and their claims never add up past batch_size; SKIP LOCKED keeps a claimer off
+    rows another transaction is writing. SQLite has one writer at a time, which gives the same guarantee."""
     async with db() as s:
         batch = await s.scalar(select(BatchCall).where(BatchCall.id == batch_id, BatchCall.status == "in_progress")
                                .with_for_update())
@@ -77,6 +77,8 @@ async def claim(db: async_sessionmaker, batch_id: str, worker: str) -> Claim | N
         calling = await s.scalar(select(func.count()).select_from(BatchItem)
                                  .where(BatchItem.batch_id == batch_id, BatchItem.status == "calling"))
         room = batch.batch_size - (calling or 0)
+        if most is not None:
+            room = min(room, most)
         items: list[BatchItem] = []
         if room > 0:
             items = list(await s.scalars(
@@ -99,6 +101,16 @@ async def record_call(db: async_sessionmaker, item_id: str, call_id: str | None,
     async with db() as s:
         await s.execute(update(BatchItem).where(BatchItem.id == item_id, BatchItem.status == "calling")
                         .values(**values))
+        await s.commit()
+
+
+async def unclaim(db: async_sessionmaker, item_id: str) -> None:
+    """A row claimed but not dialed (the server filled up meanwhile): back to waiting, as if never claimed."""
+    async with db() as s:
+        await s.execute(update(BatchItem).where(BatchItem.id == item_id, BatchItem.status == "calling",
+                                                BatchItem.call_id.is_(None))
+                        .values(status="not_started", claimed_by=None, attempts=BatchItem.attempts - 1,
+                                updated_at=utcnow()))
         await s.commit()
 
 

@@ -33,7 +33,7 @@ from runtime.context import Runtime
 from runtime.reasons import DisconnectionReason as R
 from runtime.store import repo
 from runtime.store.models import BatchItem, utcnow
-from telephony.twilio.dialer import DialerNotConfigured, MissingVariables, NotDialable, place_call
+from telephony.twilio.dialer import AtCapacity, DialerNotConfigured, MissingVariables, NotDialable, place_call
 from telephony.twilio.rest import CarrierError, TwilioCalls
 
 RENEW_EVERY_SECS = 10.0  # well inside claims.LEASE, so a live process never loses its rows
@@ -119,14 +119,20 @@ class BatchEngine:
             await self._take_over(adopted)
         await self._check_followed()
         await claims.settle(db, batch_ids)
+        room = await self.rt.admission.room() if self.rt.admission is not None else None
         for batch_id in batch_ids:
             if self._stopping.is_set():
                 return
-            claim = await claims.claim(db, batch_id, self.worker)
+            if room == 0:  # the server is full: the rows wait for the next tick (runtime/capacity.py)
+                logger.debug(f"batch engine {self.worker}: at capacity, dialing nothing this tick")
+                return
+            claim = await claims.claim(db, batch_id, self.worker, most=room)
             if claim is None:
                 logger.debug(f"batch {batch_id}: nothing for {self.worker} to claim this tick")
                 await claims.finish(db, batch_id)
                 continue
+            if room is not None:
+                room -= len(claim.items)
             for item in claim.items:
                 self._dials[item.id] = asyncio.create_task(self._dial(claim, item), name=f"batch-dial-{item.id}")
 
@@ -136,6 +142,8 @@ class BatchEngine:
             placed = await place_call(
                 self.rt, workspace_id=claim.batch.workspace_id, agent=claim.agent, line=claim.line,
                 to=item.to_number, variables=item.variables or None, batch_id=claim.batch.id, batch_item_id=item.id)
+        except AtCapacity:  # filled up since the tick looked: the row waits for a later one
+            await claims.unclaim(db, item.id)
         except (MissingVariables, NotDialable, DialerNotConfigured) as exc:  # refused before anything was created
             await claims.fail(db, item.id, str(exc))
         except Exception as exc:

@@ -24,7 +24,7 @@ VOICE_PATH = "/telephony/twilio/voice"
 
 @dataclass
 class Answer:
-    """What the webhook answered: a stream to connect to, or a spoken refusal."""
+    """What the webhook answered: a stream to connect to, a spoken refusal, or a rejection."""
 
     status_code: int
     twiml: str
@@ -32,6 +32,7 @@ class Answer:
     parameters: dict[str, str] = field(default_factory=dict)
     said: list[str] = field(default_factory=list)
     hangup: bool = False
+    rejected: str | None = None  # `<Reject reason=…/>`: a full server turned the call away ("busy")
 
 
 def sid(prefix: str) -> str:
@@ -51,6 +52,8 @@ def parse_twiml(status_code: int, body: str) -> Answer:
             answer.said.append(el.text or "")
         elif el.tag == "Hangup":
             answer.hangup = True
+        elif el.tag == "Reject":
+            answer.rejected = el.get("reason", "rejected")
     return answer
 
 

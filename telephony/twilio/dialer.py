@@ -71,6 +71,10 @@ class DialerNotConfigured(RuntimeError):
         super().__init__(message)
 
 
+class AtCapacity(RuntimeError):
+    """This server takes no more calls now (runtime/capacity.py); nothing was created. Try again later."""
+
+
 def public_base(settings: Settings) -> str:
     """Where Twilio reaches us. Required: an outbound call has no incoming request to take a URL from."""
     if not settings.public_url:
@@ -98,8 +102,9 @@ async def place_call(rt: Runtime, *, workspace_id: str, agent: Agent, line: Phon
                      batch_id: str | None = None, batch_item_id: str | None = None) -> PlacedCall:
     """Open the call row and ask Twilio to dial `to` from `line` with `agent`.
 
-    Raises (before anything is created) NotDialable, MissingVariables or DialerNotConfigured. A carrier that refuses
-    the call or cannot be reached is not an exception: the call is closed `dial_failed` and returned `failed`."""
+    Raises (before anything is created) NotDialable, MissingVariables, DialerNotConfigured or AtCapacity. A carrier
+    that refuses the call or cannot be reached is not an exception: the call is closed `dial_failed` and returned
+    `failed`."""
     cfg = AgentConfig.model_validate(agent.config)
     if cfg.architecture == "text":
         raise NotDialable("agent_id", f"agent {cfg.name!r} is a text agent; text agents cannot take phone calls")
@@ -110,6 +115,9 @@ async def place_call(rt: Runtime, *, workspace_id: str, agent: Agent, line: Phon
     if lacking := call_variables.missing(cfg, variables):
         raise MissingVariables(lacking)
     base = check_configured(rt.settings)
+    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
+        rt.admission.refused(why, f"outbound call to {to}")
+        raise AtCapacity(why)
 
     request_id = str(uuid.uuid4())
     call = await repo.create_call(
@@ -117,6 +125,8 @@ async def place_call(rt: Runtime, *, workspace_id: str, agent: Agent, line: Phon
         to_number=to, status="queued", request_id=request_id, variables=_plain(variables),
         call_metadata=dict(metadata) if metadata else None, from_phone_number_id=line.id, batch_id=batch_id,
         batch_item_id=batch_item_id)
+    if rt.admission is not None:
+        rt.admission.admitted(call.id)
     stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
     amd = cfg.call.answering_machine_detection
     try:

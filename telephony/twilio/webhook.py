@@ -2,7 +2,8 @@
 the dialed number, opens the call record and answers TwiML that connects the call to our media stream.
 
 `From` and `To` may be SIP addresses (calls from or to a Twilio SIP domain); `To`'s user part is the number looked
-up. Values that cannot be stored (a NUL, longer than the columns) are refused with spoken TwiML, never a 500."""
+up. Values that cannot be stored (a NUL, longer than the columns) are refused with spoken TwiML, never a 500. A
+server at capacity rejects the call busy (runtime/capacity.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def refuse(message: str) -> Response:
     response.say(message)
     response.hangup()
     return _twiml(response)
+
+
+def reject_busy() -> VoiceResponse:
+    """A full server: the caller hears a busy tone, and Twilio neither answers nor bills the call."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return response
 
 
 def connect_twiml(stream_url: str, call_id: str, token: str) -> VoiceResponse:
@@ -67,7 +75,8 @@ _FORM = {"type": "object", "properties": {k: {"type": "string"} for k in ("CallS
     response_class=Response,
     summary="Twilio incoming-call webhook",
     responses={
-        200: {"description": "TwiML: connect to the media stream, or a spoken refusal and hang-up",
+        200: {"description": "TwiML: connect to the media stream; a spoken refusal and hang-up; or, when the server "
+                             "is full (VOXLINE_MAX_CALLS, VOXLINE_SHED_LOOP_LAG_MS), `<Reject reason=\"busy\"/>`",
               "content": {"application/xml": {"schema": {"type": "string"}}}},
         403: {"description": "Missing or invalid X-Twilio-Signature",
               "content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -115,6 +124,15 @@ async def voice(request: Request) -> Response:
         logger.warning(f"voice webhook: call {call.id}: {detail}")
         return refuse("Sorry, this agent cannot take phone calls. Goodbye.")
 
+    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
+        call = await repo.create_call(rt.db, status="failed", **columns)
+        await repo.end_call(rt.db, call.id, status="failed", reason=DisconnectionReason.CONCURRENCY_LIMIT,
+                            detail=why)
+        rt.admission.refused(why, f"call {call.id}: inbound {caller} → {to}")
+        return _twiml(reject_busy())
+
     call = await repo.create_call(rt.db, status="ringing", **columns)
+    if rt.admission is not None:
+        rt.admission.admitted(call.id)
     logger.info(f"call {call.id}: inbound {caller} → {to}, agent {cfg.name!r} ({agent.id}), CallSid {call_sid}")
     return _twiml(connect_twiml(stream_url(request), call.id, rt.tokens.mint(call.id)))

@@ -21,13 +21,16 @@ from runtime.api.lookup import owned
 from runtime.context import runtime_of
 from runtime.phone import InvalidPhoneNumber, to_e164
 from runtime.store.models import Agent, PhoneNumber
-from telephony.twilio.dialer import DialerNotConfigured, MissingVariables, NotDialable, PlacedCall, place_call
+from runtime.capacity import RETRY_AFTER_SECS
+from telephony.twilio.dialer import (
+    AtCapacity, DialerNotConfigured, MissingVariables, NotDialable, PlacedCall, place_call)
 
 router = APIRouter(tags=["calls"], responses=COMMON_ERRORS)
 
 _PLACING_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "This server cannot place calls (`twilio_not_configured`, "
-                                                 "`public_url_not_configured`)"},
+                                                 "`public_url_not_configured`), or not now: `at_capacity` (it is "
+                                                 "full: VOXLINE_MAX_CALLS, VOXLINE_SHED_LOOP_LAG_MS; see Retry-After)"},
 }
 MAX_VARIABLES = 100
 PLACEHOLDER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # as in config/variables.py
@@ -147,6 +150,9 @@ async def _place(request: Request, p: Principal, *, to: str, agent_id: str, line
                         for name in exc.names]) from None
     except DialerNotConfigured as exc:
         raise ApiError(503, exc.code, str(exc)) from None
+    except AtCapacity as exc:
+        raise ApiError(503, "at_capacity", f"{exc}; nothing was dialed: try again later",
+                       headers={"Retry-After": str(RETRY_AFTER_SECS)}) from None
     return CallPlacedOut(status=placed.status, request_id=placed.request_id, call_session_id=placed.call_id,
                          target_number=placed.to, from_phone_number=placed.from_number,
                          telephony_leg_id=placed.twilio_call_sid, reason=placed.reason)

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from config.agent import AgentConfig
 from runtime import call_feed
 from runtime.api.auth import Caller
-from runtime.api.errors import COMMON_ERRORS, bad_request, not_found
+from runtime.api.errors import COMMON_ERRORS, ApiError, ErrorResponse, bad_request, not_found
 from runtime.api.lookup import owned
+from runtime.capacity import RETRY_AFTER_SECS
 from runtime.context import Runtime, runtime_of
 from runtime.store import repo
 from runtime.store.models import Agent
@@ -71,7 +72,9 @@ def _ws_base(request: Request) -> str:
 
 
 @router.post("/api/v1/softphone/calls", response_model=SoftphoneCallOut, status_code=201,
-             summary="Open a softphone call to an agent: its stream URL, stream token and live event socket")
+             summary="Open a softphone call to an agent: its stream URL, stream token and live event socket",
+             responses={503: {"model": ErrorResponse, "description": "`at_capacity`: the server is full "
+                                                                     "(VOXLINE_MAX_CALLS, VOXLINE_SHED_LOOP_LAG_MS)"}})
 async def create_softphone_call(body: SoftphoneCallIn, p: Caller, request: Request) -> SoftphoneCallOut:
     rt = runtime_of(request)
     async with rt.db() as s:
@@ -80,8 +83,13 @@ async def create_softphone_call(body: SoftphoneCallIn, p: Caller, request: Reque
     if cfg.architecture == "text":
         message = f"agent {cfg.name!r} is a text agent; text agents cannot take calls"
         raise bad_request(f"agent_id: {message}", [{"field": "agent_id", "message": message}])
+    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
+        rt.admission.refused(why, f"softphone call to agent {cfg.name!r}")
+        raise ApiError(503, "at_capacity", f"{why}; try again later", headers={"Retry-After": str(RETRY_AFTER_SECS)})
     call = await repo.create_call(rt.db, workspace_id=p.workspace_id, agent_id=agent.id, direction=SOFTPHONE,
                                   from_number=None, to_number=None, status="ringing")
+    if rt.admission is not None:
+        rt.admission.admitted(call.id)
     # If its stream never comes, the periodic unstreamed-call sweep closes it (runtime/recovery.py), on any server.
     base = _ws_base(request)
     logger.info(f"call {call.id}: softphone → agent {cfg.name!r} ({agent.id}), key {p.key_id}")

@@ -1,0 +1,177 @@
+"""New calls a server turns away: refused cleanly and on the record, rather than let onto a server that cannot
+carry them, where each would degrade every call already there (issue 8: on two cores, the caller's audio reaches
+the VAD seconds late and the replies stall once the loops are full, for every call at once).
+
+Two limits, either or both:
+- `VOXLINE_MAX_CALLS`: calls at once on this server, all the workers of `serve --workers N` together. Counted: the
+  calls with a live media stream (the `voxline_active_calls` gauge, summed over the workers), and the calls this
+  process let in whose stream has not started (on any worker: the call's row says) and still can (its stream token
+  has not expired). An inbound call's stream opens a second or two after its webhook is answered, an outbound
+  call's once it is answered: counting them from the start keeps a burst of arrivals from all getting in at once.
+  A worker sees the live streams of all the workers but only the calls it let in itself before their streams
+  start, so in a burst of arrivals shared by several workers the limit can be passed by a few calls (by two, with
+  100 offered to 40 on two workers in the load benchmark).
+- `VOXLINE_SHED_LOOP_LAG_MS`: how late this process's event loop may run its timers, on average over the last
+  `LAG_WINDOW_SECS`, before new calls are refused. It measures a full machine whatever the calls cost (the agent's
+  providers, the line's noise, the machine's speed that hour), which a fixed number cannot. Timers run late when
+  the loop has more ready work than time: a 100 ms full collection adds ~3 ms to the mean, a saturated loop tens to
+  hundreds. It protects the calls in progress against calls arriving one after another; a burst that lands
+  together is let in before the loop falls behind, which is what the fixed number is for.
+
+What is refused: an inbound call is answered `<Reject reason="busy"/>` (the caller hears a busy tone; Twilio does
+not answer or bill it) and recorded `failed` with `concurrency_limit_reached`; an outbound call (`create_call`) is
+refused before anything is created, 503 `at_capacity` with `Retry-After`; a campaign dials nothing while refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import glob
+import os
+import time
+
+from loguru import logger
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from config.settings import Settings
+from runtime import metrics
+from runtime.store.models import Call
+
+RESERVED_SECS = 10.0  # a slot let in whose call row never came (the database failed) is free again after this
+ADMITTED_GRACE_SECS = 5.0  # past the stream token's lifetime: a start already on its way (runtime/recovery.py)
+LAG_TICK_SECS = 0.1
+LAG_WINDOW_SECS = 3.0
+RETRY_AFTER_SECS = 5
+
+
+class LoopLag:
+    """How late the event loop runs a timer due every `LAG_TICK_SECS`: the mean over the last `LAG_WINDOW_SECS`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._samples: collections.deque[float] = collections.deque(maxlen=round(LAG_WINDOW_SECS / LAG_TICK_SECS))
+        self._total = 0.0
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._ticks = 0
+
+    def start(self) -> None:
+        self._due = self._loop.time() + LAG_TICK_SECS
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        late = max(0.0, now - self._due)
+        if len(self._samples) == self._samples.maxlen:
+            self._total -= self._samples[0]
+        self._samples.append(late)
+        self._total += late
+        self._ticks += 1
+        if self._ticks % 10 == 0:
+            metrics.LOOP_LAG.set(self.mean_secs())
+        self._due = now + LAG_TICK_SECS
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def mean_secs(self) -> float:
+        return self._total / len(self._samples) if self._samples else 0.0
+
+
+class Admission:
+    """Whether this server takes one more call now: `refusal()` is None, or says why not."""
+
+    def __init__(self, settings: Settings, sessions: dict, lag: LoopLag | None = None,
+                 db: async_sessionmaker | None = None):
+        self.max_calls = settings.max_calls
+        self.admitted_secs = settings.stream_token_ttl_secs + ADMITTED_GRACE_SECS
+        self._db = db
+        self.shed_lag_secs = settings.shed_loop_lag_ms / 1000 if settings.shed_loop_lag_ms else None
+        self._sessions = sessions
+        self.lag = lag
+        self._admitted: dict[str, float] = {}  # call id → until when it counts, stream or not
+        # Slots taken by a `refusal(reserve=True)` that let a call in, until its row exists (`admitted`): concurrent
+        # webhooks on this process each see the others' (one that never gets a row frees its slot after a while).
+        self._reserved: collections.deque[float] = collections.deque()
+        self._shedding = False
+
+    def admitted(self, call_id: str) -> None:
+        """A call let in: it counts against `max_calls` until its stream starts or its stream token expires."""
+        if self.max_calls:
+            if self._reserved:
+                self._reserved.popleft()
+            self._admitted[call_id] = time.monotonic() + self.admitted_secs
+
+    def started(self, call_id: str) -> None:
+        self._admitted.pop(call_id, None)
+
+    async def calls_now(self) -> int:
+        """Live media streams on this server (every worker), and the calls admitted here not yet streaming."""
+        now = time.monotonic()
+        for call_id in [c for c, until in self._admitted.items() if until <= now]:
+            del self._admitted[call_id]
+        while self._reserved and self._reserved[0] <= now:
+            self._reserved.popleft()
+        if self._admitted and self._db is not None:
+            # Streams another worker started, and calls that ended first (hung up while ringing): live or over.
+            async with self._db() as s:
+                gone = set(await s.scalars(select(Call.id).where(
+                    Call.id.in_(list(self._admitted)), (Call.stream_sid.is_not(None)) | (Call.ended_at.is_not(None)))))
+            for call_id in gone:
+                self._admitted.pop(call_id, None)
+        return _live_streams(len(self._sessions)) + len(self._admitted) + len(self._reserved)
+
+    async def refusal(self, reserve: bool = False) -> str | None:
+        """Why a new call is refused now, or None. With `reserve`, a call let in holds its slot from here: pass its
+        id to `admitted` once its row exists."""
+        if self.max_calls:
+            n = await self.calls_now()
+            if n >= self.max_calls:
+                return f"the server is at its limit of {self.max_calls} calls (VOXLINE_MAX_CALLS; {n} live or starting)"
+        if self.shed_lag_secs and self.lag is not None:
+            lag = self.lag.mean_secs()
+            if lag >= self.shed_lag_secs:
+                if not self._shedding:
+                    self._shedding = True
+                    logger.warning(f"event loop {lag * 1000:.0f} ms late on average: refusing new calls until it is "
+                                   f"under {self.shed_lag_secs * 1000:.0f} ms (VOXLINE_SHED_LOOP_LAG_MS)")
+                return (f"the server is overloaded: its event loop runs {lag * 1000:.0f} ms late on average "
+                        f"(VOXLINE_SHED_LOOP_LAG_MS={self.shed_lag_secs * 1000:g})")
+            if self._shedding:
+                self._shedding = False
+                logger.info(f"event loop {lag * 1000:.0f} ms late on average: taking new calls again")
+        if reserve and self.max_calls:
+            self._reserved.append(time.monotonic() + RESERVED_SECS)
+        return None
+
+    async def room(self) -> int | None:
+        """How many more calls may start now: None when no limit is set, 0 while refusing."""
+        if await self.refusal() is not None:
+            return 0
+        return self.max_calls - await self.calls_now() if self.max_calls else None
+
+    def refused(self, why: str, what: str) -> None:
+        limit = "max_calls" if "VOXLINE_MAX_CALLS" in why else "loop_lag"
+        metrics.CALLS_REFUSED.labels(limit=limit).inc()
+        logger.warning(f"{what} refused: {why}")
+
+
+def _live_streams(own: int) -> int:
+    """Calls with a live stream on every worker of this server (prometheus-client's files), or this process's."""
+    folder = os.environ.get(metrics.MULTIPROC_ENV)
+    if not folder:
+        return own
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    metrics.forget_dead_workers()
+    files = glob.glob(os.path.join(folder, "gauge_livesum_*.db"))
+    total = 0.0
+    for metric in MultiProcessCollector.merge(files, accumulate=True):
+        if metric.name == "voxline_active_calls":
+            total += sum(sample.value for sample in metric.samples)
+    return max(own, round(total))
