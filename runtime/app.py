@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
         lag = capacity.LoopLag(asyncio.get_running_loop())
         lag.start()
         rt.admission = capacity.Admission(settings, rt.sessions, lag, rt.db)
+        rt.admission.start()
         app.state.runtime = rt
         if settings.twilio_auth_token is None:
             logger.warning(
@@ -194,6 +195,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             if feed_hub is not None:
                 feed_hub.cancel()
             lag.stop()
+            await rt.admission.stop()
             await engine.dispose()
 
     app = FastAPI(

@@ -4,13 +4,13 @@ the VAD seconds late and the replies stall once the loops are full, for every ca
 
 Two limits, either or both:
 - `VOXLINE_MAX_CALLS`: calls at once on this server, all the workers of `serve --workers N` together. Counted: the
-  calls with a live media stream (the `voxline_active_calls` gauge, summed over the workers), and the calls this
-  process let in whose stream has not started (on any worker: the call's row says) and still can (its stream token
-  has not expired). An inbound call's stream opens a second or two after its webhook is answered, an outbound
-  call's once it is answered: counting them from the start keeps a burst of arrivals from all getting in at once.
-  A worker sees the live streams of all the workers but only the calls it let in itself before their streams
-  start, so in a burst of arrivals shared by several workers the limit can be passed by a few calls (by two, with
-  100 offered to 40 on two workers in the load benchmark).
+  calls with a live media stream (`voxline_active_calls`) and the calls let in whose stream has not started and
+  still can (`voxline_calls_starting`), each gauge summed over the workers' prometheus-client files. An inbound
+  call's stream opens a second or two after its webhook is answered, an outbound call's once it is answered:
+  counting them from the start keeps a burst of arrivals from all getting in at once. The worker that let a call in
+  counts it as starting until its stream starts there, its row says it started on another worker or ended (looked
+  up every `SWEEP_SECS` and at each decision), or its stream token expires. Two workers deciding at the same
+  instant can both take the last slot, so a burst can pass the limit by about a call per worker.
 - `VOXLINE_SHED_LOOP_LAG_MS`: how late this process's event loop may run its timers, on average over the last
   `LAG_WINDOW_SECS`, before new calls are refused. It measures a full machine whatever the calls cost (the agent's
   providers, the line's noise, the machine's speed that hour), which a fixed number cannot. Timers run late when
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import glob
 import os
 import time
@@ -40,7 +41,8 @@ from runtime import metrics
 from runtime.store.models import Call
 
 RESERVED_SECS = 10.0  # a slot let in whose call row never came (the database failed) is free again after this
-ADMITTED_GRACE_SECS = 5.0  # past the stream token's lifetime: a start already on its way (runtime/recovery.py)
+ADMITTED_GRACE_SECS = 5.0
+SWEEP_SECS = 1.0  # past the stream token's lifetime: a start already on its way (runtime/recovery.py)
 LAG_TICK_SECS = 0.1
 LAG_WINDOW_SECS = 3.0
 RETRY_AFTER_SECS = 5
@@ -99,6 +101,28 @@ class Admission:
         # webhooks on this process each see the others' (one that never gets a row frees its slot after a while).
         self._reserved: collections.deque[float] = collections.deque()
         self._shedding = False
+        self._sweeper: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """With a limit and a database: forget, every `SWEEP_SECS`, the calls let in here whose stream another worker
+        started (or that ended), so the other workers stop counting them as starting here."""
+        if self.max_calls and self._db is not None and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="admission-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECS)
+            try:
+                await self._sweep()
+            except Exception as exc:  # a database blip: the calls stay counted a little longer, never fewer
+                logger.warning(f"admission: could not check the calls let in: {type(exc).__name__}: {exc}"[:300])
 
     def admitted(self, call_id: str) -> None:
         """A call let in: it counts against `max_calls` until its stream starts or its stream token expires."""
@@ -106,25 +130,38 @@ class Admission:
             if self._reserved:
                 self._reserved.popleft()
             self._admitted[call_id] = time.monotonic() + self.admitted_secs
+            self._publish()
 
     def started(self, call_id: str) -> None:
-        self._admitted.pop(call_id, None)
+        if self._admitted.pop(call_id, None) is not None:
+            self._publish()
 
-    async def calls_now(self) -> int:
-        """Live media streams on this server (every worker), and the calls admitted here not yet streaming."""
+    def _publish(self) -> None:
+        metrics.CALLS_STARTING.set(len(self._admitted) + len(self._reserved))
+
+    async def _sweep(self) -> None:
+        """Drop the calls let in here that can no longer start (token expired), or whose stream started on any worker
+        (its gauge counts it there now), or that ended first (hung up while ringing); free stale reservations."""
         now = time.monotonic()
         for call_id in [c for c, until in self._admitted.items() if until <= now]:
             del self._admitted[call_id]
         while self._reserved and self._reserved[0] <= now:
             self._reserved.popleft()
         if self._admitted and self._db is not None:
-            # Streams another worker started, and calls that ended first (hung up while ringing): live or over.
             async with self._db() as s:
                 gone = set(await s.scalars(select(Call.id).where(
                     Call.id.in_(list(self._admitted)), (Call.stream_sid.is_not(None)) | (Call.ended_at.is_not(None)))))
             for call_id in gone:
                 self._admitted.pop(call_id, None)
-        return _live_streams(len(self._sessions)) + len(self._admitted) + len(self._reserved)
+        self._publish()
+
+    async def calls_now(self) -> int:
+        """Live media streams and calls let in but not yet streaming, on every worker of this server."""
+        await self._sweep()
+        live, starting = _box_counts()
+        if live is None:  # one process
+            return len(self._sessions) + len(self._admitted) + len(self._reserved)
+        return max(live, len(self._sessions)) + max(starting, len(self._admitted) + len(self._reserved))
 
     async def refusal(self, reserve: bool = False) -> str | None:
         """Why a new call is refused now, or None. With `reserve`, a call let in holds its slot from here: pass its
@@ -147,6 +184,7 @@ class Admission:
                 logger.info(f"event loop {lag * 1000:.0f} ms late on average: taking new calls again")
         if reserve and self.max_calls:
             self._reserved.append(time.monotonic() + RESERVED_SECS)
+            self._publish()
         return None
 
     async def room(self) -> int | None:
@@ -161,17 +199,18 @@ class Admission:
         logger.warning(f"{what} refused: {why}")
 
 
-def _live_streams(own: int) -> int:
-    """Calls with a live stream on every worker of this server (prometheus-client's files), or this process's."""
+def _box_counts() -> tuple[int | None, int]:
+    """(live streams, calls starting) summed over the workers of this server from prometheus-client's files; (None,
+    0) for a single process, whose own counts are the server's."""
     folder = os.environ.get(metrics.MULTIPROC_ENV)
     if not folder:
-        return own
+        return None, 0
     from prometheus_client.multiprocess import MultiProcessCollector
 
     metrics.forget_dead_workers()
     files = glob.glob(os.path.join(folder, "gauge_livesum_*.db"))
-    total = 0.0
+    totals = {"voxline_active_calls": 0.0, "voxline_calls_starting": 0.0}
     for metric in MultiProcessCollector.merge(files, accumulate=True):
-        if metric.name == "voxline_active_calls":
-            total += sum(sample.value for sample in metric.samples)
-    return max(own, round(total))
+        if metric.name in totals:
+            totals[metric.name] += sum(sample.value for sample in metric.samples)
+    return round(totals["voxline_active_calls"]), round(totals["voxline_calls_starting"])

@@ -39,6 +39,8 @@ PROVIDER_ERRORS = Counter("voxline_provider_errors", "Provider failures during c
                           ["reason"], registry=REGISTRY)
 CALLS_REFUSED = Counter("voxline_calls_refused", "New calls this server turned away (runtime/capacity.py), by the "
                         "limit that refused them: max_calls or loop_lag", ["limit"], registry=REGISTRY)
+CALLS_STARTING = Gauge("voxline_calls_starting", "Calls let in (webhook answered, outbound placed) whose media "
+                       "stream has not started yet", registry=REGISTRY, multiprocess_mode="livesum")
 LOOP_LAG = Gauge("voxline_event_loop_lag_seconds", "How late the event loop runs its timers, mean over the last 3 s "
                  "(the busiest worker's)", registry=REGISTRY, multiprocess_mode="livemax")
 WEBHOOK_DELIVERIES = Counter("voxline_webhook_delivery_attempts", "Webhook delivery attempts, by result "

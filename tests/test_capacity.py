@@ -11,8 +11,8 @@ import pytest
 
 from config.settings import Settings
 from runtime import capacity
-from telephony.twilio.caller import MediaStreamCaller, post_incoming_call, sid
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, start_api_server, stop_server
+from telephony.twilio.caller import Answer, MediaStreamCaller, post_incoming_call, sid
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, DEMO_NUMBER, start_api_server, start_server, stop_server
 from runtime.store import repo
 from tests.test_outbound_calls import (  # noqa: F401 - `carrier` and `database` are fixtures
     RING, _workspace, agent_config, carrier, carrier_env, database, dials, number, wait_record)
@@ -35,7 +35,7 @@ def full(tmp_path_factory, carrier):  # noqa: F811
     stop_server(api.server)
 
 
-async def ring(api, to: str):
+async def ring(api, to: str) -> tuple[str, Answer]:
     call_sid = sid("CA")
     answer = await post_incoming_call(api.url, to, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID,
                                       call_sid=call_sid, public_url=api.url)
@@ -199,3 +199,32 @@ async def test_a_call_let_in_here_stops_counting_once_any_worker_streams_it_or_i
                                   status="ringing")
     admission.admitted(call.id)  # a let-in call's row: its slot becomes the call, not a second one
     assert await admission.calls_now() == 3
+
+
+async def test_two_workers_count_the_calls_each_other_let_in(tmp_path, twilio_api):
+    from tests.test_workers import metric, names
+
+    srv = start_server(tmp_path, auth_token=AUTH_TOKEN, args=("--workers", "2"),
+                       extra_env={"TWILIO_API_BASE_URL": twilio_api.url, "VOXLINE_MAX_CALLS": "2"})
+    try:
+        assert len(names(srv)) == 2
+
+        async def call() -> tuple[str, Answer]:
+            # A fresh connection each: the parent hands it to the worker holding fewer, ties in turn, so the two
+            # calls let in are let in by different workers, each unaware of the other's but for the shared gauge.
+            return await ring(srv, DEMO_NUMBER)
+
+        (first_sid, first), (_, second) = await call(), await call()
+        assert first.stream_url and second.stream_url
+        busy_sid, busy = await call()
+        assert busy.rejected == "busy", busy.twiml
+        assert metric(srv, "voxline_calls_starting") == 2 and metric(srv, "voxline_active_calls") == 0
+        async with MediaStreamCaller(first, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID, call_sid=first_sid) as c:
+            assert await c.wait_agent_audio(0.0, 20.0), "no welcome audio"
+            await asyncio.sleep(capacity.SWEEP_SECS + 0.5)  # the worker that let it in sees it streaming elsewhere
+            assert metric(srv, "voxline_calls_starting") == 1 and metric(srv, "voxline_active_calls") == 1
+            assert (await call())[1].rejected == "busy"
+        srv.wait_ended(first.parameters["call_id"], 10)
+        assert (await call())[1].stream_url
+    finally:
+        stop_server(srv)
