@@ -19,8 +19,9 @@ Two limits, either or both:
   together is let in before the loop falls behind, which is what the fixed number is for.
 
 What is refused: an inbound call is answered `<Reject reason="busy"/>` (the caller hears a busy tone; Twilio does
-not answer or bill it) and recorded `failed` with `concurrency_limit_reached`; an outbound call (`create_call`) is
-refused before anything is created, 503 `at_capacity` with `Retry-After`; a campaign dials nothing while refused.
+not answer or bill it) and recorded `failed` with `concurrency_limit_reached`; an outbound call (`create_call`) or a
+softphone call is refused before anything is created, 503 `at_capacity` with `Retry-After`; a campaign dials no
+more rows than there is room for.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from runtime import metrics
 from runtime.store.models import Call
 
 RESERVED_SECS = 10.0  # a slot let in whose call row never came (the database failed) is free again after this
-ADMITTED_GRACE_SECS = 5.0
-SWEEP_SECS = 1.0  # past the stream token's lifetime: a start already on its way (runtime/recovery.py)
+ADMITTED_GRACE_SECS = 5.0  # past the stream token's lifetime: a start already on its way (runtime/recovery.py)
+SWEEP_SECS = 1.0
 LAG_TICK_SECS = 0.1
 LAG_WINDOW_SECS = 3.0
 RETRY_AFTER_SECS = 5
@@ -191,7 +192,7 @@ class Admission:
         """How many more calls may start now: None when no limit is set, 0 while refusing."""
         if await self.refusal() is not None:
             return 0
-        return self.max_calls - await self.calls_now() if self.max_calls else None
+        return max(0, self.max_calls - await self.calls_now()) if self.max_calls else None
 
     def refused(self, why: str, what: str) -> None:
         limit = "max_calls" if "VOXLINE_MAX_CALLS" in why else "loop_lag"
