@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 # the modules next to this one (the script's directory is on sys.path when run as `python bench/load.py`)
 import harness_loop  # noqa: E402
-from loadgen import INTERRUPTION, QUESTION, Plan, line_noise, run_level, soak, synthesize, warm_up  # noqa: E402
+from loadgen import (  # noqa: E402
+    INTERRUPTION, QUESTION, Plan, arrivals, line_noise, run_level, soak, synthesize, warm_up)
 from processes import Baseline, Emulators, Target, Voxline, nice_harness  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
 
@@ -73,6 +74,15 @@ async def bench_target(target: Target, args, plan: Plan, levels: list[int], log,
     if args.soak:
         log(f"{target.name}: soak of {args.soak} calls")
         res["soak"] = await soak(target, args.soak, args.soak_lanes, plan.question, log)
+    if args.arrivals:
+        log(f"{target.name}: calls arriving at {args.arrivals:g} a second for {args.arrival_secs:g} s")
+        res["arrivals"] = level = await arrivals(target, plan, args.arrivals, args.arrival_secs, others=others)
+        a = level["arrivals"]
+        log(f"  offered {a['offered']}, let in {a['let_in']} (at once: most {a['most_at_once']}, mean "
+            f"{a['mean_at_once']}), refused {level['refused']}, errors {len(level['errors'])}; turn p50 "
+            f"{level['turn_ms'].get('p50')} ms, barge-in p95 {level['barge_in_ms'].get('p95')} ms, overhead p95 "
+            f"{level['overhead_runtime_ms'].get('p95')} ms, underruns {level['pacing']['underruns']}; the calls let "
+            f"in held the goals: {level['admitted_hold_goals']}")
     best = 0
     for n in levels:
         log(f"{target.name}: {n} concurrent calls")
@@ -124,8 +134,8 @@ async def amain(args) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda msg: print(f"[{time.monotonic() - t_start:6.1f}s] {msg}",
                                                                   flush=True))
     targets = ["voxline", "baseline"] if args.target == "both" else [args.target]
-    levels = [int(x) for x in args.ramp_levels.split(",")] if args.ramp else ([] if args.soak and not args.calls
-                                                                              else [args.calls or 5])
+    levels = [int(x) for x in args.ramp_levels.split(",")] if args.ramp else (
+        [] if (args.soak or args.arrivals) and not args.calls else [args.calls or 5])
     server_cpus, harness_cpus = split_cpus(args.server_cpus)
     if harness_cpus:
         os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
@@ -145,6 +155,7 @@ async def amain(args) -> dict:
             "hold_s": args.hold,
             "barge_in_after_s": args.barge_in_after, "voxline_vad_batch_ms": os.environ.get("VOXLINE_VAD_BATCH_MS"),
             "question": QUESTION, "interruption": INTERRUPTION, "soak": args.soak, "soak_lanes": args.soak_lanes,
+            "arrivals_per_s": args.arrivals, "arrival_secs": args.arrival_secs,
             "line_noise_dbfs": args.line_noise, "voxline_turn_silence_s": args.turn_silence,
             "voxline_turn_sentence_end": args.turn_sentence_end,
             "voxline_workers": args.workers, "voxline_only_agent": args.only_agent,
@@ -197,6 +208,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ramp-levels", default="10,20,30,40,60,80,100,120,150,200")
     ap.add_argument("--soak", type=int, default=0, help="sequential short calls, RSS after each (e.g. 1000)")
     ap.add_argument("--soak-lanes", type=int, default=1, help="soak calls at a time (1: strictly sequential)")
+    ap.add_argument("--arrivals", type=float, default=0.0, metavar="RATE",
+                    help="calls arriving at random, RATE a second on average, each talking --turns cycles once "
+                         "greeted and hanging up (a phone line's traffic; with VOXLINE_MAX_CALLS or "
+                         "VOXLINE_SHED_LOOP_LAG_MS set, the server turns some away)")
+    ap.add_argument("--arrival-secs", type=float, default=60.0, help="how long calls keep arriving (--arrivals)")
     ap.add_argument("--smoke", action="store_true", help="a warm-up call, then 2 voxline calls, 1 baseline call, 1 turn: ~70 s")
     ap.add_argument("--agent", choices=("cloud", "local"), default="cloud",
                     help="cloud: Deepgram + OpenAI + Cartesia emulators; local: Whisper + Piper in the server "

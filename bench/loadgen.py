@@ -327,6 +327,66 @@ async def run_level(target: Target, n: int, plan: Plan, connect_secs: float, sam
                          others_cpu=others_cpu, loop_lag=loop_lag)
 
 
+async def arrivals(target: Target, plan: Plan, rate: float, secs: float, sample_every: float = 0.5,
+                   others: dict[str, psutil.Process] | None = None, seed: int = 7) -> dict:
+    """Calls arriving one after another, at random (a Poisson process of `rate` calls a second for `secs`), each
+    talking its `plan.turns` cycles as soon as greeted and hanging up, as a phone line's traffic comes: the load a
+    server's limits (runtime/capacity.py) are for. The figures of a level, over every call offered, plus how many
+    were let in at once (most and mean) and how many the server turned away."""
+    rng = random.Random(seed)
+    at: list[float] = []
+    t = rng.expovariate(rate)
+    while t < secs:
+        at.append(t)
+        t += rng.expovariate(rate)
+    sampler = Sampler(target.proc.ps, sample_every)
+    side = {name: Sampler(ps, 1.0, tree=False) for name, ps in (others or {}).items()}
+    metrics_before = overhead_buckets(target.metrics_text())
+    sampler.start()
+    for s_ in side.values():
+        s_.start()
+    lag = LoopLag()
+    lag.start()
+    await asyncio.sleep(2.0)
+    t_idle = time.monotonic()
+    go = asyncio.Event()
+    go.set()  # no hold: each call talks once greeted
+
+    async def timed(i: int, start: float) -> tuple[CallResult, float, float]:
+        res = await run_call(target, client, i, plan, asyncio.Queue(), go, start)
+        return res, start, time.monotonic()
+
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        t0 = time.monotonic()
+        done = await asyncio.gather(*(timed(i, t0 + a) for i, a in enumerate(at)))
+        t_end = time.monotonic()
+    await asyncio.sleep(1.0)
+    await sampler.stop()
+    for s_ in side.values():
+        await s_.stop()
+    loop_lag = await lag.stop()
+    delta = bucket_delta(metrics_before, overhead_buckets(target.metrics_text()))
+    results = [r for r, _, _ in done]
+    empty = {"cpu_pct": None, "rss_mb_max": None, "rss_mb_mean": None, "secs": 0.0}
+    figures = level_figures(len(at), results, delta, idle=sampler.window(sampler.samples[0][0], t_idle), hold=empty,
+                            talk=sampler.window(t0, t_end),
+                            others_cpu={name: s_.window(t0, t_end)["cpu_pct"] for name, s_ in side.items()},
+                            loop_lag=loop_lag)
+    for key in ("cpu_pct_per_call_connected", "cpu_pct_per_call_talking", "rss_mb_per_call"):
+        figures["server"][key] = None  # per call needs a fixed number of calls; see the CPU over the window
+    spans = [(start, end) for r, start, end in done if r.connected]
+    edges = sorted([(s_, 1) for s_, _ in spans] + [(e, -1) for _, e in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    figures["arrivals"] = {"rate_per_s": rate, "secs": secs, "offered": len(at), "let_in": len(spans),
+                           "most_at_once": most,
+                           "mean_at_once": round(sum(e - s_ for s_, e in spans) / max(1e-9, t_end - t0), 1)}
+    return figures
+
+
 async def warm_up(target: Target, plan: Plan) -> None:
     """One call first, not counted: lazy imports and first-use allocations are not per-call costs."""
     short = Plan(turns=1, spread=0.0, hold=0.0, question=plan.question, interruption=plan.interruption,

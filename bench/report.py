@@ -245,6 +245,15 @@ def markdown(report: dict) -> str:
             s = res["soak"]
             out.append(f"- {name} soak: {s['calls']} calls ({s['lanes']} at a time, {s['errors']} failed), RSS "
                        f"{s['rss_mb_early_median']} → {s['rss_mb_late_median']} MB: **{s['rss_growth_pct']} %** growth")
+        if "arrivals" in res:
+            lv, a = res["arrivals"], res["arrivals"]["arrivals"]
+            out.append(f"- {name} arrivals: {a['offered']} calls at {a['rate_per_s']:g} a second over "
+                       f"{a['secs']:g} s, {a['let_in']} let in (at once: most {a['most_at_once']}, mean "
+                       f"{a['mean_at_once']}), {lv['refused']} refused, {len(lv['errors'])} failed; turn p50 / p95 "
+                       f"{lv['turn_ms'].get('p50')} / {lv['turn_ms'].get('p95')} ms, barge-in p95 "
+                       f"{lv['barge_in_ms'].get('p95')} ms, runtime overhead p95 "
+                       f"{lv['overhead_runtime_ms'].get('p95')} ms, {lv['pacing']['underruns']} underruns: the calls "
+                       f"let in held the goals: **{lv['admitted_hold_goals']}**")
         for lv in res.get("levels", []):
             if lv["errors"] or lv["missed_replies"] or lv["missed_clears"]:
                 out.append(f"- {name} N={lv['calls']}: {len(lv['errors'])} call errors, {lv['missed_replies']} "

@@ -108,6 +108,32 @@ def test_the_servers_ran_on_their_cpus_and_the_load_on_the_others(smoke):
     assert f"ran on CPUs [{SERVER_CPU}]" in md
 
 
+def test_calls_arriving_one_after_another_at_a_server_that_takes_one_at_a_time(smoke, tmp_path):
+    """--arrivals: calls arriving at random, each talking once greeted; the server limited to one call turns the
+    others away busy, and the report counts them apart from failures."""
+    out, _, _ = smoke
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--target", "voxline", "--arrivals", "1", "--arrival-secs",
+         "4", "--turns", "1", "--spread", "0", "--no-plots", "--out", str(tmp_path), "--audio-cache",
+         str(out / "audio")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "VOXLINE_MAX_CALLS": "1", "BENCH_SERVER_LOG_LEVEL": "INFO"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    run = report["results"]["voxline"]
+    assert run["levels"] == []
+    level, arrived = run["arrivals"], run["arrivals"]["arrivals"]
+    assert arrived["offered"] == level["calls"] >= 3 and level["errors"] == [], (arrived, level["errors"])
+    # One call talks (~10 s) while the others arrive: they are turned away, and counted as such.
+    assert arrived["let_in"] >= 1 and level["refused"] >= 1, (arrived, level["refused"])
+    assert arrived["let_in"] + level["refused"] == arrived["offered"]
+    assert level["turn_ms"]["n"] >= 1 and level["barge_in_ms"]["n"] >= 1, level
+    assert 1 <= arrived["most_at_once"] <= 2 and arrived["mean_at_once"] > 0, arrived
+    md = (tmp_path / "results.md").read_text()
+    assert f"- voxline arrivals: {arrived['offered']} calls at 1 a second over 4 s, {arrived['let_in']} let in" in md
+
+
 def _figures(line: str) -> list[float]:
     return [float(x) for x in re.findall(r"(\d+(?:\.\d+)?) (?:µs|ms)", line)]
 
