@@ -286,20 +286,42 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
 
 # --- runs of calls ----------------------------------------------------------------------------------------------------
 
+class Watch:
+    """What a run samples around its calls: the server's CPU and RSS, the others' CPU (the emulators, this
+    generator: only to show what they took from the server), this generator's loop lag, and the server's overhead
+    histogram before and after. `begin` waits 2 s first: the server's own idle cost, subtracted from the calls'."""
+
+    @classmethod
+    async def begin(cls, target: Target, sample_every: float, others: dict[str, psutil.Process] | None) -> Watch:
+        w = cls()
+        w.sampler = Sampler(target.proc.ps, sample_every)
+        w.side = {name: Sampler(ps, 1.0, tree=False) for name, ps in (others or {}).items()}
+        w.metrics_before = overhead_buckets(target.metrics_text())
+        w.sampler.start()
+        for s_ in w.side.values():
+            s_.start()
+        w.lag = LoopLag()
+        w.lag.start()
+        await asyncio.sleep(2.0)
+        w.t_idle = time.monotonic()
+        return w
+
+    async def end(self, target: Target) -> tuple[dict, dict]:
+        """(the overhead histogram's change over the run, this generator's loop lag), a second after the calls."""
+        await asyncio.sleep(1.0)
+        await self.sampler.stop()
+        for s_ in self.side.values():
+            await s_.stop()
+        loop_lag = await self.lag.stop()
+        return bucket_delta(self.metrics_before, overhead_buckets(target.metrics_text())), loop_lag
+
+
 async def run_level(target: Target, n: int, plan: Plan, connect_secs: float, sample_every: float = 0.5,
                     others: dict[str, psutil.Process] | None = None) -> dict:
     """N concurrent calls against a running target; the level's metrics. `others` (the emulators, this generator)
     are sampled too, only to show how much of the machine they took from the server."""
-    sampler = Sampler(target.proc.ps, sample_every)
-    side = {name: Sampler(ps, 1.0, tree=False) for name, ps in (others or {}).items()}
-    metrics_before = overhead_buckets(target.metrics_text())
-    sampler.start()
-    for s_ in side.values():
-        s_.start()
-    lag = LoopLag()
-    lag.start()
-    await asyncio.sleep(2.0)  # the server's own idle cost, subtracted from the calls'
-    t_idle = time.monotonic()
+    watch = await Watch.begin(target, sample_every, others)
+    sampler, side, t_idle = watch.sampler, watch.side, watch.t_idle
     ready: asyncio.Queue = asyncio.Queue()
     go = asyncio.Event()
     limits = httpx.Limits(max_connections=max(10, n), max_keepalive_connections=max(10, n))
@@ -315,12 +337,7 @@ async def run_level(target: Target, n: int, plan: Plan, connect_secs: float, sam
         go.set()
         results: list[CallResult] = await asyncio.gather(*tasks)
         t_end = time.monotonic()
-    await asyncio.sleep(1.0)
-    await sampler.stop()
-    for s_ in side.values():
-        await s_.stop()
-    loop_lag = await lag.stop()
-    delta = bucket_delta(metrics_before, overhead_buckets(target.metrics_text()))
+    delta, loop_lag = await watch.end(target)
     others_cpu = {name: s_.window(t_hold1, t_end + 1.0)["cpu_pct"] for name, s_ in side.items()}
     return level_figures(n, results, delta, idle=sampler.window(sampler.samples[0][0], t_idle),
                          hold=sampler.window(t_hold0, t_hold1), talk=sampler.window(t_hold1, t_end),
@@ -339,16 +356,8 @@ async def arrivals(target: Target, plan: Plan, rate: float, secs: float, sample_
     while t < secs:
         at.append(t)
         t += rng.expovariate(rate)
-    sampler = Sampler(target.proc.ps, sample_every)
-    side = {name: Sampler(ps, 1.0, tree=False) for name, ps in (others or {}).items()}
-    metrics_before = overhead_buckets(target.metrics_text())
-    sampler.start()
-    for s_ in side.values():
-        s_.start()
-    lag = LoopLag()
-    lag.start()
-    await asyncio.sleep(2.0)
-    t_idle = time.monotonic()
+    watch = await Watch.begin(target, sample_every, others)
+    sampler, side, t_idle = watch.sampler, watch.side, watch.t_idle
     go = asyncio.Event()
     go.set()  # no hold: each call talks once greeted
 
@@ -361,12 +370,7 @@ async def arrivals(target: Target, plan: Plan, rate: float, secs: float, sample_
         t0 = time.monotonic()
         done = await asyncio.gather(*(timed(i, t0 + a) for i, a in enumerate(at)))
         t_end = time.monotonic()
-    await asyncio.sleep(1.0)
-    await sampler.stop()
-    for s_ in side.values():
-        await s_.stop()
-    loop_lag = await lag.stop()
-    delta = bucket_delta(metrics_before, overhead_buckets(target.metrics_text()))
+    delta, loop_lag = await watch.end(target)
     results = [r for r, _, _ in done]
     empty = {"cpu_pct": None, "rss_mb_max": None, "rss_mb_mean": None, "secs": 0.0}
     figures = level_figures(len(at), results, delta, idle=sampler.window(sampler.samples[0][0], t_idle), hold=empty,

@@ -238,10 +238,11 @@ class Voxline(Target):
             "VOXLINE_OPENAI_BASE_URL": emulators.urls["openai"],
             "VOXLINE_CARTESIA_URL": emulators.urls["cartesia"],
             # Forwarded: the first names in the server log whatever blocks its event loop (runtime/stall_watch.py),
-            # the second sets how often Silero runs (pipelines/providers/vad.py), the last two when the server turns
-            # calls away (runtime/capacity.py).
+            # the second sets how often Silero runs (pipelines/providers/vad.py), the next two when the server turns
+            # calls away (runtime/capacity.py), the last how rarely it makes full collections (runtime/app.py).
             **{name: os.environ[name] for name in ("VOXLINE_STALL_WARN_MS", "VOXLINE_VAD_BATCH_MS",
-                                                   "VOXLINE_MAX_CALLS", "VOXLINE_SHED_LOOP_LAG_MS")
+                                                   "VOXLINE_MAX_CALLS", "VOXLINE_SHED_LOOP_LAG_MS",
+                                                   "VOXLINE_GC_GEN2_THRESHOLD")
                if os.environ.get(name)},
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),

@@ -120,6 +120,23 @@ def openapi_schema(app: FastAPI) -> dict:
     return schema
 
 
+def settle_heap(settings: Settings) -> None:
+    """Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
+    sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
+
+    `VOXLINE_GC_GEN2_THRESHOLD` then sets CPython's third threshold (10 when unset). CPython runs a full collection
+    once the objects that survived into the oldest generation since the last one are a quarter of those there, and
+    each call's pipeline is such objects: with calls arriving while others talk, each worker ran one every ~3 s,
+    30–110 ms each, every call's audio stopped meanwhile. At 100 they come ~10 times less often and 40 such calls at
+    once held the latency goals, but an ended call's cyclic garbage (~0.13 MB) waits for them too: RSS grew 9.4 %
+    over 300 sequential calls, against 0.6 % at 10 (bench/HISTORY.md, session 36). So it stays CPython's unless set."""
+    gc.collect()
+    gc.freeze()
+    if settings.gc_gen2_threshold is not None:
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, settings.gc_gen2_threshold)
+
+
 def create_app(settings: Settings | None = None, *, prepared: bool = False) -> FastAPI:
     """`prepared`: migrations and agent files were done by the parent of `voxline serve --workers N`."""
     settings = settings or get_settings()
@@ -142,7 +159,6 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             instance_id=settings.instance_id or f"{socket.gethostname()}:{os.getpid()}",
         )
         lag = capacity.LoopLag(asyncio.get_running_loop())
-        lag.start()
         rt.admission = capacity.Admission(settings, rt.sessions, lag, rt.db)
         rt.admission.start()
         app.state.runtime = rt
@@ -175,10 +191,10 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             worker.start()
         await asyncio.to_thread(_import_for_calls)
         await _build_routes(app)
-        # Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
-        # sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
-        gc.collect()
-        gc.freeze()
+        settle_heap(settings)
+        # From here: the start-up's own blocking steps (imports, models, the collection above) say nothing of the
+        # calls' load, and counted, they refused the first calls of a server just started (VOXLINE_SHED_LOOP_LAG_MS).
+        lag.start()
         loop = type(asyncio.get_running_loop())
         logger.info(f"voxline {__version__} ready (database: {engine.url.render_as_string(hide_password=True)}, "
                     f"event loop: {loop.__module__.split('.')[0]})")

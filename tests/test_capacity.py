@@ -228,3 +228,15 @@ async def test_two_workers_count_the_calls_each_other_let_in(tmp_path, twilio_ap
         assert (await call())[1].stream_url
     finally:
         stop_server(srv)
+
+
+async def test_a_server_just_started_takes_its_first_call_under_a_lag_limit(tmp_path, twilio_api):
+    # Start-up blocks the loop (imports, models, a full collection): counted, it refused the first calls.
+    srv = start_server(tmp_path, auth_token=AUTH_TOKEN,
+                       extra_env={"TWILIO_API_BASE_URL": twilio_api.url, "VOXLINE_SHED_LOOP_LAG_MS": "20"})
+    try:
+        _, answer = await ring(srv, DEMO_NUMBER)
+        assert answer.stream_url and answer.rejected is None, (answer.twiml, srv.log()[-2000:])
+    finally:
+        stop_server(srv)
+
