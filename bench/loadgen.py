@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from audio_cache import cached_audio  # noqa: E402
-from processes import Sampler, Target  # noqa: E402
+from processes import Refused, Sampler, Target  # noqa: E402
 from report import bucket_delta, level_figures, overhead_buckets, summary  # noqa: E402
 
 from telephony.audio import LINE_RATE, speech_bounds, wav_to_ulaw  # noqa: E402
@@ -251,7 +251,7 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
         res.greeted = await caller.wait_agent_audio(0.0, 30.0) is not None
         await caller.wait_agent_quiet(0.8, 30.0)
     except Exception as exc:  # noqa: BLE001 - a failed call is a result, not a crash of the benchmark
-        res.refused = type(exc).__name__ == "Refused"
+        res.refused = isinstance(exc, Refused)
         res.error = None if res.refused else f"connect: {type(exc).__name__}: {exc}"
     finally:
         ready.put_nowait(index)

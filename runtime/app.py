@@ -158,8 +158,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             tokens=StreamTokens(settings.resolved_secret_key(), settings.stream_token_ttl_secs),
             instance_id=settings.instance_id or f"{socket.gethostname()}:{os.getpid()}",
         )
-        lag = capacity.LoopLag(asyncio.get_running_loop())
-        rt.admission = capacity.Admission(settings, rt.sessions, lag, rt.db)
+        lag = rt.admission.lag = capacity.LoopLag(asyncio.get_running_loop())
         rt.admission.start()
         app.state.runtime = rt
         if settings.twilio_auth_token is None:

@@ -180,8 +180,7 @@ class CallSession(StreamEvents):
     async def run(self) -> None:
         self.rt.sessions[self.call_id] = self
         ACTIVE_CALLS.inc()
-        if self.rt.admission is not None:
-            self.rt.admission.started(self.call_id)
+        self.rt.admission.started(self.call_id)
         self._turns = TurnWriter(self.rt, self.call_id)
         try:
             await self._run()

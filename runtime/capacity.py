@@ -87,7 +87,7 @@ class LoopLag:
 
 
 class Admission:
-    """Whether this server takes one more call now: `refusal()` is None, or says why not."""
+    """Whether this server takes one more call now (`admit`), and how many calls it has."""
 
     def __init__(self, settings: Settings, sessions: dict, lag: LoopLag | None = None,
                  db: async_sessionmaker | None = None):
@@ -98,7 +98,7 @@ class Admission:
         self._sessions = sessions
         self.lag = lag
         self._admitted: dict[str, float] = {}  # call id → until when it counts, stream or not
-        # Slots taken by a `refusal(reserve=True)` that let a call in, until its row exists (`admitted`): concurrent
+        # Slots taken by an `admit` that let a call in, until its row exists (`admitted`): concurrent
         # webhooks on this process each see the others' (one that never gets a row frees its slot after a while).
         self._reserved: collections.deque[float] = collections.deque()
         self._shedding = False
@@ -164,13 +164,32 @@ class Admission:
             return len(self._sessions) + len(self._admitted) + len(self._reserved)
         return max(live, len(self._sessions)) + max(starting, len(self._admitted) + len(self._reserved))
 
-    async def refusal(self, reserve: bool = False) -> str | None:
-        """Why a new call is refused now, or None. With `reserve`, a call let in holds its slot from here: pass its
-        id to `admitted` once its row exists."""
+    async def admit(self, what: str) -> str | None:
+        """Whether `what` (a new call, as the log names it) may start: None, and it holds its slot from here (pass
+        its id to `admitted` once its row exists); or why not, logged and counted."""
+        refused = await self._refusal()
+        if refused is not None:
+            limit, why = refused
+            metrics.CALLS_REFUSED.labels(limit=limit).inc()
+            logger.warning(f"{what} refused: {why}")
+            return why
+        if self.max_calls:
+            self._reserved.append(time.monotonic() + RESERVED_SECS)
+            self._publish()
+        return None
+
+    async def refusal(self) -> str | None:
+        """Why a new call would be refused now, or None; takes no slot."""
+        refused = await self._refusal()
+        return refused[1] if refused else None
+
+    async def _refusal(self) -> tuple[str, str] | None:
+        """(the limit, why) when a new call is refused now."""
         if self.max_calls:
             n = await self.calls_now()
             if n >= self.max_calls:
-                return f"the server is at its limit of {self.max_calls} calls (VOXLINE_MAX_CALLS; {n} live or starting)"
+                return "max_calls", (f"the server is at its limit of {self.max_calls} calls (VOXLINE_MAX_CALLS; {n} "
+                                     "live or starting)")
         if self.shed_lag_secs and self.lag is not None:
             lag = self.lag.mean_secs()
             if lag >= self.shed_lag_secs:
@@ -178,26 +197,18 @@ class Admission:
                     self._shedding = True
                     logger.warning(f"event loop {lag * 1000:.0f} ms late on average: refusing new calls until it is "
                                    f"under {self.shed_lag_secs * 1000:.0f} ms (VOXLINE_SHED_LOOP_LAG_MS)")
-                return (f"the server is overloaded: its event loop runs {lag * 1000:.0f} ms late on average "
-                        f"(VOXLINE_SHED_LOOP_LAG_MS={self.shed_lag_secs * 1000:g})")
+                return "loop_lag", (f"the server is overloaded: its event loop runs {lag * 1000:.0f} ms late on "
+                                    f"average (VOXLINE_SHED_LOOP_LAG_MS={self.shed_lag_secs * 1000:g})")
             if self._shedding:
                 self._shedding = False
                 logger.info(f"event loop {lag * 1000:.0f} ms late on average: taking new calls again")
-        if reserve and self.max_calls:
-            self._reserved.append(time.monotonic() + RESERVED_SECS)
-            self._publish()
         return None
 
     async def room(self) -> int | None:
         """How many more calls may start now: None when no limit is set, 0 while refusing."""
-        if await self.refusal() is not None:
+        if await self._refusal() is not None:
             return 0
         return max(0, self.max_calls - await self.calls_now()) if self.max_calls else None
-
-    def refused(self, why: str, what: str) -> None:
-        limit = "max_calls" if "VOXLINE_MAX_CALLS" in why else "loop_lag"
-        metrics.CALLS_REFUSED.labels(limit=limit).inc()
-        logger.warning(f"{what} refused: {why}")
 
 
 def _box_counts() -> tuple[int | None, int]:

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from config.settings import Settings
+from runtime.capacity import Admission
 from runtime.tokens import StreamTokens
 
 if TYPE_CHECKING:
     from runtime.call_session import CallSession
-    from runtime.capacity import Admission
 
 
 @dataclass
@@ -29,7 +29,12 @@ class Runtime:
     # Connections to OpenAI-compatible HTTP endpoints, kept across calls, chat turns and post-call analyses
     # (openai_llm.shared_pool); made at start-up before the background workers.
     http_pool: Any = None
-    admission: Admission | None = None  # runtime/capacity.py; set at start-up
+    # runtime/capacity.py: the settings' limits; the app's start-up gives it the loop's lag as well.
+    admission: Admission = None  # type: ignore[assignment]  # made in __post_init__ when not given
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.settings, self.sessions, db=self.db)
 
 
 def runtime_of(conn: HTTPConnection) -> Runtime:

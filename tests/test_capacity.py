@@ -95,7 +95,8 @@ async def test_a_full_server_rejects_inbound_busy_refuses_outbound_and_takes_cal
     api.server.wait_ended(later.parameters["call_id"], 10)
     assert refused_total(api) == 4
     log = api.server.log()
-    assert f"inbound +15550199999 → {line['number']} refused: the server is at its limit of 1 calls" in log
+    assert (f"inbound +15550199999 → {line['number']} (CallSid {busy_sid}) refused: the server is at its limit of 1 "
+            "calls") in log
     assert f"outbound call to {to} refused" in log
 
 
@@ -193,7 +194,7 @@ async def test_a_call_let_in_here_stops_counting_once_any_worker_streams_it_or_i
     await repo.end_call(database, hung_up, status="failed", reason="error_carrier", detail="never streamed")
     assert await admission.calls_now() == 1 and await admission.room() == 2
     # Webhooks deciding at once on this process (each waits on the database midway): two slots, two calls let in.
-    answers = await asyncio.gather(*(admission.refusal(reserve=True) for _ in range(6)))
+    answers = await asyncio.gather(*(admission.admit(f"webhook {i}") for i in range(6)))
     assert answers.count(None) == 2 and await admission.calls_now() == 3, answers
     call = await repo.create_call(database, workspace_id=ws_id, agent_id=agent.id, direction="inbound",
                                   status="ringing")

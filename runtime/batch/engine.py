@@ -119,7 +119,7 @@ class BatchEngine:
             await self._take_over(adopted)
         await self._check_followed()
         await claims.settle(db, batch_ids)
-        room = await self.rt.admission.room() if self.rt.admission is not None else None
+        room = await self.rt.admission.room()
         for batch_id in batch_ids:
             if self._stopping.is_set():
                 return

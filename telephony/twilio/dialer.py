@@ -115,8 +115,7 @@ async def place_call(rt: Runtime, *, workspace_id: str, agent: Agent, line: Phon
     if lacking := call_variables.missing(cfg, variables):
         raise MissingVariables(lacking)
     base = check_configured(rt.settings)
-    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
-        rt.admission.refused(why, f"outbound call to {to}")
+    if why := await rt.admission.admit(f"outbound call to {to}"):
         raise AtCapacity(why)
 
     request_id = str(uuid.uuid4())
@@ -125,8 +124,7 @@ async def place_call(rt: Runtime, *, workspace_id: str, agent: Agent, line: Phon
         to_number=to, status="queued", request_id=request_id, variables=_plain(variables),
         call_metadata=dict(metadata) if metadata else None, from_phone_number_id=line.id, batch_id=batch_id,
         batch_item_id=batch_item_id)
-    if rt.admission is not None:
-        rt.admission.admitted(call.id)
+    rt.admission.admitted(call.id)
     stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
     amd = cfg.call.answering_machine_detection
     try:

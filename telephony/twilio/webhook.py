@@ -124,15 +124,13 @@ async def voice(request: Request) -> Response:
         logger.warning(f"voice webhook: call {call.id}: {detail}")
         return refuse("Sorry, this agent cannot take phone calls. Goodbye.")
 
-    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
+    if why := await rt.admission.admit(f"inbound {caller} → {to} (CallSid {call_sid})"):
         call = await repo.create_call(rt.db, status="failed", **columns)
         await repo.end_call(rt.db, call.id, status="failed", reason=DisconnectionReason.CONCURRENCY_LIMIT,
                             detail=why)
-        rt.admission.refused(why, f"call {call.id}: inbound {caller} → {to}")
         return _twiml(reject_busy())
 
     call = await repo.create_call(rt.db, status="ringing", **columns)
-    if rt.admission is not None:
-        rt.admission.admitted(call.id)
+    rt.admission.admitted(call.id)
     logger.info(f"call {call.id}: inbound {caller} → {to}, agent {cfg.name!r} ({agent.id}), CallSid {call_sid}")
     return _twiml(connect_twiml(stream_url(request), call.id, rt.tokens.mint(call.id)))

@@ -83,13 +83,11 @@ async def create_softphone_call(body: SoftphoneCallIn, p: Caller, request: Reque
     if cfg.architecture == "text":
         message = f"agent {cfg.name!r} is a text agent; text agents cannot take calls"
         raise bad_request(f"agent_id: {message}", [{"field": "agent_id", "message": message}])
-    if rt.admission is not None and (why := await rt.admission.refusal(reserve=True)):
-        rt.admission.refused(why, f"softphone call to agent {cfg.name!r}")
+    if why := await rt.admission.admit(f"softphone call to agent {cfg.name!r}"):
         raise ApiError(503, "at_capacity", f"{why}; try again later", headers={"Retry-After": str(RETRY_AFTER_SECS)})
     call = await repo.create_call(rt.db, workspace_id=p.workspace_id, agent_id=agent.id, direction=SOFTPHONE,
                                   from_number=None, to_number=None, status="ringing")
-    if rt.admission is not None:
-        rt.admission.admitted(call.id)
+    rt.admission.admitted(call.id)
     # If its stream never comes, the periodic unstreamed-call sweep closes it (runtime/recovery.py), on any server.
     base = _ws_base(request)
     logger.info(f"call {call.id}: softphone → agent {cfg.name!r} ({agent.id}), key {p.key_id}")
