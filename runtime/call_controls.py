@@ -34,8 +34,11 @@ class CallControls:
         self._tasks.append(asyncio.create_task(self._max_duration(), name=f"max-duration-{self._label}"))
 
     def stop(self) -> None:
+        # Let go of them too: a cancelled task keeps its CancelledError, whose traceback holds the frame that
+        # refers back here, a cycle only the full collector would free.
         for task in self._tasks:
             task.cancel()
+        self._tasks.clear()
 
     def attach(self, user_aggregator) -> None:
         @user_aggregator.event_handler("on_user_turn_started")

@@ -71,6 +71,7 @@ def _record_close_code(ws: WebSocket) -> dict:
             seen["code"] = message.get("code")
         return message
 
+    # A cycle through ws (the wrapper holds its bound method): CallSession._release undoes it.
     ws.receive = recording_receive  # type: ignore[method-assign]
     return seen
 
@@ -231,6 +232,8 @@ class CallSession(StreamEvents):
 
     def _release(self) -> None:
         """Free the ended call's pipecat objects now rather than at the next full collection (call_teardown)."""
+        vars(self.ws).pop("receive", None)  # _record_close_code's wrapper
+        self._controls = None  # it holds this session's bound methods
         worker, built, transport = self._worker, self._built, self._transport
         self._worker = self._built = self._transport = None
         if worker is None or not worker.has_finished():

@@ -19,6 +19,13 @@ by the pipeline factory; what calls share (the Silero session, the local models,
 objects, never in a pipecat `BaseObject`, and `tests/test_call_teardown.py` checks that two calls share none of
 what is emptied. Tied to pipecat 1.14's `PipelineWorker._pipeline`/`_observer` and the transports' `_client`,
 pinned like the other seams.
+
+Some plain objects (not pipecat's) that a call's processors make for themselves hold cycles too, and are emptied
+with them, found by the attribute their owner keeps them in (`_HELPERS`): the transport's websocket client, the
+TTS's audio contexts and the output's media senders, which voxline wraps with closures that refer back to them; the
+services' SDK clients, whose parts refer to each other (OpenAI's resources hold the client's bound methods,
+Deepgram's client wrapper and its HTTP client each other's). pipecat makes each in its owner's `__init__` or start,
+one per call. What those clients hold in turn (the HTTP pool the server shares) is only let go of, never emptied.
 """
 
 from __future__ import annotations
@@ -29,25 +36,29 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.utils.base_object import BaseObject
 
 _KEPT = ("_id", "_name")  # what BaseObject's __str__ reads
+# Attributes naming an owner's own plain objects (a dict: its values), and what those hold of their own in turn.
+_HELPERS = ("_client", "_audio_context_manager", "_media_senders")
+_HELPERS_OF_HELPERS = ("_client_wrapper",)  # the Deepgram SDK's, not `_client`: the OpenAI SDK's is the shared pool
 
 
-def call_objects(worker: BaseObject | None, *others: BaseObject | None) -> list[BaseObject]:
-    """The pipecat objects that belong to one call: everything `release` empties."""
+def call_objects(worker: BaseObject | None, *others: BaseObject | None) -> list[object]:
+    """The objects that belong to one call: everything `release` empties."""
     roots = [o for o in (worker, getattr(worker, "_pipeline", None), getattr(worker, "_observer", None), *others)
              if isinstance(o, BaseObject)]
     root_ids = {id(o) for o in roots}
-    seen: dict[int, BaseObject] = {}
-    stack = list(roots)
+    seen: dict[int, object] = {}
+    stack: list = list(roots)
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen[id(obj)] = obj
+        if not _pipecat(obj):
+            stack.extend(_helpers(obj, _HELPERS_OF_HELPERS))
+            continue
         if isinstance(obj, FrameProcessor):
             stack.extend(obj.processors)
-        client = getattr(obj, "_client", None)
-        if _pipecat(client):
-            stack.append(client)
+        stack.extend(_helpers(obj, _HELPERS))
         if isinstance(obj, FrameProcessor) or id(obj) in root_ids:
             stack.extend(_held(obj))  # one level down: what a processor holds directly was built with it
     return list(seen.values())
@@ -59,6 +70,15 @@ def _pipecat(value: object) -> bool:
     return BaseObject in type(value).__mro__
 
 
+def _helpers(obj: object, names: tuple[str, ...]) -> Iterator[object]:
+    state = vars(obj)
+    for name in names:
+        value = state.get(name)
+        for v in value.values() if isinstance(value, dict) else (value,):
+            if hasattr(v, "__dict__") and not isinstance(v, type):
+                yield v
+
+
 def _held(obj: object) -> Iterator[BaseObject]:
     for value in vars(obj).values():
         if _pipecat(value):
@@ -67,7 +87,7 @@ def _held(obj: object) -> Iterator[BaseObject]:
             yield from (v for v in value if _pipecat(v))
 
 
-def release(objects: Iterable[BaseObject]) -> int:
+def release(objects: Iterable[object]) -> int:
     """Empty a finished call's objects; returns how many were emptied."""
     n = 0
     for obj in objects:

@@ -106,6 +106,11 @@ if _SEAMS:
             if self.response.status_code == 101:  # the app's task is made, not yet run: the scope is still ours
                 self.scope["extensions"][DIRECT] = self._direct
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            # The scope outlives the connection in the app's objects, and its bound method is a cycle back here.
+            getattr(self, "scope", {}).get("extensions", {}).pop(DIRECT, None)
+            super().connection_lost(exc)
+
         def _direct(self, take: Callable[[str], bool] | None) -> None:
             self._take = take
             if take is None:

@@ -23,17 +23,24 @@ new TLS context: the CA store loaded, ~33 ms on the event loop), which a streami
 `wss://` with a TLS context made for that one connection (the same again). Both get the process's shared context
 (pipelines/providers/tls.py) through the two names the SDK and pipecat 1.14 look up at call time, rebound once when
 this module is imported; a test fails if either seam moves (tests/test_provider_tls.py).
+
+The SDK also builds each connection's headers by reading its own version from the installed packages' metadata, a
+scan of site-packages: ~0.75 ms on the event loop per call, and a reference cycle left for the full collector. What
+those headers hold but the key and the caller's own headers is the same for every connection, so it is read once
+(`_sdk_headers`; tests/test_provider_tls.py compares it with the SDK's).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncGenerator
 
 import deepgram.listen.v1.client as deepgram_listen
 import httpx
 import pipecat.services.deepgram.stt as pipecat_deepgram
-from deepgram import AsyncDeepgramClient
+from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+from deepgram.core.client_wrapper import BaseClientWrapper
 from deepgram.listen.v1.types import ListenV1Results
 from pipecat.frames.frames import Frame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
@@ -67,6 +74,24 @@ def _ws_connect_shared_tls(uri: str, *args, **kwargs):
 
 pipecat_deepgram.AsyncDeepgramClient = SharedTLSDeepgramClient
 deepgram_listen.websockets_client_connect = _ws_connect_shared_tls
+
+_sdk_get_headers = BaseClientWrapper.get_headers
+
+
+@functools.cache
+def _sdk_headers() -> dict[str, str]:
+    """The SDK's headers without the key or the caller's own (its name, version and platform)."""
+    headers = _sdk_get_headers(BaseClientWrapper(api_key="", environment=DeepgramClientEnvironment.PRODUCTION))
+    del headers["Authorization"]
+    return headers
+
+
+def _get_headers(self: BaseClientWrapper) -> dict[str, str]:
+    # As deepgram-sdk 7.17's (pinned), in the same order.
+    return {**_sdk_headers(), **(self.get_custom_headers() or {}), "Authorization": f"Token {self.api_key}"}
+
+
+BaseClientWrapper.get_headers = _get_headers  # type: ignore[method-assign]
 
 
 class QuietBatchingDeepgramSTT(DeepgramSTTService):
