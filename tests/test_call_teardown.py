@@ -10,6 +10,8 @@ import re
 import time
 import weakref
 
+import httpx
+
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TTSTextFrame
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -84,9 +86,13 @@ def test_two_calls_share_nothing_that_is_released():
     kinds = {type(o) for o in first}
     for base in (STTService, LLMService, TTSService):
         assert any(issubclass(k, base) for k in kinds), base
-    # The transport's two ends, and the controllers the user aggregator holds (turn strategies, VAD).
+    # The transport's two ends, and the controllers the user aggregator holds (turn strategies, VAD); the plain
+    # objects made for the call: the websocket client, the TTS's audio contexts, the SDK clients and Deepgram's
+    # client wrapper. Not the HTTP pool the server shares, which the OpenAI client holds.
     assert {"FastAPIWebsocketInputTransport", "FastAPIWebsocketOutputTransport", "FastAPIWebsocketTransport",
-            "UserTurnController", "VADController", "PipelineWorker"} <= {k.__name__ for k in kinds}
+            "UserTurnController", "VADController", "PipelineWorker", "FastAPIWebsocketClient", "AudioContextManager",
+            "ChunkValidatingAsyncOpenAI", "SharedTLSDeepgramClient", "AsyncClientWrapper"} <= {k.__name__ for k in kinds}
+    assert not any(isinstance(o, httpx.AsyncClient) for o in first + second)
 
 
 async def test_a_real_call_is_released_and_nothing_touches_it_afterwards(server, speech):

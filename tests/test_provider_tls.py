@@ -95,6 +95,40 @@ async def test_provider_sockets_dial_wss_with_the_shared_context(throwaway_ca, c
     assert ca_loads == []
 
 
+async def test_deepgram_connections_send_the_sdks_headers_without_reading_its_version_each_time(throwaway_ca,
+                                                                                               monkeypatch):
+    """The SDK reads its version from the installed metadata for each connection's headers (a scan of
+    site-packages on the event loop); here it is read once, and the headers are still the SDK's own."""
+    import importlib.metadata
+
+    from deepgram.core.client_wrapper import BaseClientWrapper
+
+    from pipelines.providers import deepgram
+
+    headers: list = []
+
+    async def accept(ws):
+        headers.append(dict(ws.request.headers))
+        await ws.wait_closed()
+
+    lookups: list[str] = []
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: lookups.append(name) or version(name))
+    async with serve(accept, "127.0.0.1", 0, ssl=throwaway_ca) as server:
+        s = Settings(_env_file=None, **KEYS, deepgram_base_url=f"wss://localhost:{server.sockets[0].getsockname()[1]}")
+        clients = [build_call_services(s)[0]._client for _ in range(3)]  # a call's STT each
+        for client in clients:
+            async with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=8000):
+                pass
+        await asyncio.sleep(0.05)
+    assert len(headers) == 3 and lookups.count("deepgram-sdk") <= 1, lookups  # at most the first, if not yet read
+    assert BaseClientWrapper.get_headers is deepgram._get_headers
+    for client, sent in zip(clients, headers):
+        sdk = deepgram._sdk_get_headers(client._client_wrapper)  # the SDK's own, reading its version now
+        assert sdk["Authorization"] == "Token dg-test" and sdk["User-Agent"].startswith("deepgram-sdk/")
+        assert {k.lower(): v for k, v in sdk.items()}.items() <= {k.lower(): v for k, v in sent.items()}.items()
+
+
 async def test_a_context_of_its_own_would_not_have_connected(throwaway_ca):
     """The check above is sound: the default a websocket client makes does not trust the throwaway CA."""
     async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ssl=throwaway_ca) as server:

@@ -44,6 +44,7 @@ from config.settings import Settings
 from pipelines.providers import registry
 from pipelines.providers.registry import BuildContext, ProviderError
 from pipelines.tools import ToolSet, payload_text
+from runtime import call_teardown
 
 TURN_TIMEOUT_SECS = 120.0
 _STOP_TIMEOUT_SECS = 5.0
@@ -239,6 +240,8 @@ async def stream_turn(agent: AgentConfig, messages: list[dict[str, Any]], messag
             yield event
     finally:
         await _stop(worker, running)
+        if worker.has_finished():  # otherwise its tasks may still be unwinding: left to the cyclic collector
+            call_teardown.release(call_teardown.call_objects(worker))
 
 
 async def _events(turn: _Turn, running: asyncio.Task, timeout_secs: float) -> AsyncIterator[TurnEvent]:

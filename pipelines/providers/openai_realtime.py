@@ -141,9 +141,12 @@ class PhoneRealtimeService(OpenAIRealtimeLLMService):
         await super()._disconnect()
 
     async def _receive_task_handler(self):
+        ws = self._websocket
         try:
             await super()._receive_task_handler()
         finally:
+            if ws is not None:
+                vars(ws).pop("recv", None)  # _connect's wrapper, a cycle through the socket
             # Nothing more can arrive. An exception here (a dropped socket) pipecat reports itself, and so a fatal
             # `error` event (_handle_evt_error settles what was owed first); our own disconnect settles it too.
             owed, self._owed = self._owed, set()
