@@ -91,7 +91,8 @@ def test_two_calls_share_nothing_that_is_released():
     # client wrapper. Not the HTTP pool the server shares, which the OpenAI client holds.
     assert {"FastAPIWebsocketInputTransport", "FastAPIWebsocketOutputTransport", "FastAPIWebsocketTransport",
             "UserTurnController", "VADController", "PipelineWorker", "FastAPIWebsocketClient", "AudioContextManager",
-            "ChunkValidatingAsyncOpenAI", "SharedTLSDeepgramClient", "AsyncClientWrapper"} <= {k.__name__ for k in kinds}
+            "ChunkValidatingAsyncOpenAI", "SharedTLSDeepgramClient", "AsyncClientWrapper",
+            } <= {k.__name__ for k in kinds}
     assert not any(isinstance(o, httpx.AsyncClient) for o in first + second)
 
 
