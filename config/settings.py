@@ -45,11 +45,11 @@ class Settings(BaseSettings):
                                 "run (less CPU under load) and lets each wait longer (pipelines/providers/vad.py)")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto", description="The server's event loop: uvloop (libuv) when installed, else asyncio's own")
-    gc_gen2_threshold: int | None = Field(
-        default=None, ge=1, description="CPython's third collection threshold (unset: CPython's 10): how many "
+    gc_gen2_threshold: int = Field(
+        default=100, ge=1, description="CPython's third collection threshold (CPython's own is 10): how many "
         "collections of the middle generation come before a full one is considered; higher makes the full "
-        "collections, which stop every call's audio for their length, rarer, and keeps ended calls' garbage longer "
-        "(runtime/app.py settle_heap)")
+        "collections, which stop every call's audio for their length, rarer, and keeps what is in reference cycles "
+        "longer (an ended call leaves none: runtime/app.py settle_heap)")
     max_calls: int | None = Field(
         default=None, ge=1, description="The most calls this server carries at once (all its workers): an inbound "
         "call past it is rejected busy, an outbound one refused 503 `at_capacity`, campaigns wait "

@@ -124,17 +124,18 @@ def settle_heap(settings: Settings) -> None:
     """Everything loaded so far (modules, models, the app) lives as long as the process: out of the collector's
     sight, a full collection no longer walks ~250,000 objects, which stalled every call's audio ~150 ms.
 
-    `VOXLINE_GC_GEN2_THRESHOLD` then sets CPython's third threshold (10 when unset). CPython runs a full collection
-    once the objects that survived into the oldest generation since the last one are a quarter of those there, and
-    each call's pipeline is such objects: with calls arriving while others talk, each worker ran one every ~3 s,
-    30–110 ms each, every call's audio stopped meanwhile. At 100 they come ~10 times less often and 40 such calls at
-    once held the latency goals, but an ended call's cyclic garbage (~0.13 MB) waits for them too: RSS grew 9.4 %
-    over 300 sequential calls, against 0.6 % at 10 (bench/HISTORY.md, session 36). So it stays CPython's unless set."""
+    `VOXLINE_GC_GEN2_THRESHOLD` then sets CPython's third threshold: 100, where CPython's is 10. CPython runs a full
+    collection once the objects that survived into the oldest generation since the last one are a quarter of those
+    there, and each call's pipeline is such objects: with calls arriving while others talk, at 10 each worker ran
+    one every ~3 s, 30–110 ms each, every call's audio stopped meanwhile; at 100, ~10 times less often. Rarer full
+    collections only cost memory for what is left in reference cycles, and an ended call leaves none
+    (runtime/call_teardown.py; tests/test_call_providers.py checks): RSS grew 0.96 % over 300 sequential calls at
+    100, against 0.2 % at 10 (bench/HISTORY.md, session 37), where it grew 9.4 % before those cycles were broken.
+    """
     gc.collect()
     gc.freeze()
-    if settings.gc_gen2_threshold is not None:
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, settings.gc_gen2_threshold)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, settings.gc_gen2_threshold)
 
 
 def create_app(settings: Settings | None = None, *, prepared: bool = False) -> FastAPI:
