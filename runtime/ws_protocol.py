@@ -108,7 +108,9 @@ if _SEAMS:
 
         def connection_lost(self, exc: Exception | None) -> None:
             # The scope outlives the connection in the app's objects, and its bound method is a cycle back here.
-            getattr(self, "scope", {}).get("extensions", {}).pop(DIRECT, None)
+            extensions = getattr(self, "scope", None) and self.scope.get("extensions")
+            if extensions:
+                extensions.pop(DIRECT, None)
             super().connection_lost(exc)
 
         def _direct(self, take: Callable[[str], bool] | None) -> None:
