@@ -253,17 +253,34 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
                                              headers={"WWW-Authenticate": "Bearer"})
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health")
-    async def health():
+    async def health_state() -> tuple[bool, str | None, dict]:
         rt: Runtime = app.state.runtime
         ok = await store_db.ping(rt.engine)
+        refusal = await rt.admission.refusal()
         body = {
             "status": "ok" if ok else "degraded",
             "version": __version__,
             "database": {"status": "ok" if ok else "unreachable", "dialect": rt.engine.dialect.name},
             "live_calls": len(rt.sessions),
+            # The server's own limits (When the server is full): whether a new call would be let in now, why not,
+            # and how many more may start (null: no limit set). For a load balancer routing webhooks: see /ready.
+            "accepting_calls": refusal is None,
+            "refusal": refusal,
+            "room": await rt.admission.room(),
             "instance": rt.instance_id,
         }
+        return ok, refusal, body
+
+    @app.get("/health")
+    async def health():
+        ok, _, body = await health_state()
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/ready")
+    async def ready():
+        """503 while this server would turn a new call away (or its database is unreachable), so a load balancer's
+        readiness check sends the next webhook to a server with room; /health stays 200 for a full server."""
+        ok, refusal, body = await health_state()
+        return JSONResponse(body, status_code=200 if ok and refusal is None else 503)
 
     return app

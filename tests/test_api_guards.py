@@ -100,8 +100,9 @@ def test_oversized_bodies_are_413(strict_api):
     assert small.status_code == 201
 
 
-def test_health_stays_public(api):
+def test_health_and_readiness_stay_public(api):
     assert httpx.get(api.url + "/health").status_code == 200
+    assert httpx.get(api.url + "/ready").status_code == 200
 
 
 def test_processes_sharing_redis_share_one_limit(tmp_path, redis_url):

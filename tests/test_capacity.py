@@ -86,7 +86,15 @@ async def test_a_full_server_rejects_inbound_busy_refuses_outbound_and_takes_cal
             opened = api.server.query("SELECT count(*) AS n FROM calls WHERE direction = 'softphone'")[0]["n"]
         assert softphone.status_code == 503 and softphone.json()["error"]["code"] == "at_capacity", softphone.text
         assert opened == 0
+        # Up, but full: /health stays 200 and says so; /ready turns a load balancer's next webhook elsewhere.
+        health, ready = httpx.get(api.url + "/health"), httpx.get(api.url + "/ready")
+        assert health.status_code == 200 and ready.status_code == 503, (health.text, ready.text)
+        for body in (health.json(), ready.json()):
+            assert body["accepting_calls"] is False and body["room"] == 0, body
+            assert "limit of 1 calls" in body["refusal"], body
     api.server.wait_ended(first.parameters["call_id"], 10)
+    ready = httpx.get(api.url + "/ready")
+    assert ready.status_code == 200 and ready.json()["room"] == 1 and ready.json()["refusal"] is None, ready.text
 
     later_sid, later = await ring(api, line["number"])
     assert later.stream_url and later.rejected is None

@@ -126,9 +126,12 @@ async def test_unbuildable_provider_ends_the_call_with_a_reason_naming_it(server
 async def test_health_reports_version_and_database(server):
     async with httpx.AsyncClient() as client:
         r = await client.get(server.url + "/health")
-    assert r.status_code == 200
+        ready = await client.get(server.url + "/ready")
+    assert r.status_code == 200 and ready.status_code == 200, ready.text
     body = r.json()
     assert body["version"] and body["database"] == {"status": "ok", "dialect": "sqlite"}
+    # No limit set: every new call is let in, and there is no count of room to give.
+    assert (body["accepting_calls"], body["refusal"], body["room"]) == (True, None, None), body
 
 
 def test_invalid_agent_file_is_reported_naming_the_field(server):
