@@ -790,6 +790,25 @@ def test_rules_file_errors_name_the_problem(tmp_path):
     assert rules.decide([{"role": "user", "content": "what"}], set()).text == "Pardon?"
 
 
+def test_the_model_run_on_pipecats_empty_turn_instruction_asks_the_caller_to_repeat(tmp_path):
+    from pipecat.turns.empty_user_turn import DEFAULT_EMPTY_USER_TURN_INTERRUPTED_PROMPT as ASK_AGAIN
+
+    said = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"},
+            {"role": "assistant", "content": "Hello hi"}]
+    asked = said + [{"role": "developer", "content": ASK_AGAIN}]
+    path = tmp_path / "rules.yaml"
+    path.write_text('{"rules": [{"keywords": ["hi"], "reply": "Hello {text}"}], "ask_again": "Come again?"}')
+    rules = Rules.load(path)
+    # The caller's words are answered; the instruction after them is followed, not the words answered again.
+    assert rules.decide(said, set()).text == "Hello hi there"
+    assert rules.decide(asked, set()).text == "Come again?"
+    assert Rules().decide(asked, set()).text == Rules().ask_again
+    instructed = said + [{"role": "developer", "content": 'Say exactly "One moment."'}]
+    assert rules.decide(instructed, set()).text == "One moment."
+    # A system prompt alone, or an instruction before the caller has said anything, still gets the greeting.
+    assert rules.decide([{"role": "developer", "content": ASK_AGAIN}], set()).text == rules.greeting
+
+
 def test_voxline_emulate_openai_starts_and_answers(tmp_path):
     port = free_port()
     rules = tmp_path / "rules.yaml"

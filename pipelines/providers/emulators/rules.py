@@ -3,6 +3,7 @@
     greeting: Hello! How can I help you?          # no user message yet
     fallback: "You said: {text}"                  # no rule matched (the default: echo)
     after_tool: "The tool returned: {result}"     # the last message is a tool result
+    ask_again: Sorry, I didn't catch that. Could you say it again?   # run on an instruction after the caller's words
     rules:
       - keywords: [weather, forecast]             # whole words or phrases, case-insensitive; first match wins
         tool_call: {name: get_weather, arguments: {city: Paris}}
@@ -13,6 +14,11 @@
         fault: server_error                       # server_error | rate_limit | drop_stream
 
 A tool_call rule applies only when the request declares that tool; otherwise matching goes on to the next rule.
+
+A conversation whose last message is a `developer` instruction after the caller's words is the model run on that
+instruction, not on the words: pipecat's empty-turn recovery (`EmptyUserTurnConfig`) asks the model to have the
+caller repeat. A model follows the instruction rather than answering the words before it again, so `ask_again`
+answers it (or the instruction's own `say exactly "..."`).
 """
 
 from __future__ import annotations
@@ -90,13 +96,14 @@ class Rules:
     greeting: str = "Hello! How can I help you?"
     fallback: str = "You said: {text}"
     after_tool: str = "The tool returned: {result}"
+    ask_again: str = "Sorry, I didn't catch that. Could you say it again?"
 
     @classmethod
     def parse(cls, data: dict | None) -> Rules:
         data = data or {}
         if not isinstance(data, dict):
-            raise ValueError("the rules file must hold a mapping (rules, greeting, fallback, after_tool)")
-        unknown = set(data) - {"rules", "greeting", "fallback", "after_tool"}
+            raise ValueError("the rules file must hold a mapping (rules, greeting, fallback, after_tool, ask_again)")
+        unknown = set(data) - {"rules", "greeting", "fallback", "after_tool", "ask_again"}
         if unknown:
             raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
         defaults = cls()
@@ -105,6 +112,7 @@ class Rules:
             greeting=data.get("greeting", defaults.greeting),
             fallback=data.get("fallback", defaults.fallback),
             after_tool=data.get("after_tool", defaults.after_tool),
+            ask_again=data.get("ask_again", defaults.ask_again),
         )
 
     @classmethod
@@ -125,6 +133,10 @@ class Rules:
         said = next((message_text(m) for m in reversed(turns) if m.get("role") == "user"), None)
         if said is None:
             return Decision(text=self.greeting)
+        last = next((m for m in reversed(messages) if isinstance(m, dict)), {})
+        if last.get("role") == "developer":  # run on an instruction that came after the caller's words
+            quoted = _SAY_EXACTLY.search(message_text(last))
+            return Decision(text=quoted.group(1) if quoted else self.ask_again)
         if (quoted := _SAY_EXACTLY.search(said)) is not None:  # an instruction a model would simply follow
             return Decision(text=quoted.group(1))
         lowered = said.lower()
