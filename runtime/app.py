@@ -256,7 +256,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
     async def health_state() -> tuple[bool, str | None, dict]:
         rt: Runtime = app.state.runtime
         ok = await store_db.ping(rt.engine)
-        refusal = await rt.admission.refusal()
+        refusal, room = await rt.admission.status()
         body = {
             "status": "ok" if ok else "degraded",
             "version": __version__,
@@ -266,7 +266,7 @@ def create_app(settings: Settings | None = None, *, prepared: bool = False) -> F
             # and how many more may start (null: no limit set). For a load balancer routing webhooks: see /ready.
             "accepting_calls": refusal is None,
             "refusal": refusal,
-            "room": await rt.admission.room(),
+            "room": room,
             "instance": rt.instance_id,
         }
         return ok, refusal, body

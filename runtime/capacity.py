@@ -167,7 +167,7 @@ class Admission:
     async def admit(self, what: str) -> str | None:
         """Whether `what` (a new call, as the log names it) may start: None, and it holds its slot from here (pass
         its id to `admitted` once its row exists); or why not, logged and counted."""
-        refused = await self._refusal()
+        refused = self._refusal(await self._counted())
         if refused is not None:
             limit, why = refused
             metrics.CALLS_REFUSED.labels(limit=limit).inc()
@@ -178,18 +178,32 @@ class Admission:
             self._publish()
         return None
 
+    async def status(self) -> tuple[str | None, int | None]:
+        """(why a new call would be refused now, or None; how many more may start now: None when no limit is set, 0
+        while refusing), from one count of the calls; takes no slot."""
+        n = await self._counted()
+        refused = self._refusal(n)
+        if refused is not None:
+            return refused[1], 0
+        return None, max(0, self.max_calls - n) if self.max_calls else None
+
     async def refusal(self) -> str | None:
         """Why a new call would be refused now, or None; takes no slot."""
-        refused = await self._refusal()
-        return refused[1] if refused else None
+        return (await self.status())[0]
 
-    async def _refusal(self) -> tuple[str, str] | None:
-        """(the limit, why) when a new call is refused now."""
-        if self.max_calls:
-            n = await self.calls_now()
-            if n >= self.max_calls:
-                return "max_calls", (f"the server is at its limit of {self.max_calls} calls (VOXLINE_MAX_CALLS; {n} "
-                                     "live or starting)")
+    async def room(self) -> int | None:
+        """How many more calls may start now: None when no limit is set, 0 while refusing."""
+        return (await self.status())[1]
+
+    async def _counted(self) -> int:
+        """The calls counted against `max_calls` (none to count without one)."""
+        return await self.calls_now() if self.max_calls else 0
+
+    def _refusal(self, n: int) -> tuple[str, str] | None:
+        """(the limit, why) when a new call is refused now, with `n` calls counted."""
+        if self.max_calls and n >= self.max_calls:
+            return "max_calls", (f"the server is at its limit of {self.max_calls} calls (VOXLINE_MAX_CALLS; {n} live "
+                                 "or starting)")
         if self.shed_lag_secs and self.lag is not None:
             lag = self.lag.mean_secs()
             if lag >= self.shed_lag_secs:
@@ -204,11 +218,6 @@ class Admission:
                 logger.info(f"event loop {lag * 1000:.0f} ms late on average: taking new calls again")
         return None
 
-    async def room(self) -> int | None:
-        """How many more calls may start now: None when no limit is set, 0 while refusing."""
-        if await self._refusal() is not None:
-            return 0
-        return max(0, self.max_calls - await self.calls_now()) if self.max_calls else None
 
 
 def _box_counts() -> tuple[int | None, int]:
