@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import harness_loop  # noqa: E402
 from loadgen import (  # noqa: E402
     INTERRUPTION, QUESTION, Plan, arrivals, line_noise, run_level, soak, synthesize, warm_up)
-from processes import Baseline, Emulators, Target, Voxline, nice_harness  # noqa: E402
+from processes import Baseline, Emulators, Target, Voxline, idle_harness, nice_harness, policy  # noqa: E402
 from report import GOALS, comparison, markdown, plots  # noqa: E402
 
 
@@ -141,6 +141,8 @@ async def amain(args) -> dict:
         os.sched_setaffinity(0, harness_cpus)  # this generator; the emulators are pinned as they start
     # Before the emulators start, which inherit it; the servers are set back as they start.
     server_nice = nice_harness(args.harness_nice) if args.harness_nice else None
+    if args.harness_idle:
+        idle_harness()
     plan = Plan(turns=args.turns, spread=args.spread, hold=args.hold, barge_in_after=args.barge_in_after,
                 question=synthesize(QUESTION, cache=args.audio_cache),
                 interruption=synthesize(INTERRUPTION, cache=args.audio_cache),
@@ -161,7 +163,8 @@ async def amain(args) -> dict:
             "voxline_workers": args.workers, "voxline_only_agent": args.only_agent,
             "audio_cache": str(args.audio_cache) if args.audio_cache else None,
             "server_cpus": sorted(server_cpus) if server_cpus else None,
-            "harness_cpus": sorted(harness_cpus) if harness_cpus else None, "harness_nice": args.harness_nice},
+            "harness_cpus": sorted(harness_cpus) if harness_cpus else None, "harness_nice": args.harness_nice,
+            "harness_idle": args.harness_idle},
         "results": {}, "work_dir": str(work)}
     log(f"emulators starting (work dir {work})")
     emulators = Emulators(work, args.latency_ms, fast=args.providers == "fast", cpus=harness_cpus,
@@ -170,10 +173,11 @@ async def amain(args) -> dict:
         for name in targets:
             log(f"{name}: starting")
             target = (Voxline(work, emulators, args.agent, args.turn_silence, args.workers, args.turn_sentence_end,
-                              cpus=server_cpus, only_agent=args.only_agent, nice=server_nice)
+                              cpus=server_cpus, only_agent=args.only_agent, nice=server_nice,
+                              sched_other=args.harness_idle)
                       if name == "voxline" else
                       Baseline(work, emulators, args.baseline_rate, args.baseline_turn, args.agent, cpus=server_cpus,
-                               nice=server_nice))
+                               nice=server_nice, sched_other=args.harness_idle))
             mine = [2 if name == "voxline" else 1] if args.smoke else levels
             try:
                 others = {"generator": psutil.Process()} | {f"emulator-{k}": p.ps for k, p in emulators.procs.items()}
@@ -185,6 +189,9 @@ async def amain(args) -> dict:
                     **target.proc.niceness("server"),
                     "generator": os.getpriority(os.PRIO_PROCESS, 0),
                     **{f"emulator-{k}": p.ps.nice() for k, p in emulators.procs.items()}}
+                report["results"][name]["scheduling"] = {
+                    **target.proc.scheduling("server"), "generator": policy(),
+                    **{f"emulator-{k}": policy(p.ps.pid) for k, p in emulators.procs.items()}}
             finally:
                 target.stop()
     finally:
@@ -241,6 +248,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run the load generator and the emulators N nicer than the server under test (1-19; "
                          "needs root or CAP_SYS_NICE): where they share its cores, they then take what it leaves, "
                          "as if they ran elsewhere")
+    ap.add_argument("--harness-idle", action="store_true",
+                    help="run the load generator and the emulators under SCHED_IDLE, and the server under test "
+                         "under SCHED_OTHER (needs root or CAP_SYS_NICE): where they share its cores, a thread of "
+                         "the load gives its core up as soon as a server thread wakes, which niceness alone does "
+                         "not promise")
     ap.add_argument("--only-agent", action="store_true",
                     help="give the voxline server only the agent under test (by default it has both bench agents "
                          "and loads Whisper and Piper at start-up): with --agent cloud it then loads no local model, "

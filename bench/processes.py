@@ -82,9 +82,11 @@ class Proc:
     """A child process with its log in the work dir; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(self, name: str, argv: list[str], env: dict, log: Path, cwd: Path = ROOT,
-                 cpus: set[int] | None = None, nice: int | None = None):
+                 cpus: set[int] | None = None, nice: int | None = None, sched_other: bool = False):
         """`cpus`: the CPUs it (and every process it starts, e.g. `serve --workers`) may run on. `nice`: its
-        niceness, where it is not to inherit this process's (a server under a niced load, `nice_harness`)."""
+        niceness, where it is not to inherit this process's (a server under a niced load, `nice_harness`).
+        `sched_other`: it runs under SCHED_OTHER whatever this process runs under (a server under an idle load,
+        `idle_harness`)."""
         self.name, self.log = name, log
         self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
@@ -98,6 +100,14 @@ class Proc:
                 self.popen.kill()
                 raise SystemExit(f"--harness-nice: {name} could not be kept at niceness {nice} under the niced load "
                                  "(lowering a niceness needs root or CAP_SYS_NICE)") from None
+        if sched_other and os.sched_getscheduler(self.popen.pid) != os.SCHED_OTHER:
+            try:
+                os.sched_setscheduler(self.popen.pid, os.SCHED_OTHER, os.sched_param(0))
+            except PermissionError:
+                self.popen.kill()
+                raise SystemExit(f"--harness-idle: {name} could not be set back to SCHED_OTHER under the idle load "
+                                 "(leaving SCHED_IDLE needs root, CAP_SYS_NICE or an RLIMIT_NICE that allows "
+                                 "its niceness)") from None
         self.ps = psutil.Process(self.popen.pid)
 
     def niceness(self, label: str) -> dict[str, int]:
@@ -106,6 +116,14 @@ class Proc:
         for child in self.ps.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 found[f"{label} worker {child.pid}"] = child.nice()
+        return found
+
+    def scheduling(self, label: str) -> dict[str, str]:
+        """Its scheduling policy under `label`, and each worker's where a server started some."""
+        found = {label: policy(self.ps.pid)}
+        for child in self.ps.children(recursive=True):
+            with contextlib.suppress(OSError):
+                found[f"{label} worker {child.pid}"] = policy(child.pid)
         return found
 
     def cpu_affinity(self) -> list[int]:
@@ -141,6 +159,31 @@ def nice_harness(by: int) -> int:
     for tid in os.listdir("/proc/self/task"):
         os.setpriority(os.PRIO_PROCESS, int(tid), min(19, kept + by))
     return kept
+
+
+def idle_harness() -> None:
+    """`--harness-idle`: this process (the load generator, every thread of it) and every process it starts from now
+    on run under SCHED_IDLE; the servers under test are set back to SCHED_OTHER as they start
+    (`Proc(sched_other=True)`). Niceness only weights a thread's share of a core: on this kernel (Linux 6.18, EEVDF)
+    a server's loop that wakes while a thread of the load at niceness 19 has the core could still wait for it, and
+    a busy loop wakes thousands of times a second. A SCHED_IDLE thread gives the core up as soon as a normal thread
+    wakes, so the load runs only on the time the server leaves, as `--harness-nice` means it to. At 100 calls on
+    two cores the server's tails were a third lower under an idle load than under one at niceness 19, the same code
+    alternating (bench/HISTORY.md, session 39). The load's own figures still come out: its loop's lateness is in
+    the report (`generator_loop_lag_ms`), and an emulator that waits for a core adds to the server's overhead, not
+    to its credit."""
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+
+
+_POLICIES = {os.SCHED_OTHER: "other", os.SCHED_IDLE: "idle", os.SCHED_BATCH: "batch", os.SCHED_FIFO: "fifo",
+             os.SCHED_RR: "rr"}
+
+
+def policy(pid: int = 0) -> str:
+    """A process's (its main thread's) scheduling policy, as `SCHED_<name>` without the prefix, lowered."""
+    found = os.sched_getscheduler(pid)
+    return _POLICIES.get(found, str(found))
 
 
 def base_env(extra: dict | None = None) -> dict:
@@ -221,7 +264,7 @@ class Target:
 class Voxline(Target):
     def __init__(self, work: Path, emulators: Emulators, agent: str, turn_silence: float | None = None,
                  workers: int = 1, sentence_end: str | None = None, cpus: set[int] | None = None,
-                 only_agent: bool = False, nice: int | None = None):
+                 only_agent: bool = False, nice: int | None = None, sched_other: bool = False):
         """`only_agent`: the server gets only the agent under test, so a cloud run loads no local model."""
         self.name = "voxline"
         base = work / "voxline"
@@ -247,7 +290,7 @@ class Voxline(Target):
         })
         self.proc = Proc("voxline", [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port),
                                      "--workers", str(workers)], env, work / "voxline.log", cwd=base, cpus=cpus,
-                         nice=nice)
+                         nice=nice, sched_other=sched_other)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=30).status_code == 200, 120, self.proc, "healthy")
         seen: set[str] = set()  # every worker answering, not just the first one up
 
@@ -272,7 +315,7 @@ class Refused(RuntimeError):
 
 class Baseline(Target):
     def __init__(self, work: Path, emulators: Emulators, sample_rate: int, turn: str, stack: str = "cloud",
-                 cpus: set[int] | None = None, nice: int | None = None):
+                 cpus: set[int] | None = None, nice: int | None = None, sched_other: bool = False):
         self.name = "baseline"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -280,7 +323,8 @@ class Baseline(Target):
                 "--deepgram-url", emulators.urls["deepgram"], "--openai-url", emulators.urls["openai"],
                 "--cartesia-url", emulators.urls["cartesia"], "--sample-rate", str(sample_rate), "--turn", turn,
                 "--stack", stack]
-        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log", cpus=cpus, nice=nice)
+        self.proc = Proc("baseline", argv, base_env(), work / "baseline.log", cpus=cpus, nice=nice,
+                         sched_other=sched_other)
         wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 120, self.proc, "healthy")
 
     async def answer(self, client: httpx.AsyncClient) -> Answer:

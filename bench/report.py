@@ -228,6 +228,12 @@ def markdown(report: dict) -> str:
                          for name, res in report["results"].items())
         setup += (f"\nThe load generator and the emulators ran {c['harness_nice']} nicer than the servers under test, "
                   f"so that where they share its cores they take what the server leaves (niceness as run: {seen}).\n")
+    if c.get("harness_idle"):
+        seen = "; ".join(f"{name}: " + ", ".join(f"{who} {p}" for who, p in res.get("scheduling", {}).items())
+                         for name, res in report["results"].items())
+        setup += ("\nThe load generator and the emulators ran under SCHED_IDLE and the servers under test under "
+                  "SCHED_OTHER, so that where they share its cores the load gives a core up as soon as a server "
+                  f"thread wakes (policies as run: {seen}).\n")
     out = ["# voxline load benchmark\n", setup, f"Command: `{report['command']}`\n"]
     rows = report["comparison"]
     if rows:

@@ -22,5 +22,8 @@ run ramp-workers2 --target voxline --ramp --ramp-levels 20,30,40,60,80,100 --tur
 # The same with the load generator and the emulators at niceness 19, taking what the server leaves (needs root).
 run ramp-workers2-nice --target voxline --ramp --ramp-levels 20,30,40,60,80,100 --turns 1 --hold 8 --workers 2 \
   --harness-nice 19
+# And under SCHED_IDLE: the load gives a core up as soon as a server thread wakes, which niceness does not promise.
+run ramp-workers2-idle --target voxline --ramp --ramp-levels 20,30,40,60,80,100 --turns 1 --hold 8 --workers 2 \
+  --harness-idle
 [[ "${2:-}" == "--no-soak" ]] || run soak --target voxline --soak 1000 --soak-lanes 4
 for f in "$out"/*/results.md; do echo; cat "$f"; done

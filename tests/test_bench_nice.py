@@ -1,6 +1,7 @@
 """`bench/load.py --harness-nice N`: the load generator (every thread of it) and the processes it starts after it run
-N nicer, the servers under test at the niceness the generator had, and the report says so. Run in a child process,
-so that this test run's own niceness is left as it was."""
+N nicer, the servers under test at the niceness the generator had, and the report says so; `--harness-idle`: the
+same under SCHED_IDLE, the servers under SCHED_OTHER. Run in a child process, so that this test run's own niceness
+and policy are left as they were."""
 
 from __future__ import annotations
 
@@ -32,6 +33,41 @@ CHILD = textwrap.dedent("""
 """)
 
 
+IDLE_CHILD = textwrap.dedent("""
+    import json, os, sys, tempfile, threading, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from processes import Proc, idle_harness, policy
+    helper = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+    helper.start()  # a thread that exists before: idle_harness sets every thread, not only its caller
+    start = os.getpriority(os.PRIO_PROCESS, 0)
+    idle_harness()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    log = Path(tempfile.mkdtemp())
+    emulator = Proc("emulator", sleeper, dict(os.environ), log / "emulator.log")
+    server = Proc("server", sleeper, dict(os.environ), log / "server.log", sched_other=True)
+    threads = [os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")]
+    print(json.dumps({"threads": threads, "idle": os.SCHED_IDLE, "other": os.SCHED_OTHER,
+                      "generator": policy(), "emulator": emulator.scheduling("e")["e"],
+                      "server": server.scheduling("s")["s"], "server_nice": server.niceness("s")["s"],
+                      "start": start}))
+    emulator.stop(); server.stop()
+""")
+
+
+def _may_leave_sched_idle() -> bool:
+    probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        os.sched_setscheduler(probe.pid, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(probe.pid, os.SCHED_OTHER, os.sched_param(0))
+        return True
+    except PermissionError:
+        return False
+    finally:
+        probe.kill()
+        probe.wait()
+
+
 def _may_lower_niceness() -> bool:
     probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
@@ -61,6 +97,21 @@ def test_the_load_runs_nicer_and_the_server_keeps_the_generators_niceness():
     assert seen["server"] == seen["start"], seen
 
 
+def test_an_idle_load_runs_under_sched_idle_and_the_server_under_sched_other():
+    proc = subprocess.run([sys.executable, "-c", IDLE_CHILD, str(ROOT / "bench")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if not _may_leave_sched_idle():
+        assert proc.returncode != 0 and "--harness-idle: server could not be set back" in proc.stderr, \
+            proc.stderr[-2000:]
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert len(seen["threads"]) >= 2 and set(seen["threads"]) == {seen["idle"]}, seen
+    assert seen["generator"] == "idle" and seen["emulator"] == "idle", seen  # the emulator inherited it
+    assert seen["server"] == "other", seen
+    assert seen["server_nice"] == seen["start"], seen
+
+
 def test_the_report_names_the_niceness_each_process_ran_at():
     sys.path.insert(0, str(ROOT / "bench"))
     from report import markdown
@@ -78,3 +129,22 @@ def test_the_report_names_the_niceness_each_process_ran_at():
     assert "voxline: server 0, generator 19, emulator-openai 19" in md
     report["config"]["harness_nice"] = 0
     assert "nicer" not in markdown(report)
+
+
+def test_the_report_names_the_policy_each_process_ran_under():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from report import markdown
+
+    report = {
+        "machine": {"cpus": 2, "cpu_model": "x", "memory_gb": 1, "python": "3.11", "os": "Linux",
+                    "load_avg_at_start": 0.0},
+        "config": {"agent": "cloud", "baseline_rate": 8000, "baseline_turn": "silence", "providers": "fast",
+                   "latency_ms": 0, "turns": 1, "harness_idle": True},
+        "command": "load.py", "comparison": [],
+        "results": {"voxline": {"scheduling": {"server": "other", "generator": "idle", "emulator-openai": "idle"}}},
+    }
+    md = markdown(report)
+    assert "ran under SCHED_IDLE and the servers under test under SCHED_OTHER" in md
+    assert "voxline: server other, generator idle, emulator-openai idle" in md
+    report["config"]["harness_idle"] = False
+    assert "SCHED_IDLE" not in markdown(report)
