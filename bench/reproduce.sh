@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the README's Performance table, one run after another (~47 min on 2 cores; the soak is ~22 of
+# Every figure of the README's Performance table, one run after another (~55 min on 2 cores; the soak is ~22 of
 # them). Usage: bench/reproduce.sh [OUT_DIR] [--no-soak]. Each run writes results.json, results.md and its plots
 # into a subfolder of OUT_DIR (default bench-out).
 set -euo pipefail
