@@ -272,6 +272,16 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def cdf_runs(results: dict, name: str) -> list[tuple[dict, str]]:
+    """A target's runs for the latency CDFs, each with its legend: every level, and an arrivals run's calls let in
+    as one (it has no levels, and its plot was empty)."""
+    runs = [(lv, f"{name} N={lv['calls']}") for lv in results.get(name, {}).get("levels", [])]
+    arrived = results.get(name, {}).get("arrivals")
+    if arrived:
+        runs.append((arrived, f"{name} arrivals, {arrived['arrivals']['let_in']} let in"))
+    return runs
+
+
 def plots(report: dict, out: Path) -> list[str]:
     try:
         import matplotlib
@@ -287,7 +297,7 @@ def plots(report: dict, out: Path) -> list[str]:
                                        ("barge_in_ms", "barge-in (speech onset → clear)"),
                                        ("overhead_runtime_ms", "runtime overhead (server, less LLM/TTS TTFB)"))):
         for name, style in (("voxline", "-"), ("baseline", "--")):
-            for lv in results.get(name, {}).get("levels", []):
+            for lv, label in cdf_runs(results, name):
                 if key == "overhead_runtime_ms":
                     xs, ys = bucket_cdf(lv["overhead_buckets"].get("runtime", []))
                     if 1.0 in ys:  # the buckets above the largest value say nothing
@@ -298,7 +308,7 @@ def plots(report: dict, out: Path) -> list[str]:
                     xs = [vals[0], *vals] if vals else []
                     ys = [0.0, *((i + 1) / len(vals) for i in range(len(vals)))] if vals else []
                 if xs:
-                    ax.step(xs, ys, style, where="post", label=f"{name} N={lv['calls']}")
+                    ax.step(xs, ys, style, where="post", label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction of turns")

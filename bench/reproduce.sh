@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the README's Performance table, one run after another (~55 min on 2 cores; the soak is ~22 of
+# Every figure of the README's Performance table, one run after another (~60 min on 2 cores; the soak is ~22 of
 # them). Usage: bench/reproduce.sh [OUT_DIR] [--no-soak]. Each run writes results.json, results.md and its plots
 # into a subfolder of OUT_DIR (default bench-out).
 set -euo pipefail
@@ -25,5 +25,10 @@ run ramp-workers2-nice --target voxline --ramp --ramp-levels 20,30,40,60,80,100 
 # And under SCHED_IDLE: the load gives a core up as soon as a server thread wakes, which niceness does not promise.
 run ramp-workers2-idle --target voxline --ramp --ramp-levels 20,30,40,60,80,100 --turns 1 --hold 8 --workers 2 \
   --harness-idle
+# The last two rows: 100 calls with their talk spread over 10 s, and calls arriving at random at a server limited to
+# the 40 at once this VM carries (the rest turned away busy).
+run spread-100 --target voxline --calls 100 --turns 3 --spread 10 --hold 8 --workers 2 --harness-nice 19
+VOXLINE_MAX_CALLS=40 run arrivals-40 --target voxline --arrivals 4 --arrival-secs 60 --turns 3 --spread 0 \
+  --workers 2 --harness-nice 19
 [[ "${2:-}" == "--no-soak" ]] || run soak --target voxline --soak 1000 --soak-lanes 4
 for f in "$out"/*/results.md; do echo; cat "$f"; done

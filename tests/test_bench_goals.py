@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import BenchCaller, CallResult, Utterance, pacing, time_reply  # noqa: E402
-from report import holds_goals  # noqa: E402
+from report import cdf_runs, holds_goals  # noqa: E402
 
 from telephony.twilio.caller import Answer, Received  # noqa: E402
 
@@ -80,3 +80,14 @@ async def test_a_reply_inside_the_trailing_silence_is_timed_from_the_last_loud_f
     assert await time_reply(caller, said, sent_at, timeout=0.1) == pytest.approx(300.0)
     caller.media_times = [99.0]
     assert await time_reply(caller, said, sent_at, timeout=0.1) is None
+
+
+def test_the_latency_plot_draws_an_arrivals_run_and_every_level():
+    """bench/load.py --arrivals has no levels: its calls let in are one curve of the CDFs, not an empty plot."""
+    arrived = level(calls=247) | {"arrivals": {"let_in": 80, "offered": 247}}
+    runs = cdf_runs({"voxline": {"arrivals": arrived}}, "voxline")
+    assert runs == [(arrived, "voxline arrivals, 80 let in")]
+    ramp = {"voxline": {"levels": [level(calls=20), level(calls=30)]}, "baseline": {"levels": [level(calls=20)]}}
+    assert [label for _, label in cdf_runs(ramp, "voxline")] == ["voxline N=20", "voxline N=30"]
+    assert [label for _, label in cdf_runs(ramp, "baseline")] == ["baseline N=20"]
+    assert cdf_runs(ramp, "nobody") == []
