@@ -13,17 +13,21 @@ import textwrap
 
 from tests.conftest import ROOT
 
-CHILD = textwrap.dedent("""
+# A thread that exists before the harness is set: every thread is set, not only the caller.
+_PREAMBLE = textwrap.dedent("""
     import json, os, sys, tempfile, threading, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from processes import Proc, nice_harness
+    from processes import Proc, idle_harness, nice_harness, policy
     helper = threading.Thread(target=time.sleep, args=(5,), daemon=True)
-    helper.start()  # a thread that exists before: nice_harness sets every thread, not only its caller
+    helper.start()
     start = os.getpriority(os.PRIO_PROCESS, 0)
-    kept = nice_harness(5)
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
     log = Path(tempfile.mkdtemp())
+""")
+
+CHILD = _PREAMBLE + textwrap.dedent("""
+    kept = nice_harness(5)
     emulator = Proc("emulator", sleeper, dict(os.environ), log / "emulator.log")
     server = Proc("server", sleeper, dict(os.environ), log / "server.log", nice=kept)
     threads = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
@@ -33,17 +37,8 @@ CHILD = textwrap.dedent("""
 """)
 
 
-IDLE_CHILD = textwrap.dedent("""
-    import json, os, sys, tempfile, threading, time
-    from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
-    from processes import Proc, idle_harness, policy
-    helper = threading.Thread(target=time.sleep, args=(5,), daemon=True)
-    helper.start()  # a thread that exists before: idle_harness sets every thread, not only its caller
-    start = os.getpriority(os.PRIO_PROCESS, 0)
+IDLE_CHILD = _PREAMBLE + textwrap.dedent("""
     idle_harness()
-    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
-    log = Path(tempfile.mkdtemp())
     emulator = Proc("emulator", sleeper, dict(os.environ), log / "emulator.log")
     server = Proc("server", sleeper, dict(os.environ), log / "server.log", sched_other=True)
     threads = [os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")]
@@ -55,30 +50,34 @@ IDLE_CHILD = textwrap.dedent("""
 """)
 
 
-def _may_leave_sched_idle() -> bool:
+def _allowed(change_and_undo) -> bool:
+    """Whether this process may change a child's scheduling and set it back (`change_and_undo(pid)`)."""
     probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
-        os.sched_setscheduler(probe.pid, os.SCHED_IDLE, os.sched_param(0))
-        os.sched_setscheduler(probe.pid, os.SCHED_OTHER, os.sched_param(0))
+        change_and_undo(probe.pid)
         return True
     except PermissionError:
         return False
     finally:
         probe.kill()
         probe.wait()
+
+
+def _may_leave_sched_idle() -> bool:
+    def idle_and_back(pid: int) -> None:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+
+    return _allowed(idle_and_back)
 
 
 def _may_lower_niceness() -> bool:
-    probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
-    try:
-        os.setpriority(os.PRIO_PROCESS, probe.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 1))
-        os.setpriority(os.PRIO_PROCESS, probe.pid, os.getpriority(os.PRIO_PROCESS, 0))
-        return True
-    except PermissionError:
-        return False
-    finally:
-        probe.kill()
-        probe.wait()
+    def nicer_and_back(pid: int) -> None:
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, mine + 1))
+        os.setpriority(os.PRIO_PROCESS, pid, mine)
+
+    return _allowed(nicer_and_back)
 
 
 def test_the_load_runs_nicer_and_the_server_keeps_the_generators_niceness():
@@ -112,39 +111,37 @@ def test_an_idle_load_runs_under_sched_idle_and_the_server_under_sched_other():
     assert seen["server_nice"] == seen["start"], seen
 
 
-def test_the_report_names_the_niceness_each_process_ran_at():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from report import markdown
-
-    report = {
+def _report(config: dict, voxline: dict) -> dict:
+    return {
         "machine": {"cpus": 2, "cpu_model": "x", "memory_gb": 1, "python": "3.11", "os": "Linux",
                     "load_avg_at_start": 0.0},
         "config": {"agent": "cloud", "baseline_rate": 8000, "baseline_turn": "silence", "providers": "fast",
-                   "latency_ms": 0, "turns": 1, "harness_nice": 19},
-        "command": "load.py", "comparison": [],
-        "results": {"voxline": {"niceness": {"server": 0, "generator": 19, "emulator-openai": 19}}},
+                   "latency_ms": 0, "turns": 1, **config},
+        "command": "load.py", "comparison": [], "results": {"voxline": voxline},
     }
-    md = markdown(report)
+
+
+def _markdown(report: dict) -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from report import markdown
+
+    return markdown(report)
+
+
+def test_the_report_names_the_niceness_each_process_ran_at():
+    report = _report({"harness_nice": 19}, {"niceness": {"server": 0, "generator": 19, "emulator-openai": 19}})
+    md = _markdown(report)
     assert "ran 19 nicer than the servers under test" in md
     assert "voxline: server 0, generator 19, emulator-openai 19" in md
     report["config"]["harness_nice"] = 0
-    assert "nicer" not in markdown(report)
+    assert "nicer" not in _markdown(report)
 
 
 def test_the_report_names_the_policy_each_process_ran_under():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from report import markdown
-
-    report = {
-        "machine": {"cpus": 2, "cpu_model": "x", "memory_gb": 1, "python": "3.11", "os": "Linux",
-                    "load_avg_at_start": 0.0},
-        "config": {"agent": "cloud", "baseline_rate": 8000, "baseline_turn": "silence", "providers": "fast",
-                   "latency_ms": 0, "turns": 1, "harness_idle": True},
-        "command": "load.py", "comparison": [],
-        "results": {"voxline": {"scheduling": {"server": "other", "generator": "idle", "emulator-openai": "idle"}}},
-    }
-    md = markdown(report)
+    report = _report({"harness_idle": True},
+                     {"scheduling": {"server": "other", "generator": "idle", "emulator-openai": "idle"}})
+    md = _markdown(report)
     assert "ran under SCHED_IDLE and the servers under test under SCHED_OTHER" in md
     assert "voxline: server other, generator idle, emulator-openai idle" in md
     report["config"]["harness_idle"] = False
-    assert "SCHED_IDLE" not in markdown(report)
+    assert "SCHED_IDLE" not in _markdown(report)
