@@ -164,12 +164,12 @@ def nice_harness(by: int) -> int:
 def idle_harness() -> None:
     """`--harness-idle`: this process (the load generator, every thread of it) and every process it starts from now
     on run under SCHED_IDLE; the servers under test are set back to SCHED_OTHER as they start
-    (`Proc(sched_other=True)`). Niceness only weights a thread's share of a core: on this kernel (Linux 6.18, EEVDF)
-    a server's loop that wakes while a thread of the load at niceness 19 has the core may still wait for it, and a
-    busy loop wakes thousands of times a second. A SCHED_IDLE thread gives the core up as soon as a normal thread
-    wakes, so the load runs only on the time the server leaves, as `--harness-nice` means it to. At 100 calls on
-    two cores, four pairs of the same code alternating, the server's barge-in p95 was 13-36 % lower under an idle
-    load than under one at niceness 19, and its overhead p95 6-44 % lower (bench/HISTORY.md, session 39). The
+    (`Proc(sched_other=True)`). Niceness only weights a thread's share of a core; a SCHED_IDLE thread gives the core
+    up as soon as a normal thread wakes, so the load runs only on the time the server leaves, as `--harness-nice`
+    means it to. At 100 calls on two cores, five pairs of the same code alternating, the server's barge-in p95 was
+    13-36 % lower under an idle load than under one at niceness 19, and its overhead p95 6-44 % lower; its loops'
+    time waiting for a core fell by less than a tenth, so where the gain comes from is not pinned down
+    (bench/HISTORY.md, session 39). The
     load's own figures still come out: its loop's lateness is in the report (`generator_loop_lag_ms`), and an
     emulator that waits for a core can only make the server's figures later, never sooner."""
     for tid in os.listdir("/proc/self/task"):
