@@ -15,6 +15,8 @@ from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketState
@@ -79,6 +81,8 @@ def _record_close_code(ws: WebSocket) -> dict:
 def _error_source(frame: ErrorFrame, agent: AgentConfig) -> tuple[R, str | None]:
     """The reason naming the fault domain, and the provider at fault (None when it is not a provider)."""
     proc = frame.processor
+    if isinstance(proc, (BaseInputTransport, BaseOutputTransport)):
+        return R.ERROR_CARRIER, None  # the media stream: a write that timed out, a peer that stopped reading
     if isinstance(proc, LLMService) and agent.realtime is not None:
         return R.ERROR_REALTIME, agent.realtime.provider
     for cls, reason, section in ((STTService, R.ERROR_STT, agent.transcriber), (LLMService, R.ERROR_LLM, agent.llm),
@@ -422,6 +426,22 @@ class CallSession(StreamEvents):
     async def _on_goodbye(self) -> None:
         self.end_with(R.AGENT_HANGUP, "goodbye rule")
 
+    async def _on_pipeline_error(self, frame: ErrorFrame) -> None:
+        logger.error(f"call {self.call_id}: pipeline error from {frame.processor}: {frame.error}")
+        reason, provider = _error_source(frame, self._agent)
+        PROVIDER_ERRORS.labels(reason=str(reason)).inc()
+        if provider is not None:
+            # A provider that failed after its own retries leaves the caller in silence: apologise and end.
+            await self._apologize(reason, f"{provider}: {frame.error}")
+        elif frame.fatal:
+            self.end_with(reason, frame.error)  # pipecat's worker cancels the pipeline itself
+        elif frame.processor is not None and not frame.processor.is_usable:
+            # pipecat's worker runs on past a processor that can no longer do its job (its default policy): a call
+            # whose output gave up on a write (10 s, as when the event loop stalled that long) went on in silence
+            # until the caller hung up, and was recorded as their hang-up. Nothing can be said on it: it ends.
+            self.end_with(reason, frame.error)
+            self._cancel(f"{frame.processor} can no longer do its job")
+
     async def _apologize(self, reason: R, detail: str) -> None:
         """Say the agent's apology in the bundled Piper voice (whichever provider failed, this one works), then end."""
         try:
@@ -437,7 +457,6 @@ class CallSession(StreamEvents):
         await self._controls.end_after_speech(reason, detail, audio=audio)
 
     def _observe(self, transport, built, worker: PipelineWorker) -> None:
-        agent = self._agent
         @transport.event_handler("on_client_connected")
         async def _connected(_transport, _ws):
             if built.greeting:
@@ -453,14 +472,7 @@ class CallSession(StreamEvents):
 
         @worker.event_handler("on_pipeline_error")
         async def _error(_worker, frame: ErrorFrame):
-            logger.error(f"call {self.call_id}: pipeline error from {frame.processor}: {frame.error}")
-            reason, provider = _error_source(frame, agent)
-            PROVIDER_ERRORS.labels(reason=str(reason)).inc()
-            if provider is not None:
-                # A provider that failed after its own retries leaves the caller in silence: apologise and end.
-                await self._apologize(reason, f"{provider}: {frame.error}")
-            elif frame.fatal:
-                self.end_with(reason, frame.error)
+            await self._on_pipeline_error(frame)
 
         @worker.event_handler("on_idle_timeout")
         async def _idle(_worker):
