@@ -30,6 +30,17 @@ empties this aggregator's queue of every interruptible frame: under load the fin
 already waiting there, so the turn had no words and ended only on pipecat's 5 s watchdog, as an empty turn. At
 100 calls that was 20-46 of 300 turns, at 5.5-6.5 s (bench/HISTORY.md, session 33; tests/test_interrupted_words.py).
 An interruption is about the agent's output; what the caller said is never stale because of one.
+
+The caller's words are also handled in the order they came among the caller's audio, not after all of it. pipecat's
+input queue takes system frames (the caller's audio is one) before data frames (the transcripts are), whenever they
+came. While the caller's audio waits for the VAD (above), the input task always has audio to take first, so a
+transcript waited until the pile had drained, behind audio that came after it: at 100 calls on two cores the STT's
+words reached the turn rules 2.5 s after the STT pushed them at p50 and 5-7 s at p99, and the turns they would have
+started or ended waited as long (a caller who heard a second of silence asked again, and two questions became one
+turn). Here a transcript, an interim or an empty final (`NothingMoreHeardFrame`) that finds the input task busy goes
+into the queue at the audio's rank, in its arrival order, so it is handled after the audio that came before it and
+before the audio that came after; the input task then hands it to the processing task, as it hands every data
+frame. Only the caller's words are moved: every other frame keeps pipecat's order.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import asyncio
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
+    InterimTranscriptionFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -58,6 +70,7 @@ USER_SPEAKING_EVERY_SECS = 1.0  # pipecat's is 0.2; the bot's heartbeat is the s
 
 
 _VERDICTS = (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
+_WORDS = (TranscriptionFrame, InterimTranscriptionFrame, NothingMoreHeardFrame)  # the STT's, about the caller's audio
 
 
 class CallerUserAggregator(LLMUserAggregator):
@@ -73,7 +86,25 @@ class CallerUserAggregator(LLMUserAggregator):
             self.audio_arrived += 1
         elif isinstance(frame, TranscriptionFrame):
             frame.interruptible = False  # the caller's words outlive the interruption that may come before them
+        if (direction is FrameDirection.DOWNSTREAM and isinstance(frame, _WORDS)
+                and self._queue_words_in_order(frame, callback)):
+            return
         await super().queue_frame(frame, direction, callback)
+
+    def _queue_words_in_order(self, frame: Frame, callback) -> bool:
+        """Queues the caller's words at the rank of the caller's audio, in arrival order, while the input task is
+        busy; False (nothing queued) where pipecat's `queue_frame` (with pipelines/frame_express.py) should take it:
+        the task idle on an empty queue (the words then go straight to processing), or the processor in direct mode."""
+        if self._cancelling:
+            return True  # pipecat's queue_frame drops it too
+        queue = self._FrameProcessor__input_queue
+        if self._enable_direct_mode or (getattr(self, "_voxline_input_idle", False) and queue.empty()):
+            return False
+        queue._FrameProcessorQueue__counter += 1
+        asyncio.PriorityQueue.put_nowait(
+            queue, (queue.SYSTEM_PRIORITY, queue._FrameProcessorQueue__counter, (frame, FrameDirection.DOWNSTREAM,
+                                                                               callback)))
+        return True
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         try:
