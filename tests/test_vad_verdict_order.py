@@ -15,6 +15,7 @@ from pipecat.frames.frames import (
     EndFrame,
     InputAudioRawFrame,
     TextFrame,
+    TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -60,7 +61,8 @@ class _SlowVAD(VADAnalyzer):
 
 
 class _Seen(BaseUserTurnStartStrategy):
-    """Writes down the caller's audio and the VAD's verdicts in the order the user aggregator handles them."""
+    """Writes down the caller's audio, the VAD's verdicts and the caller's words in the order the user aggregator
+    hands them to its turn rules."""
 
     def __init__(self, seen: list[str]):
         super().__init__()
@@ -73,6 +75,8 @@ class _Seen(BaseUserTurnStartStrategy):
             self.seen.append("started")
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self.seen.append("stopped")
+        elif isinstance(frame, TranscriptionFrame):
+            self.seen.append("words")  # tests/test_words_in_order.py
         return ProcessFrameResult.CONTINUE
 
 
@@ -80,8 +84,9 @@ def _audio(n: int) -> InputAudioRawFrame:
     return InputAudioRawFrame(audio=bytes([n]) * 640, sample_rate=8000, num_channels=1)
 
 
-async def _handled(voxlines: bool) -> list[str]:
-    seen: list[str] = []
+async def _running(voxlines: bool, seen: list[str]):
+    """A user aggregator, voxline's or pipecat's, with the slow VAD and a `_Seen` rule, running: (it, its worker,
+    the worker's task)."""
     params = LLMUserAggregatorParams(vad_analyzer=_SlowVAD(),
                                      user_turn_strategies=UserTurnStrategies(start=[_Seen(seen)], stop=[]))
     if voxlines:
@@ -90,6 +95,12 @@ async def _handled(voxlines: bool) -> list[str]:
         pair = LLMContextAggregatorPair(LLMContext(), user_params=params)
         user, assistant = pair.user(), pair.assistant()
     worker, _, task = await running(user, assistant)
+    return user, worker, task
+
+
+async def _handled(voxlines: bool) -> list[str]:
+    seen: list[str] = []
+    _, worker, task = await _running(voxlines, seen)
     # A burst of the caller's audio, as the aggregator gets it when its frames pile up behind the VAD.
     await worker.queue_frames([_audio(i) for i in range(1, FRAMES + 1)])
 

@@ -5,64 +5,29 @@ own user aggregator, and in the input queue's order against the other frames wai
 from __future__ import annotations
 
 import asyncio
-import heapq
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     EndFrame,
-    InputAudioRawFrame,
     InterimTranscriptionFrame,
     TextFrame,
     TranscriptionFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.turns.types import ProcessFrameResult
-from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 import pipelines.call_pipeline  # noqa: F401 - installs frame_express, as every call does
 from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.user_aggregator import aggregator_pair
-from tests.pipelines import running
-from tests.test_vad_verdict_order import _SlowVAD
+from tests.test_vad_verdict_order import _audio, _running, _waiting
 
 WORDS_AFTER = 4  # the STT's final comes after the 4th audio frame; more audio keeps coming after it
 
 
-class _Seen(BaseUserTurnStartStrategy):
-    """Writes down the caller's audio and words in the order the user aggregator hands them to its turn rules."""
-
-    def __init__(self, seen: list[str]):
-        super().__init__()
-        self.seen = seen
-
-    async def process_frame(self, frame) -> ProcessFrameResult:
-        if isinstance(frame, InputAudioRawFrame):
-            self.seen.append(f"a{frame.audio[0]}")
-        elif isinstance(frame, TranscriptionFrame):
-            self.seen.append("words")
-        return ProcessFrameResult.CONTINUE
-
-
-def _audio(n: int) -> InputAudioRawFrame:
-    return InputAudioRawFrame(audio=bytes([n]) * 640, sample_rate=8000, num_channels=1)
-
-
 async def _handled(voxlines: bool, frames: int = 12) -> list[str]:
     seen: list[str] = []
-    params = LLMUserAggregatorParams(vad_analyzer=_SlowVAD(),
-                                     user_turn_strategies=UserTurnStrategies(start=[_Seen(seen)], stop=[]))
-    if voxlines:
-        user, assistant = aggregator_pair(LLMContext(), params)
-    else:
-        pair = LLMContextAggregatorPair(LLMContext(), user_params=params)
-        user, assistant = pair.user(), pair.assistant()
-    worker, _, task = await running(user, assistant)
+    user, worker, task = await _running(voxlines, seen)
     # The caller's audio every 10 ms, faster than the VAD scores it (20 ms a frame): a pile that keeps growing, as
     # on a loaded server while the caller speaks. The STT's words come in the middle of it.
     for i in range(1, frames + 1):
@@ -93,16 +58,6 @@ async def test_pipecats_aggregator_hands_the_words_over_after_the_whole_pile():
     """The same stream through pipecat's own aggregator: its words wait until no audio is waiting at all."""
     seen = await _handled(voxlines=False)
     assert seen.index("words") > seen.index("a10")
-
-
-def _waiting(user) -> list[str]:
-    """The input queue's frames in the order its task takes them."""
-    heap = list(user._FrameProcessor__input_queue._queue)
-    order = []
-    while heap:
-        frame = heapq.heappop(heap)[2][0]
-        order.append(f"a{frame.audio[0]}" if isinstance(frame, InputAudioRawFrame) else type(frame).__name__)
-    return order
 
 
 async def test_the_callers_words_keep_their_place_and_every_other_frame_pipecats():
