@@ -9,6 +9,7 @@ import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     EndFrame,
+    InterruptionFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -223,3 +224,47 @@ async def test_keypad_digits_over_the_agent_take_the_floor_whatever_min_words():
     await strategy.process_frame(TranscriptionFrame("DTMF: 2#", "caller", "now"))
     assert len(started) == 1
     await strategy.cleanup()
+
+
+async def test_the_callers_voice_within_their_own_turn_does_not_hold_the_agent():
+    """Found at 100 calls: the caller's words interrupt the agent and start their turn; the agent's speaking flag is
+    still set (BotStoppedSpeakingFrame comes back late under load) when the caller, within that turn, speaks again.
+    A hold taken then was never ended: pipecat starts no second turn, so no interruption reached the carrier, and
+    the agent's next reply waited behind the hold until the output's 10 s write deadline ended the call. Through
+    voxline's aggregator and pipecat's turn controller, with the carrier dropping what it held on an interruption
+    as the Twilio serializer does."""
+    line = HeldLine()
+    params = LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(
+        start=[BargeInStrategy(InterruptionConfig(resume_secs=0.2, transcript_wait_secs=0.2), line)]))
+    user, assistant = aggregator_pair(LLMContext(), params)
+    interruptions = []
+
+    class Carrier(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, InterruptionFrame):
+                interruptions.append(frame)
+                line.holding = False  # the serializer's drop(): what was held is thrown away
+            await self.push_frame(frame, direction)
+
+    async def settled(predicate) -> bool:
+        for _ in range(100):
+            if predicate():
+                return True
+            await asyncio.sleep(0.01)
+        return predicate()
+
+    worker, _, task = await running(user, Carrier(), assistant)
+    try:
+        await worker.queue_frames([BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame()])
+        assert await settled(lambda: line.holding)
+        await worker.queue_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+        assert await settled(lambda: interruptions and not line.holding)  # the caller's turn has started
+        # Still within that turn, with no BotStoppedSpeakingFrame yet: the caller pauses and speaks on.
+        await worker.queue_frames([VADUserStoppedSpeakingFrame(), VADUserStartedSpeakingFrame()])
+        await worker.queue_frame(TranscriptionFrame("Where are you located?", "caller", "now"))
+        await asyncio.sleep(0.6)  # past resume_secs + transcript_wait_secs: a hold would still be there
+        assert not line.holding and line.resumed == 0
+    finally:
+        await worker.queue_frame(EndFrame())
+        await asyncio.wait_for(task, 10)

@@ -111,13 +111,18 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._resume_task: asyncio.Task | None = None
         self._held_at = 0.0
         self._on_verdict = on_verdict
+        self._in_turn = False  # a caller's turn is under way (pipecat's controller tells every start strategy)
 
     def _decided(self, verdict: str) -> None:
         if self._on_verdict is not None:
             self._on_verdict(verdict, time.monotonic() - self._held_at)
 
     async def handle_user_turn_started(self):
+        self._in_turn = True
         await self._end_hold()
+
+    async def handle_user_turn_stopped(self):
+        self._in_turn = False
 
     async def cleanup(self):
         self._cancel_resume()
@@ -152,7 +157,12 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._cancel_resume()
         if self._holding:
             return ProcessFrameResult.STOP
-        if self._bot_speaking and await self._playout.hold():
+        # A voice during the caller's own turn is that turn going on, whatever the agent's speaking flag says (the
+        # interruption that started the turn stopped the agent's audio, and under load BotStoppedSpeakingFrame can
+        # come seconds later). No hold then: pipecat starts no second turn, so neither a turn start nor an
+        # interruption would ever end it, and the agent's next reply would wait behind it until the output's
+        # write deadline (10 s) ended the call.
+        if self._bot_speaking and not self._in_turn and await self._playout.hold():
             self._holding = True
             self._held_at = time.monotonic()
             self._heard = []
@@ -163,6 +173,8 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
 
     async def _words(self, frame: TranscriptionFrame | InterimTranscriptionFrame) -> ProcessFrameResult:
         if not self._holding:
+            if self._in_turn:
+                return ProcessFrameResult.STOP  # the words of the caller's turn under way (see _voice_started)
             if self._bot_speaking and not self._caller_speaking and isinstance(frame, TranscriptionFrame):
                 # Words with no voice before them while the agent speaks (see the module's docstring).
                 if frame.text.startswith(DTMF_PREFIX) or self._policy.verdict(frame.text) is Verdict.INTERRUPT:
