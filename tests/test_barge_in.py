@@ -268,3 +268,35 @@ async def test_the_callers_voice_within_their_own_turn_does_not_hold_the_agent()
     finally:
         await worker.queue_frame(EndFrame())
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_hold_ends_within_its_limit_whatever_the_stt_says():
+    """The carrier's output waits while the agent is held, and pipecat's output ends the call once a write has
+    waited 10 s. A caller still speaking at the limit (nothing the STT made words of: a provider that stopped
+    answering, a noisy room) has the floor; one who has gone quiet, with the STT's answer still awaited, hears the
+    agent carry on."""
+    line = HeldLine()
+    strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, transcript_wait_secs=10.0), line,
+                               hold_limit_secs=0.3)
+    started = []
+
+    async def on_started(_strategy, params):
+        started.append(params)
+
+    strategy.add_event_handler("on_user_turn_started", on_started)
+    await strategy.process_frame(BotStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    assert line.holding
+    await asyncio.sleep(0.2)
+    assert line.holding and not started
+    await asyncio.sleep(0.2)
+    assert len(started) == 1 and line.resumed == 0  # still speaking: an interruption (which drops the held audio)
+
+    line.holding = False
+    await strategy.handle_user_turn_stopped()
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    assert line.holding
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())  # quiet; the transcript wait would run 10 s
+    await asyncio.sleep(0.4)
+    assert line.resumed == 1 and not line.holding and len(started) == 1
+    await strategy.cleanup()

@@ -44,6 +44,13 @@ from pipelines.stt_frames import NothingMoreHeardFrame
 from pipelines.turns.keypad import DTMF_PREFIX
 from pipelines.turns.playout import Playout
 
+# The longest the agent's audio stays held. The carrier's output waits meanwhile, and pipecat's output takes a write
+# that outlasts `audio_out_write_timeout_secs` (10 s) for a peer that stopped reading and ends the call: a caller
+# talking over the agent with nothing the STT makes words of (a provider that has stopped answering, a noisy room),
+# or a long `resume_secs` plus `transcript_wait_secs`, would get there. At the limit a caller still speaking has
+# the floor; one who has gone quiet hears the agent carry on.
+HOLD_LIMIT_SECS = 8.0
+
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
 
@@ -93,7 +100,8 @@ class Policy:
 
 class BargeInStrategy(BaseUserTurnStartStrategy):
     def __init__(self, cfg: InterruptionConfig, playout: Playout, *, label: str = "call",
-                 on_verdict: Callable[[str, float], None] | None = None, **kwargs):
+                 on_verdict: Callable[[str, float], None] | None = None, hold_limit_secs: float = HOLD_LIMIT_SECS,
+                 **kwargs):
         """`on_verdict(verdict, secs)`: told how each hold ended (interrupt, acknowledge, resume) and how long the
         agent was held first (for metrics)."""
         super().__init__(enable_interruptions=True, **kwargs)
@@ -112,6 +120,8 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._held_at = 0.0
         self._on_verdict = on_verdict
         self._in_turn = False  # a caller's turn is under way (pipecat's controller tells every start strategy)
+        self._hold_limit_secs = hold_limit_secs
+        self._limit_task: asyncio.Task | None = None
 
     def _decided(self, verdict: str) -> None:
         if self._on_verdict is not None:
@@ -126,6 +136,9 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
 
     async def cleanup(self):
         self._cancel_resume()
+        if self._limit_task is not None:
+            self._limit_task.cancel()
+            self._limit_task = None
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -166,6 +179,10 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
             self._holding = True
             self._held_at = time.monotonic()
             self._heard = []
+            if self._limit_task is not None:
+                self._limit_task.cancel()
+            self._limit_task = asyncio.create_task(self._limit_hold(self._held_at),
+                                                   name=f"barge-in-limit-{self._label}")
             logger.debug(f"{self._label}: caller spoke over the agent; holding its audio")
             return ProcessFrameResult.STOP
         await self.trigger_user_turn_started()
@@ -231,6 +248,24 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         if self._holding and not self._caller_speaking:
             heard = " ".join(self._heard).strip()
             logger.info(f"{self._label}: no interruption in {heard!r}; the agent carries on")
+            self._decided("resume")
+            await self._resume()
+
+    async def _limit_hold(self, held_at: float) -> None:
+        await asyncio.sleep(self._hold_limit_secs)
+        self._limit_task = None
+        if not self._holding or self._held_at != held_at:
+            return  # decided meanwhile (a later hold has its own limit)
+        if self._caller_speaking:
+            logger.info(f"{self._label}: the caller has spoken over the agent for {self._hold_limit_secs:g} s "
+                        "without a word that decides; they have the floor")
+            self._decided("interrupt")
+            self._holding = False
+            self._cancel_resume()
+            await self.trigger_user_turn_started()  # its interruption drops the held audio
+        else:
+            logger.info(f"{self._label}: no interruption within the hold's {self._hold_limit_secs:g} s; the agent "
+                        "carries on")
             self._decided("resume")
             await self._resume()
 
