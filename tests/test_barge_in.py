@@ -21,7 +21,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from config.agent import InterruptionConfig
 from pipelines.stt_frames import NothingMoreHeardFrame
-from pipelines.turns.barge_in import BargeInStrategy, Policy, Verdict
+from pipelines.turns.barge_in import HOLD_LIMIT_SECS, BargeInStrategy, Policy, Verdict
 from pipelines.turns.user_aggregator import aggregator_pair
 from tests.calls import dial
 from tests.conftest import LONG_WELCOME_NUMBER, SMART_TURN_NUMBER
@@ -107,9 +107,10 @@ async def test_smart_turn_ends_the_callers_turn(server, speech):
     assert log.count("loading local model 'smart_turn'") == 1
 
 
-async def _held_strategy(**cfg):
+async def _held_strategy(*, quiet: bool = True, hold_limit_secs: float = HOLD_LIMIT_SECS, **cfg):
+    """The agent speaking, the caller's voice over it (the audio held), then (`quiet`) the caller quiet again."""
     line = HeldLine()
-    strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, **cfg), line)
+    strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, **cfg), line, hold_limit_secs=hold_limit_secs)
     started = []
 
     async def on_started(_strategy, params):
@@ -119,7 +120,8 @@ async def _held_strategy(**cfg):
     await strategy.process_frame(BotStartedSpeakingFrame())
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     assert line.holding
-    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    if quiet:
+        await strategy.process_frame(VADUserStoppedSpeakingFrame())
     return strategy, line, started
 
 
@@ -275,18 +277,7 @@ async def test_a_hold_ends_within_its_limit_whatever_the_stt_says():
     waited 10 s. A caller still speaking at the limit (nothing the STT made words of: a provider that stopped
     answering, a noisy room) has the floor; one who has gone quiet, with the STT's answer still awaited, hears the
     agent carry on."""
-    line = HeldLine()
-    strategy = BargeInStrategy(InterruptionConfig(resume_secs=0.2, transcript_wait_secs=10.0), line,
-                               hold_limit_secs=0.3)
-    started = []
-
-    async def on_started(_strategy, params):
-        started.append(params)
-
-    strategy.add_event_handler("on_user_turn_started", on_started)
-    await strategy.process_frame(BotStartedSpeakingFrame())
-    await strategy.process_frame(VADUserStartedSpeakingFrame())
-    assert line.holding
+    strategy, line, started = await _held_strategy(quiet=False, transcript_wait_secs=10.0, hold_limit_secs=0.3)
     await asyncio.sleep(0.2)
     assert line.holding and not started
     await asyncio.sleep(0.2)
