@@ -214,10 +214,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         verdict = self._policy.verdict(text)
         if verdict is Verdict.INTERRUPT:
             logger.info(f"{self._label}: barge-in on {text.strip()!r}")
-            self._decided("interrupt")
-            self._holding = False
-            self._cancel_resume()
-            await self.trigger_user_turn_started()  # its interruption drops the held audio
+            await self._interrupt()
             return ProcessFrameResult.STOP
         if final and verdict is Verdict.ACKNOWLEDGE and not self._caller_speaking:
             logger.info(f"{self._label}: {text.strip()!r} is an acknowledgement; the agent carries on")
@@ -259,15 +256,18 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         if self._caller_speaking:
             logger.info(f"{self._label}: the caller has spoken over the agent for {self._hold_limit_secs:g} s "
                         "without a word that decides; they have the floor")
-            self._decided("interrupt")
-            self._holding = False
-            self._cancel_resume()
-            await self.trigger_user_turn_started()  # its interruption drops the held audio
+            await self._interrupt()
         else:
             logger.info(f"{self._label}: no interruption within the hold's {self._hold_limit_secs:g} s; the agent "
                         "carries on")
             self._decided("resume")
             await self._resume()
+
+    async def _interrupt(self) -> None:
+        self._decided("interrupt")
+        self._holding = False
+        self._cancel_resume()
+        await self.trigger_user_turn_started()  # its interruption drops the held audio
 
     async def _resume(self) -> None:
         self._holding = False
