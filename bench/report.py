@@ -216,7 +216,8 @@ def markdown(report: dict) -> str:
     m, c = report["machine"], report["config"]
     noise = c.get("line_noise_dbfs")
     line = "digital silence" if noise is None else f"white noise at {noise:g} dBFS"
-    setup = (f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, Python {m['python']}, {m['os']}, "
+    python = m['python'] + (f" ({m['python_executable']})" if m.get("python_executable") else "")
+    setup = (f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, Python {python}, {m['os']}, "
              f"load average at start {m['load_avg_at_start']}. Agent: `{c['agent']}`; baseline pipeline at "
              f"{c['baseline_rate']} Hz, turn end `{c['baseline_turn']}`; emulators `{c['providers']}`, latency "
              f"{c['latency_ms']} ms; {c['turns']} turns a call; the callers' lines between utterances: {line}.\n")

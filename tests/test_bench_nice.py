@@ -145,3 +145,12 @@ def test_the_report_names_the_policy_each_process_ran_under():
     assert "voxline: server other, generator idle, emulator-openai idle" in md
     report["config"]["harness_idle"] = False
     assert "SCHED_IDLE" not in _markdown(report)
+
+
+def test_the_report_names_the_interpreter_it_ran_on():
+    # The same CPython version differs by build (PGO+LTO or not) by up to a fifth of the server's CPU.
+    report = _report({}, {})
+    report["machine"]["python_executable"] = "/usr/bin/python3.11"
+    assert "Python 3.11 (/usr/bin/python3.11)," in _markdown(report)
+    del report["machine"]["python_executable"]  # a report from before it was recorded
+    assert "Python 3.11, Linux" in _markdown(report)

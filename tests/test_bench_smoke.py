@@ -78,6 +78,7 @@ def test_each_target_has_every_metric_measured(smoke, target, calls):
 def test_the_comparison_and_the_markdown_table(smoke):
     _, report, md = smoke
     assert report["machine"]["cpus"] >= 1 and report["config"]["targets"] == ["voxline", "baseline"]
+    assert report["machine"]["python_executable"] == os.path.realpath(sys.executable)  # the servers' interpreter
     rows = report["comparison"]
     assert rows and {r["metric"] for r in rows} >= {"barge-in p95", "runtime overhead, less LLM/TTS TTFB p95"}
     barge = next(r for r in rows if r["metric"] == "barge-in p95")
