@@ -60,7 +60,7 @@ def machine() -> dict:
                 break
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "os": platform.platform(terse=True),
-            # which build: the same version runs ~5-18 % faster from a PGO+LTO build (README, Performance)
+            # which build: the same version takes ~5-18 % less CPU from a PGO+LTO build (README, Performance)
             "python_executable": os.path.realpath(sys.executable),
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
