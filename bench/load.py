@@ -15,10 +15,11 @@ Each call: the caller connects (voxline: the signed-less voice webhook, then the
 hears the greeting, and waits until every call is connected and quiet; CPU and RSS are sampled over that "hold"
 (N connected calls streaming silence at 20 ms pacing). Then each call, at a random offset within `--spread`
 seconds, runs `--turns` cycles of: a question (turn latency: last loud caller frame → first agent `media`), and
-0.3 s into the reply an interruption (barge-in: first loud caller frame → `clear`), then silence until the agent is
-quiet. Runtime overhead comes from the server: its end-of-turn decision → first agent audio, from pipecat's
-UserBotLatencyObserver in both servers (`voxline_turn_overhead_seconds` on `/metrics`, read before and after each
-level); `part=runtime` takes the LLM's and the TTS's time to first byte out, which is the emulators' own time.
+0.3 s into the reply an interruption (barge-in: first loud caller frame → `clear`), then silence until the agent has
+answered the interruption (a missed reply if it has not within 20 s) and is quiet. Runtime overhead comes from the
+server: its end-of-turn decision → first agent audio, from pipecat's UserBotLatencyObserver in both servers
+(`voxline_turn_overhead_seconds` on `/metrics`, read before and after each level); `part=runtime` takes the LLM's
+and the TTS's time to first byte out, which is the emulators' own time.
 
 Outputs in --out: results.json (everything, per call and aggregated), results.md (voxline vs baseline and their
 ratio) and PNG plots (latency CDFs by N, RSS over the soak) when matplotlib is installed (the `bench` extra).

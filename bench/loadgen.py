@@ -275,6 +275,13 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
                     res.barge_in_ms.append(barge_in_ms)
                 else:
                     res.missed_clears += 1
+                # The agent answers the interruption too. Under load that answer can start later than the quiet
+                # wait below lasts: the next question would take it for its own reply (a turn timed too short)
+                # and barge in on it, and the call would stay out of step for the rest of its cycles, lighter than
+                # the calls it is measured with. Audio before the `clear` is the reply that was interrupted.
+                said_end = caller.last_speech_frame_at - plan.interruption.trail
+                if await caller.wait_agent_audio(max([said_end, *caller.clear_times[-1:]]), 20.0) is None:
+                    res.missed_replies += 1
             await caller.wait_agent_quiet(1.0, 30.0)
     except Exception as exc:  # noqa: BLE001
         res.error = f"talk: {type(exc).__name__}: {exc}"
