@@ -91,6 +91,16 @@ async def time_barge_in(caller: BenchCaller, said: Utterance) -> float | None:
     return (clears[0] - onset) * 1000 if clears else None
 
 
+async def answered(caller: BenchCaller, said: Utterance, timeout: float = 20.0) -> bool:
+    """Whether the agent answered `said`, the interruption just spoken (within `timeout`). A cycle waits for that
+    answer before its 1 s of quiet: that second had passed by the time the interruption was said (the quiet counts
+    from the `clear`), so an answer later than the utterance's trailing silence met the next question, cut off by it
+    or taken for its reply, and the call ran out of step with the agent. Audio before the `clear` is the reply that
+    was interrupted."""
+    said_end = caller.last_speech_frame_at - said.trail
+    return await caller.wait_agent_audio(max([said_end, *caller.clear_times[-1:]]), timeout) is not None
+
+
 class BenchCaller(MediaStreamCaller):
     """The Twilio-side caller, with waits that stay cheap with hundreds of calls in one process: the stock ones scan
     every message received so far at every 10 ms poll, which alone took more than a core at 10 calls. Arrival
@@ -275,12 +285,7 @@ async def run_call(target: Target, client: httpx.AsyncClient, index: int, plan: 
                     res.barge_in_ms.append(barge_in_ms)
                 else:
                     res.missed_clears += 1
-                # The agent answers the interruption too. Under load that answer can start later than the quiet
-                # wait below lasts: the next question would take it for its own reply (a turn timed too short)
-                # and barge in on it, and the call would stay out of step for the rest of its cycles, lighter than
-                # the calls it is measured with. Audio before the `clear` is the reply that was interrupted.
-                said_end = caller.last_speech_frame_at - plan.interruption.trail
-                if await caller.wait_agent_audio(max([said_end, *caller.clear_times[-1:]]), 20.0) is None:
+                if not await answered(caller, plan.interruption):
                     res.missed_replies += 1
             await caller.wait_agent_quiet(1.0, 30.0)
     except Exception as exc:  # noqa: BLE001

@@ -16,7 +16,7 @@ both, alternating; `speaking` and `idle` then wait 3 s and measure each server's
 - `idle`: the welcome is short and over; connected calls streaming silence (or, with `--line-noise`, white noise
   at that level, which the VAD scores window by window): the inbound path alone.
 - `talking`: the load benchmark's cycle, once per call, the calls starting within 3 s: a question, and 0.3 s into
-  the reply an interruption, then silence until the agent is quiet. The server's CPU from the first question to
+  the reply an interruption, then silence until the agent has answered it and is quiet. The server's CPU from the first question to
   the last quiet, divided by the cycles: everything a turn costs (VAD, STT, turn rules, LLM, TTS, output,
   barge-in), and the connected calls' inbound audio over that window.
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import processes  # noqa: E402
 from loadgen import (  # noqa: E402
-    INTERRUPTION, QUESTION, BenchCaller, Utterance, line_noise, synthesize, time_barge_in, time_reply)
+    INTERRUPTION, QUESTION, BenchCaller, Utterance, answered, line_noise, synthesize, time_barge_in, time_reply)
 from report import bucket_delta, bucket_summary, overhead_buckets, summary  # noqa: E402
 
 from telephony.twilio.caller import sid  # noqa: E402
@@ -85,7 +85,7 @@ async def cycle(caller: BenchCaller, question: Utterance, interruption: Utteranc
         return False, {}
     await asyncio.sleep(0.3)
     timed = {"turn": turn_ms, "barge_in": await time_barge_in(caller, interruption)}
-    return await caller.wait_agent_quiet(1.0, 30.0), timed
+    return await answered(caller, interruption) and await caller.wait_agent_quiet(1.0, 30.0), timed
 
 
 async def talk(callers: dict[str, list[BenchCaller]], targets: dict[str, processes.Voxline],
