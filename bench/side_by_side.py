@@ -16,9 +16,9 @@ both, alternating; `speaking` and `idle` then wait 3 s and measure each server's
 - `idle`: the welcome is short and over; connected calls streaming silence (or, with `--line-noise`, white noise
   at that level, which the VAD scores window by window): the inbound path alone.
 - `talking`: the load benchmark's cycle, once per call, the calls starting within 3 s: a question, and 0.3 s into
-  the reply an interruption, then silence until the agent has answered it and is quiet. The server's CPU from the first question to
-  the last quiet, divided by the cycles: everything a turn costs (VAD, STT, turn rules, LLM, TTS, output,
-  barge-in), and the connected calls' inbound audio over that window.
+  the reply an interruption, then silence until the agent has answered it and is quiet. The server's CPU from the
+  first question to the last quiet, divided by the cycles: everything a turn costs (VAD, STT, turn rules, LLM, TTS,
+  output, barge-in), and the connected calls' inbound audio over that window.
 
 Per server: CPU µs per agent `media` message received (speaking), % of a core per call (idle), or CPU ms per
 cycle (talking), and the ratio of the working tree to `--old`. The talking phase also gives each server's latency
